@@ -1,0 +1,277 @@
+//! Content: a method that carries a message, its content header, and its body frames
+//! (spec 4.2.6). Both the client and the broker use this module, so content is assembled and
+//! split in exactly one place.
+//!
+//! ```text
+//!   basic.publish ──► content header (body_size = 10) ──► body "hello" ──► body "world"
+//!   └──────────────────────────── one Command ──────────────────────────────────────┘
+//! ```
+//!
+//! Frames of one content travel in order on one channel; other channels' frames may be
+//! interleaved, so a peer keeps one [`ContentAssembler`] per channel.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::constants::{ChannelId, FRAME_OVERHEAD};
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::{put_body_frame, put_header_frame, put_method_frame, ContentHeader, Frame};
+use crate::generated::{BasicProperties, Method};
+
+/// A method with its content, if it carries one: what a channel acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// The method.
+    pub method: Method,
+    /// The content header and the whole body, for methods that carry content.
+    pub content: Option<Content>,
+}
+
+/// A message as it travels with basic.publish, basic.deliver, basic.get-ok and basic.return.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    /// The content header: body size and properties.
+    pub header: ContentHeader,
+    /// The body. When it came in one frame this is a slice of that frame, not a copy.
+    pub body: Bytes,
+}
+
+/// What the assembler waits for next (state names say what is awaited).
+#[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
+#[derive(Debug, Default)]
+enum State {
+    /// A method frame.
+    #[default]
+    AwaitingMethod,
+    /// The content header of a content-carrying method.
+    AwaitingHeader(Method),
+    /// More body frames.
+    AwaitingBody {
+        method: Method,
+        header: ContentHeader,
+        /// Body frames received so far; joined once the last one is in.
+        parts: Vec<Bytes>,
+        received: u64,
+    },
+}
+
+/// Puts one channel's method, header and body frames back together into [`Command`]s.
+#[derive(Debug)]
+pub struct ContentAssembler {
+    state: State,
+    max_body_size: u64,
+}
+
+impl Default for ContentAssembler {
+    fn default() -> Self {
+        ContentAssembler::new(DEFAULT_MAX_BODY_SIZE)
+    }
+}
+
+/// RabbitMQ's default `max_message_size`: 128 MiB (since RabbitMQ 3.8).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 128 * 1024 * 1024;
+
+impl ContentAssembler {
+    /// An assembler that refuses bodies larger than `max_body_size` as soon as their header
+    /// announces them, before buffering anything.
+    pub fn new(max_body_size: u64) -> Self {
+        ContentAssembler {
+            state: State::AwaitingMethod,
+            max_body_size,
+        }
+    }
+
+    /// Whether a content is half received.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::AwaitingMethod)
+    }
+
+    /// Feeds one frame of this channel. Returns the command it completes, if any.
+    ///
+    /// Frames out of order are a 505 UNEXPECTED_FRAME; body frames beyond the announced size
+    /// a 501 FRAME_ERROR; a body over the maximum a 406 PRECONDITION_FAILED (a channel error,
+    /// as in RabbitMQ). Protocol headers and heartbeats are not channel frames and are refused.
+    pub fn feed(&mut self, frame: Frame) -> Result<Option<Command>, DecodeError> {
+        match frame {
+            Frame::Method(_, method) => self.feed_method(method),
+            Frame::Header(_, header) => self.feed_header(header),
+            Frame::Body(_, body) => self.feed_body(body),
+            Frame::Heartbeat | Frame::ProtocolHeader(_) => {
+                Err(DecodeError::UnexpectedFrame("not a channel frame"))
+            }
+        }
+    }
+
+    /// Feeds a method frame.
+    pub fn feed_method(&mut self, method: Method) -> Result<Option<Command>, DecodeError> {
+        match self.state {
+            State::AwaitingMethod if method.has_content() => {
+                self.state = State::AwaitingHeader(method);
+                Ok(None)
+            }
+            State::AwaitingMethod => Ok(Some(Command { method, content: None })),
+            State::AwaitingHeader(_) => Err(DecodeError::UnexpectedFrame(
+                "expected a content header, got a method frame",
+            )),
+            State::AwaitingBody { .. } => Err(DecodeError::UnexpectedFrame(
+                "expected a content body, got a method frame",
+            )),
+        }
+    }
+
+    /// Feeds a content header frame.
+    pub fn feed_header(&mut self, header: ContentHeader) -> Result<Option<Command>, DecodeError> {
+        let State::AwaitingHeader(method) = std::mem::take(&mut self.state) else {
+            return Err(DecodeError::UnexpectedFrame(
+                "content header without a content-carrying method",
+            ));
+        };
+        if header.class_id != method.class_id() {
+            return Err(DecodeError::UnexpectedFrame("content header of another class"));
+        }
+        if header.body_size > self.max_body_size {
+            return Err(DecodeError::ContentTooLarge {
+                size: header.body_size,
+                max: self.max_body_size,
+            });
+        }
+        if header.body_size == 0 {
+            return Ok(Some(Command {
+                method,
+                content: Some(Content {
+                    header,
+                    body: Bytes::new(),
+                }),
+            }));
+        }
+        self.state = State::AwaitingBody {
+            method,
+            header,
+            parts: Vec::new(),
+            received: 0,
+        };
+        Ok(None)
+    }
+
+    /// Feeds a content body frame.
+    pub fn feed_body(&mut self, body: Bytes) -> Result<Option<Command>, DecodeError> {
+        let State::AwaitingBody {
+            method,
+            header,
+            mut parts,
+            received,
+        } = std::mem::take(&mut self.state)
+        else {
+            return Err(DecodeError::UnexpectedFrame("content body without a content header"));
+        };
+        let received = received.saturating_add(body.len() as u64);
+        if received > header.body_size {
+            return Err(DecodeError::BodyTooLarge {
+                expected: header.body_size,
+                received,
+            });
+        }
+        parts.push(body);
+        if received < header.body_size {
+            self.state = State::AwaitingBody {
+                method,
+                header,
+                parts,
+                received,
+            };
+            return Ok(None);
+        }
+        let body = join(parts, received);
+        Ok(Some(Command {
+            method,
+            content: Some(Content { header, body }),
+        }))
+    }
+}
+
+/// Joins body parts: a lone part is returned as it is, without a copy.
+fn join(mut parts: Vec<Bytes>, len: u64) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+    for part in &parts {
+        body.put_slice(part);
+    }
+    body.freeze()
+}
+
+/// The largest body slice one body frame can carry under `frame_max` (0: no limit).
+pub fn max_body_frame_payload(frame_max: u32) -> usize {
+    let max = if frame_max == 0 { u32::MAX } else { frame_max };
+    usize::try_from(max.saturating_sub(FRAME_OVERHEAD as u32)).unwrap_or(usize::MAX).max(1)
+}
+
+/// Splits `body` into body frames for `frame_max`: slices of `body`, never copies.
+pub fn body_frames(channel: ChannelId, body: &Bytes, frame_max: u32) -> impl Iterator<Item = Frame> + '_ {
+    let chunk = max_body_frame_payload(frame_max);
+    let count = body.len().div_ceil(chunk);
+    (0..count).map(move |i| {
+        let start = i.saturating_mul(chunk);
+        let end = start.saturating_add(chunk).min(body.len());
+        Frame::Body(channel, body.slice(start..end))
+    })
+}
+
+/// Appends a whole message to `buf`: the method frame, the content header frame, and as many
+/// body frames as `frame_max` requires. On error `buf` is left as it was.
+///
+/// This is the publish (and deliver) fast path: the frames are written straight into `buf`,
+/// nothing is allocated when `buf` has room.
+pub fn encode_content(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &Method,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let result = encode_content_unchecked(buf, channel, method, properties, body, frame_max);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_content_unchecked(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &Method,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), EncodeError> {
+    let chunk = max_body_frame_payload(frame_max);
+    let body_frames = body.len().div_ceil(chunk);
+    buf.reserve(
+        body.len()
+            .saturating_add(body_frames.saturating_mul(FRAME_OVERHEAD))
+            .saturating_add(FRAME_OVERHEAD.saturating_mul(2))
+            .saturating_add(18)
+            .saturating_add(method.arguments_len())
+            .saturating_add(properties.encoded_len()),
+    );
+    let method_start = buf.len();
+    put_method_frame(buf, channel, method)?;
+    check_frame_max(buf.len().saturating_sub(method_start), frame_max)?;
+    let header_start = buf.len();
+    put_header_frame(buf, channel, ContentHeader::BASIC_CLASS_ID, body.len() as u64, properties)?;
+    check_frame_max(buf.len().saturating_sub(header_start), frame_max)?;
+    for slice in body.chunks(chunk) {
+        put_body_frame(buf, channel, slice)?;
+    }
+    Ok(())
+}
+
+fn check_frame_max(size: usize, frame_max: u32) -> Result<(), EncodeError> {
+    if frame_max != 0 && size > frame_max as usize {
+        Err(EncodeError::FrameTooLarge { size, frame_max })
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Cross-crate and interop tests live in this package's `tests/` folder.
