@@ -26,6 +26,7 @@
 //! - [`types`]: short and long strings, field tables and values.
 //! - [`describe`]: the one-line text and JSON renderings of a frame that `amqp-dump`, the
 //!   frame tracer and the sniffer print.
+//! - [`tune`]: connection.tune negotiation, shared by the client and the broker.
 //! - [`constants`], [`error`]: reply codes, frame types, and errors that know their reply code.
 //! - `tokio` (feature `tokio-codec`): a tokio-util `Decoder`/`Encoder` over [`decode`].
 //! - [`fuzzing`]: the bodies of the cargo-fuzz targets, so `cargo test` replays their corpus.
@@ -79,6 +80,7 @@ mod generated;
 pub mod spec;
 #[cfg(feature = "tokio-codec")]
 pub mod tokio;
+pub mod tune;
 pub mod types;
 mod wire;
 
@@ -92,4 +94,5 @@ pub use content::{body_frames, encode_content, Command, Content, ContentAssemble
 pub use error::{DecodeError, EncodeError};
 pub use frame::{decode, ContentHeader, Frame, Limits, ProtocolHeader};
 pub use generated::{BasicProperties, Method};
+pub use tune::Tune;
 pub use types::{Decimal, FieldArray, FieldTable, FieldValue, LongString, ShortString};
