@@ -73,6 +73,10 @@ pub enum Error {
     /// An operation did not complete in the time allowed.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// The server cancelled the consumer (the queue was deleted, or its node went down):
+    /// RabbitMQ's consumer cancel notification.
+    #[error("consumer {0} was cancelled by the server (queue deleted?)")]
+    ConsumerCancelled(String),
     /// The server does not support what was asked (e.g. a capability it did not announce).
     #[error("not supported: {0}")]
     NotSupported(&'static str),
@@ -101,6 +105,9 @@ impl Error {
 
     /// Whether the connection is gone (as opposed to just one channel).
     pub fn is_connection_error(&self) -> bool {
-        !matches!(self, Error::ChannelClosed(_) | Error::ChannelClosedLocally | Error::Encode(_))
+        !matches!(
+            self,
+            Error::ChannelClosed(_) | Error::ChannelClosedLocally | Error::Encode(_)
+        )
     }
 }

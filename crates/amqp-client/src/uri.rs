@@ -87,7 +87,9 @@ impl AmqpUri {
         let rest = match uri.split_once("://") {
             Some(("amqp", rest)) => rest,
             Some(("amqps", _)) => return Err(bad("amqps (TLS) is not supported by this client")),
-            Some((scheme, _)) => return Err(bad(&format!("unknown scheme {scheme:?}, expected amqp"))),
+            Some((scheme, _)) => {
+                return Err(bad(&format!("unknown scheme {scheme:?}, expected amqp")))
+            }
             None => return Err(bad("expected amqp://")),
         };
         let mut parsed = AmqpUri::default();
@@ -105,16 +107,20 @@ impl AmqpUri {
                     Some((user, pass)) => (user, Some(pass)),
                     None => (userinfo, None),
                 };
-                parsed.username = percent_decode(user).ok_or_else(|| bad("bad percent-encoding in user"))?;
+                parsed.username =
+                    percent_decode(user).ok_or_else(|| bad("bad percent-encoding in user"))?;
                 if let Some(pass) = pass {
-                    parsed.password = percent_decode(pass).ok_or_else(|| bad("bad percent-encoding in password"))?;
+                    parsed.password = percent_decode(pass)
+                        .ok_or_else(|| bad("bad percent-encoding in password"))?;
                 }
                 host_port
             }
             None => authority,
         };
         let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| bad("unclosed [ in IPv6 host"))?;
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in IPv6 host"))?;
             let port = match after.strip_prefix(':') {
                 Some(port) => Some(port),
                 None if after.is_empty() => None,
@@ -128,24 +134,36 @@ impl AmqpUri {
             }
         };
         if !host.is_empty() {
-            parsed.host = percent_decode(host).ok_or_else(|| bad("bad percent-encoding in host"))?;
+            parsed.host =
+                percent_decode(host).ok_or_else(|| bad("bad percent-encoding in host"))?;
         }
         if let Some(port) = port.filter(|p| !p.is_empty()) {
-            parsed.port = port.parse().map_err(|_| bad("port is not a number from 0 to 65535"))?;
+            parsed.port = port
+                .parse()
+                .map_err(|_| bad("port is not a number from 0 to 65535"))?;
         }
         if let Some(path) = path {
             if path.contains('/') {
                 return Err(bad("a vhost with a / must be percent-encoded as %2f"));
             }
-            parsed.vhost = percent_decode(path).ok_or_else(|| bad("bad percent-encoding in vhost"))?;
+            parsed.vhost =
+                percent_decode(path).ok_or_else(|| bad("bad percent-encoding in vhost"))?;
         }
-        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+        for pair in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let number = |what: &str| bad(&format!("{what} must be a number, got {value:?}"));
             match key {
-                "heartbeat" => parsed.heartbeat = Some(value.parse().map_err(|_| number("heartbeat"))?),
+                "heartbeat" => {
+                    parsed.heartbeat = Some(value.parse().map_err(|_| number("heartbeat"))?)
+                }
                 "frame_max" => parsed.frame_max = value.parse().map_err(|_| number("frame_max"))?,
-                "channel_max" => parsed.channel_max = value.parse().map_err(|_| number("channel_max"))?,
+                "channel_max" => {
+                    parsed.channel_max = value.parse().map_err(|_| number("channel_max"))?
+                }
                 "connection_timeout" => {
                     let millis: u64 = value.parse().map_err(|_| number("connection_timeout"))?;
                     parsed.connection_timeout = Some(Duration::from_millis(millis));
@@ -162,8 +180,12 @@ impl AmqpUri {
                 _ => {}
             }
         }
-        if parsed.frame_max != 0 && parsed.frame_max < amqp_codec::constants::RABBITMQ_FRAME_MIN_SIZE {
-            return Err(bad("frame_max must be 0 or at least 8192 (RabbitMQ 4.1 refuses less)"));
+        if parsed.frame_max != 0
+            && parsed.frame_max < amqp_codec::constants::RABBITMQ_FRAME_MIN_SIZE
+        {
+            return Err(bad(
+                "frame_max must be 0 or at least 8192 (RabbitMQ 4.1 refuses less)",
+            ));
         }
         Ok(parsed)
     }
@@ -265,9 +287,14 @@ mod tests {
 
     #[test]
     fn parse_heartbeat_zero_means_off() {
-        assert_eq!(AmqpUri::parse("amqp://h?heartbeat=0").unwrap().heartbeat, Some(0));
         assert_eq!(
-            AmqpUri::parse("amqp://h?auth_mechanism=amqplain").unwrap().auth_mechanism,
+            AmqpUri::parse("amqp://h?heartbeat=0").unwrap().heartbeat,
+            Some(0)
+        );
+        assert_eq!(
+            AmqpUri::parse("amqp://h?auth_mechanism=amqplain")
+                .unwrap()
+                .auth_mechanism,
             AuthMechanism::AmqPlain
         );
     }

@@ -71,7 +71,8 @@ impl<T> ChannelCore<T> {
     /// The token waiting for `reply`, if `reply` answers the oldest pending request.
     pub(super) fn take_reply_token(&mut self, reply: &Method) -> Option<T> {
         let front = self.pending.front()?;
-        if front.class_id == reply.class_id() && front.reply_ids.contains(&Some(reply.method_id())) {
+        if front.class_id == reply.class_id() && front.reply_ids.contains(&Some(reply.method_id()))
+        {
             self.pending.pop_front().map(|p| p.token)
         } else {
             None
@@ -80,7 +81,9 @@ impl<T> ChannelCore<T> {
 
     /// Every waiting token, oldest first, leaving none.
     pub(super) fn take_pending(&mut self) -> impl Iterator<Item = T> {
-        std::mem::take(&mut self.pending).into_iter().map(|p| p.token)
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|p| p.token)
     }
 
     pub(super) fn enter_confirm_mode(&mut self) {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use amqp_codec::methods::*;
 use amqp_codec::tune::{client_tune_ok, Tune};
 use amqp_codec::{
-    decode, encode_content, BasicProperties, ChannelId, Command, FieldTable, FieldValue, Frame, Limits, LongString,
-    Method, ReplyCode, ShortString,
+    decode, encode_content, BasicProperties, ChannelId, Command, FieldTable, FieldValue, Frame,
+    Limits, LongString, Method, ReplyCode, ShortString,
 };
 use bytes::{BufMut, BytesMut};
 
@@ -326,6 +326,12 @@ impl<T> ConnectionCore<T> {
         }
     }
 
+    /// Tells the core that the layer above stopped reading the socket on purpose (a consumer
+    /// is not keeping up), so silence from the server is not its fault.
+    pub fn reading_paused(&mut self, now: Instant) {
+        self.last_received = now;
+    }
+
     /// The next time [`handle_timeout`](Self::handle_timeout) must run, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let interval = self.heartbeat_interval()?;
@@ -364,36 +370,58 @@ impl<T> ConnectionCore<T> {
 
     // ---- requests -----------------------------------------------------------------------
 
-    /// Opens a channel on the lowest free number; `token` comes back with channel.open-ok.
-    pub fn open_channel(&mut self, token: T) -> Result<ChannelId, Error> {
-        self.check_open()?;
+    /// Opens a channel on the lowest free number. `token` is made from the number chosen and
+    /// comes back with channel.open-ok (or with the error, if no channel could be opened).
+    pub fn open_channel(&mut self, token: impl FnOnce(ChannelId) -> T) -> Result<ChannelId, Error> {
         let max = self.tune.max_channel();
-        let id = (1..=max)
-            .find(|id| !self.channels.contains_key(id))
-            .ok_or(Error::NoFreeChannel(max))?;
-        self.write_method(id, ChannelOpen.into())?;
+        let free = self.check_open().and_then(|()| {
+            (1..=max)
+                .find(|id| !self.channels.contains_key(id))
+                .ok_or(Error::NoFreeChannel(max))
+        });
+        let id = match free.and_then(|id| self.write_method(id, ChannelOpen.into()).map(|()| id)) {
+            Ok(id) => id,
+            Err(err) => return self.reject(token(0), err),
+        };
         let mut channel = ChannelCore::new();
-        channel.expect_reply(&Method::ChannelOpen(ChannelOpen), token);
+        channel.expect_reply(&Method::ChannelOpen(ChannelOpen), token(id));
         self.channels.insert(id, channel);
         Ok(id)
+    }
+
+    /// Hands `token` back with `err` (as an [`Event::Reply`]) and returns the error too.
+    /// Requests never lose their token: whoever waits on it always hears back.
+    fn reject<R>(&mut self, token: T, err: Error) -> Result<R, Error> {
+        self.events.push_back(Event::Reply {
+            token,
+            result: Err(err.clone()),
+        });
+        Err(err)
     }
 
     /// Sends a synchronous method on an open channel; `token` comes back with its reply.
     /// Methods with no reply (basic.ack, no-wait variants) should go through
     /// [`send`](Self::send) instead.
     pub fn call(&mut self, channel: ChannelId, method: Method, token: T) -> Result<(), Error> {
-        self.check_channel(channel)?;
+        if let Err(err) = self.check_channel(channel) {
+            return self.reject(token, err);
+        }
         self.note_outgoing(channel, &method);
         let expects_reply = !method.info().responses.is_empty() && !has_no_wait(&method);
         let key = Method::clone(&method);
-        self.write_method(channel, method)?;
+        if let Err(err) = self.write_method(channel, method) {
+            return self.reject(token, err);
+        }
         if let Some(c) = self.channels.get_mut(&channel) {
             if expects_reply {
                 c.expect_reply(&key, token);
             } else {
                 self.events.push_back(Event::Reply {
                     token,
-                    result: Ok(Command { method: key, content: None }),
+                    result: Ok(Command {
+                        method: key,
+                        content: None,
+                    }),
                 });
             }
         }
@@ -419,21 +447,35 @@ impl<T> ConnectionCore<T> {
     ) -> Result<Option<u64>, Error> {
         self.check_channel(channel)?;
         let method = Method::BasicPublish(publish);
-        encode_content(&mut self.output, channel, &method, properties, body, self.tune.frame_max)?;
-        Ok(self.channels.get_mut(&channel).and_then(ChannelCore::next_publish_seq))
+        encode_content(
+            &mut self.output,
+            channel,
+            &method,
+            properties,
+            body,
+            self.tune.frame_max,
+        )?;
+        Ok(self
+            .channels
+            .get_mut(&channel)
+            .and_then(ChannelCore::next_publish_seq))
     }
 
     /// Closes a channel (channel.close 200); `token` comes back with close-ok. Requests still
     /// waiting on it fail now: the server's replies to them will be discarded (spec 1.5.2.5).
     pub fn close_channel(&mut self, channel: ChannelId, token: T) -> Result<(), Error> {
-        self.check_channel(channel)?;
+        if let Err(err) = self.check_channel(channel) {
+            return self.reject(token, err);
+        }
         let close = ChannelClose {
             reply_code: ReplyCode::REPLY_SUCCESS.0,
             reply_text: ShortString::from_static("Goodbye"),
             class_id: 0,
             method_id: 0,
         };
-        self.write_method(channel, close.into())?;
+        if let Err(err) = self.write_method(channel, close.into()) {
+            return self.reject(token, err);
+        }
         if let Some(c) = self.channels.get_mut(&channel) {
             c.state = ChannelState::Closing;
             for token in c.take_pending() {
@@ -449,8 +491,15 @@ impl<T> ConnectionCore<T> {
 
     /// Closes the connection (connection.close 200); `token` comes back with close-ok.
     pub fn close(&mut self, token: T) -> Result<(), Error> {
-        if matches!(self.state, ConnectionState::Closing | ConnectionState::Closed) {
-            return Err(self.close_reason.clone().unwrap_or(Error::ConnectionClosedLocally));
+        if matches!(
+            self.state,
+            ConnectionState::Closing | ConnectionState::Closed
+        ) {
+            let err = self
+                .close_reason
+                .clone()
+                .unwrap_or(Error::ConnectionClosedLocally);
+            return self.reject(token, err);
         }
         self.send_connection_close(ReplyCode::REPLY_SUCCESS, "Goodbye");
         self.fail_channels(&Error::ConnectionClosedLocally);
@@ -461,13 +510,22 @@ impl<T> ConnectionCore<T> {
 
     /// Sends connection.update-secret (a refreshed OAuth 2 token); `token` comes back with
     /// update-secret-ok.
-    pub fn update_secret(&mut self, secret: LongString, reason: &str, token: T) -> Result<(), Error> {
-        self.check_open()?;
+    pub fn update_secret(
+        &mut self,
+        secret: LongString,
+        reason: &str,
+        token: T,
+    ) -> Result<(), Error> {
         let method = ConnectionUpdateSecret {
             new_secret: secret,
             reason: reason.into(),
         };
-        self.write_method(0, method.into())?;
+        if let Err(err) = self
+            .check_open()
+            .and_then(|()| self.write_method(0, method.into()))
+        {
+            return self.reject(token, err);
+        }
         self.connection_pending
             .push_back((ConnectionUpdateSecretOk::METHOD_ID, token));
         Ok(())
@@ -478,10 +536,13 @@ impl<T> ConnectionCore<T> {
     fn check_open(&self) -> Result<(), Error> {
         match self.state {
             ConnectionState::Open => Ok(()),
-            ConnectionState::Closing | ConnectionState::Closed => {
-                Err(self.close_reason.clone().unwrap_or(Error::ConnectionClosedLocally))
-            }
-            _ => Err(Error::UnexpectedFrame("the connection is not open yet".into())),
+            ConnectionState::Closing | ConnectionState::Closed => Err(self
+                .close_reason
+                .clone()
+                .unwrap_or(Error::ConnectionClosedLocally)),
+            _ => Err(Error::UnexpectedFrame(
+                "the connection is not open yet".into(),
+            )),
         }
     }
 
@@ -594,7 +655,9 @@ impl<T> ConnectionCore<T> {
 
     fn handle_connection_method(&mut self, method: Method) {
         match (self.state, method) {
-            (ConnectionState::AwaitingStart, Method::ConnectionStart(start)) => self.on_start(start),
+            (ConnectionState::AwaitingStart, Method::ConnectionStart(start)) => {
+                self.on_start(start)
+            }
             (ConnectionState::AwaitingTune, Method::ConnectionTune(tune)) => self.on_tune(tune),
             (ConnectionState::AwaitingOpenOk, Method::ConnectionOpenOk(_)) => {
                 self.state = ConnectionState::Open;
@@ -612,7 +675,9 @@ impl<T> ConnectionCore<T> {
                     method_id: close.method_id,
                 };
                 let err = match self.state {
-                    ConnectionState::AwaitingStart | ConnectionState::AwaitingTune | ConnectionState::AwaitingOpenOk
+                    ConnectionState::AwaitingStart
+                    | ConnectionState::AwaitingTune
+                    | ConnectionState::AwaitingOpenOk
                         if server_close.code == ReplyCode::ACCESS_REFUSED =>
                     {
                         Error::AuthenticationFailed(server_close.text.to_string())
@@ -642,7 +707,9 @@ impl<T> ConnectionCore<T> {
             (ConnectionState::Closing, _) => {}
             (ConnectionState::Open, Method::ConnectionBlocked(blocked)) => {
                 self.blocked = true;
-                self.events.push_back(Event::Blocked { reason: blocked.reason });
+                self.events.push_back(Event::Blocked {
+                    reason: blocked.reason,
+                });
             }
             (ConnectionState::Open, Method::ConnectionUnblocked(_)) => {
                 self.blocked = false;
@@ -739,7 +806,10 @@ impl<T> ConnectionCore<T> {
             if matches!(&frame, Frame::Method(_, Method::ChannelCloseOk(_))) {
                 return;
             }
-            self.protocol_violation(ReplyCode::CHANNEL_ERROR, format!("frame on channel {id}, which is not open"));
+            self.protocol_violation(
+                ReplyCode::CHANNEL_ERROR,
+                format!("frame on channel {id}, which is not open"),
+            );
             return;
         };
         match channel.assembler.feed(frame) {
@@ -766,39 +836,61 @@ impl<T> ConnectionCore<T> {
                 Method::ChannelCloseOk(_) => {
                     if let Some(mut channel) = self.channels.remove(&id) {
                         if let Some(token) = channel.close_token.take() {
-                            self.events.push_back(Event::Reply { token, result: Ok(command) });
+                            self.events.push_back(Event::Reply {
+                                token,
+                                result: Ok(command),
+                            });
                         }
                     }
-                    self.events.push_back(Event::ChannelClosed { channel: id, error: None });
+                    self.events.push_back(Event::ChannelClosed {
+                        channel: id,
+                        error: None,
+                    });
                 }
                 Method::ChannelClose(_) => {
                     let _ = Frame::Method(id, ChannelCloseOk.into()).encode(&mut self.output, 0);
                     if let Some(mut channel) = self.channels.remove(&id) {
                         if let Some(token) = channel.close_token.take() {
-                            self.events.push_back(Event::Reply { token, result: Ok(command) });
+                            self.events.push_back(Event::Reply {
+                                token,
+                                result: Ok(command),
+                            });
                         }
                     }
-                    self.events.push_back(Event::ChannelClosed { channel: id, error: None });
+                    self.events.push_back(Event::ChannelClosed {
+                        channel: id,
+                        error: None,
+                    });
                 }
                 _ => {}
             }
             return;
         }
         match command.method {
-            Method::BasicDeliver(_) => self.events.push_back(Event::Delivery { channel: id, command }),
-            Method::BasicReturn(_) => self.events.push_back(Event::Return { channel: id, command }),
-            Method::BasicAck(ack) if channel.in_confirm_mode() => self.events.push_back(Event::Confirm {
+            Method::BasicDeliver(_) => self.events.push_back(Event::Delivery {
                 channel: id,
-                delivery_tag: ack.delivery_tag,
-                multiple: ack.multiple,
-                ack: true,
+                command,
             }),
-            Method::BasicNack(nack) if channel.in_confirm_mode() => self.events.push_back(Event::Confirm {
+            Method::BasicReturn(_) => self.events.push_back(Event::Return {
                 channel: id,
-                delivery_tag: nack.delivery_tag,
-                multiple: nack.multiple,
-                ack: false,
+                command,
             }),
+            Method::BasicAck(ack) if channel.in_confirm_mode() => {
+                self.events.push_back(Event::Confirm {
+                    channel: id,
+                    delivery_tag: ack.delivery_tag,
+                    multiple: ack.multiple,
+                    ack: true,
+                })
+            }
+            Method::BasicNack(nack) if channel.in_confirm_mode() => {
+                self.events.push_back(Event::Confirm {
+                    channel: id,
+                    delivery_tag: nack.delivery_tag,
+                    multiple: nack.multiple,
+                    ack: false,
+                })
+            }
             Method::BasicCancel(cancel) => {
                 if !cancel.no_wait {
                     let ok = BasicCancelOk {
@@ -812,7 +904,9 @@ impl<T> ConnectionCore<T> {
                 });
             }
             Method::ChannelFlow(flow) => {
-                let ok = ChannelFlowOk { active: flow.active };
+                let ok = ChannelFlowOk {
+                    active: flow.active,
+                };
                 let _ = Frame::Method(id, ok.into()).encode(&mut self.output, 0);
             }
             Method::ChannelClose(close) => {
@@ -841,7 +935,10 @@ impl<T> ConnectionCore<T> {
                     if matches!(command.method, Method::ChannelOpenOk(_)) {
                         channel.state = ChannelState::Open;
                     }
-                    self.events.push_back(Event::Reply { token, result: Ok(command) });
+                    self.events.push_back(Event::Reply {
+                        token,
+                        result: Ok(command),
+                    });
                 }
                 None => self.protocol_violation(
                     ReplyCode::COMMAND_INVALID,
@@ -866,7 +963,9 @@ fn has_no_wait(method: &Method) -> bool {
 /// Reads a boolean capability from a server-properties table.
 pub fn server_capability(server_properties: &FieldTable, name: &str) -> bool {
     match server_properties.get("capabilities") {
-        Some(FieldValue::Table(capabilities)) => matches!(capabilities.get(name), Some(FieldValue::Bool(true))),
+        Some(FieldValue::Table(capabilities)) => {
+            matches!(capabilities.get(name), Some(FieldValue::Bool(true)))
+        }
         _ => false,
     }
 }

@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use amqp_codec::methods::*;
-use amqp_codec::{body_frames, decode, BasicProperties, ContentHeader, FieldValue, Frame, Limits, Method, ReplyCode};
+use amqp_codec::{
+    body_frames, decode, BasicProperties, ContentHeader, FieldValue, Frame, Limits, Method,
+    ReplyCode,
+};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
@@ -36,10 +39,18 @@ impl Pair {
     }
 
     fn handshake(&mut self, offer: Tune) {
-        assert_eq!(self.server_reads(), vec![Frame::ProtocolHeader(amqp_codec::ProtocolHeader::AMQP_0_9_1)]);
+        assert_eq!(
+            self.server_reads(),
+            vec![Frame::ProtocolHeader(
+                amqp_codec::ProtocolHeader::AMQP_0_9_1
+            )]
+        );
         self.server_sends(Frame::Method(0, rabbitmq_start().into()));
         let start_ok = self.server_reads();
-        assert!(matches!(start_ok.as_slice(), [Frame::Method(0, Method::ConnectionStartOk(_))]));
+        assert!(matches!(
+            start_ok.as_slice(),
+            [Frame::Method(0, Method::ConnectionStartOk(_))]
+        ));
         self.server_sends(Frame::Method(
             0,
             ConnectionTune {
@@ -50,9 +61,21 @@ impl Pair {
             .into(),
         ));
         let frames = self.server_reads();
-        assert!(matches!(frames.as_slice(), [Frame::Method(0, Method::ConnectionTuneOk(_)), Frame::Method(0, Method::ConnectionOpen(_))]), "{frames:?}");
+        assert!(
+            matches!(
+                frames.as_slice(),
+                [
+                    Frame::Method(0, Method::ConnectionTuneOk(_)),
+                    Frame::Method(0, Method::ConnectionOpen(_))
+                ]
+            ),
+            "{frames:?}"
+        );
         self.server_sends(Frame::Method(0, ConnectionOpenOk.into()));
-        assert!(matches!(self.client.poll_event(), Some(Event::Connected { .. })));
+        assert!(matches!(
+            self.client.poll_event(),
+            Some(Event::Connected { .. })
+        ));
         assert_eq!(self.client.state(), ConnectionState::Open);
     }
 
@@ -85,11 +108,16 @@ impl Pair {
     }
 
     fn open_channel(&mut self, token: u32) -> ChannelId {
-        let id = self.client.open_channel(token).unwrap();
-        assert_eq!(self.server_reads(), vec![Frame::Method(id, ChannelOpen.into())]);
+        let id = self.client.open_channel(move |_| token).unwrap();
+        assert_eq!(
+            self.server_reads(),
+            vec![Frame::Method(id, ChannelOpen.into())]
+        );
         self.server_sends(Frame::Method(id, ChannelOpenOk.into()));
         let events = self.events();
-        assert!(matches!(events.as_slice(), [Event::Reply { token: t, result: Ok(_) }] if *t == token));
+        assert!(
+            matches!(events.as_slice(), [Event::Reply { token: t, result: Ok(_) }] if *t == token)
+        );
         id
     }
 
@@ -127,31 +155,74 @@ fn declare(queue: &str) -> Method {
 #[test]
 fn handshake_sends_plain_credentials_capabilities_and_settles_tune() {
     let mut pair = Pair::new("amqp://alice:s3cret@localhost/prod?heartbeat=30");
-    assert_eq!(pair.server_reads(), vec![Frame::ProtocolHeader(amqp_codec::ProtocolHeader::AMQP_0_9_1)]);
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::ProtocolHeader(
+            amqp_codec::ProtocolHeader::AMQP_0_9_1
+        )]
+    );
     pair.server_sends(Frame::Method(0, rabbitmq_start().into()));
-    let [Frame::Method(0, Method::ConnectionStartOk(start_ok))] = <[Frame; 1]>::try_from(pair.server_reads()).unwrap() else {
+    let [Frame::Method(0, Method::ConnectionStartOk(start_ok))] =
+        <[Frame; 1]>::try_from(pair.server_reads()).unwrap()
+    else {
         panic!("expected start-ok");
     };
     assert_eq!(start_ok.mechanism, "PLAIN");
     assert_eq!(start_ok.response.as_bytes(), b"\0alice\0s3cret");
-    let Some(FieldValue::Table(capabilities)) = start_ok.client_properties.get("capabilities") else {
+    let Some(FieldValue::Table(capabilities)) = start_ok.client_properties.get("capabilities")
+    else {
         panic!("no capabilities table");
     };
-    for name in ["publisher_confirms", "consumer_cancel_notify", "connection.blocked", "basic.nack", "authentication_failure_close"] {
-        assert_eq!(capabilities.get(name), Some(&FieldValue::Bool(true)), "{name}");
+    for name in [
+        "publisher_confirms",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "basic.nack",
+        "authentication_failure_close",
+    ] {
+        assert_eq!(
+            capabilities.get(name),
+            Some(&FieldValue::Bool(true)),
+            "{name}"
+        );
     }
-    pair.server_sends(Frame::Method(0, ConnectionTune { channel_max: 2047, frame_max: 131_072, heartbeat: 60 }.into()));
+    pair.server_sends(Frame::Method(
+        0,
+        ConnectionTune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 60,
+        }
+        .into(),
+    ));
     assert_eq!(
         pair.server_reads(),
         vec![
-            Frame::Method(0, ConnectionTuneOk { channel_max: 2047, frame_max: 131_072, heartbeat: 30 }.into()),
-            Frame::Method(0, ConnectionOpen { virtual_host: "prod".into() }.into()),
+            Frame::Method(
+                0,
+                ConnectionTuneOk {
+                    channel_max: 2047,
+                    frame_max: 131_072,
+                    heartbeat: 30
+                }
+                .into()
+            ),
+            Frame::Method(
+                0,
+                ConnectionOpen {
+                    virtual_host: "prod".into()
+                }
+                .into()
+            ),
         ]
     );
     assert_eq!(pair.client.state(), ConnectionState::AwaitingOpenOk);
     pair.server_sends(Frame::Method(0, ConnectionOpenOk.into()));
     match pair.client.poll_event() {
-        Some(Event::Connected { tune, server_properties }) => {
+        Some(Event::Connected {
+            tune,
+            server_properties,
+        }) => {
             assert_eq!(tune.heartbeat, 30);
             assert!(server_capability(&server_properties, "publisher_confirms"));
         }
@@ -164,11 +235,16 @@ fn handshake_with_amqplain_sends_login_table_without_length_prefix() {
     let mut pair = Pair::new("amqp://bob:pw@localhost?auth_mechanism=AMQPLAIN");
     pair.server_reads();
     pair.server_sends(Frame::Method(0, rabbitmq_start().into()));
-    let [Frame::Method(0, Method::ConnectionStartOk(start_ok))] = <[Frame; 1]>::try_from(pair.server_reads()).unwrap() else {
+    let [Frame::Method(0, Method::ConnectionStartOk(start_ok))] =
+        <[Frame; 1]>::try_from(pair.server_reads()).unwrap()
+    else {
         panic!("expected start-ok");
     };
     assert_eq!(start_ok.mechanism, "AMQPLAIN");
-    assert_eq!(start_ok.response.as_bytes(), b"\x05LOGINS\x00\x00\x00\x03bob\x08PASSWORDS\x00\x00\x00\x02pw");
+    assert_eq!(
+        start_ok.response.as_bytes(),
+        b"\x05LOGINS\x00\x00\x00\x03bob\x08PASSWORDS\x00\x00\x00\x02pw"
+    );
 }
 
 #[test]
@@ -181,15 +257,22 @@ fn handshake_access_refused_is_an_authentication_error() {
         0,
         ConnectionClose {
             reply_code: 403,
-            reply_text: "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN".into(),
+            reply_text: "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN"
+                .into(),
             class_id: 0,
             method_id: 0,
         }
         .into(),
     ));
-    assert_eq!(pair.server_reads(), vec![Frame::Method(0, ConnectionCloseOk.into())]);
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(0, ConnectionCloseOk.into())]
+    );
     let events = pair.events();
-    assert!(matches!(events.as_slice(), [Event::Closed(Error::AuthenticationFailed(text))] if text.contains("ACCESS_REFUSED")), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [Event::Closed(Error::AuthenticationFailed(text))] if text.contains("ACCESS_REFUSED")),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -198,7 +281,10 @@ fn handshake_socket_closed_after_start_ok_is_an_authentication_error() {
     pair.server_reads();
     pair.server_sends(Frame::Method(0, rabbitmq_start().into()));
     pair.client.handle_eof(None);
-    assert!(matches!(pair.client.close_reason(), Some(Error::AuthenticationFailed(_))));
+    assert!(matches!(
+        pair.client.close_reason(),
+        Some(Error::AuthenticationFailed(_))
+    ));
 }
 
 #[test]
@@ -214,10 +300,28 @@ fn call_reply_is_matched_to_its_token() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
     pair.client.call(ch, declare("task_queue"), 7).unwrap();
-    assert_eq!(pair.server_reads(), vec![Frame::Method(ch, declare("task_queue"))]);
-    pair.server_sends(Frame::Method(ch, QueueDeclareOk { queue: "task_queue".into(), message_count: 3, consumer_count: 0 }.into()));
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(ch, declare("task_queue"))]
+    );
+    pair.server_sends(Frame::Method(
+        ch,
+        QueueDeclareOk {
+            queue: "task_queue".into(),
+            message_count: 3,
+            consumer_count: 0,
+        }
+        .into(),
+    ));
     match pair.events().as_slice() {
-        [Event::Reply { token: 7, result: Ok(Command { method: Method::QueueDeclareOk(ok), .. }) }] => {
+        [Event::Reply {
+            token: 7,
+            result:
+                Ok(Command {
+                    method: Method::QueueDeclareOk(ok),
+                    ..
+                }),
+        }] => {
             assert_eq!(ok.message_count, 3)
         }
         other => panic!("{other:?}"),
@@ -228,15 +332,60 @@ fn call_reply_is_matched_to_its_token() {
 fn basic_get_is_answered_by_get_ok_with_content_or_get_empty() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
-    pair.client.call(ch, BasicGet { queue: "q".into(), no_ack: false }.into(), 2).unwrap();
-    pair.client.call(ch, BasicGet { queue: "q".into(), no_ack: false }.into(), 3).unwrap();
+    pair.client
+        .call(
+            ch,
+            BasicGet {
+                queue: "q".into(),
+                no_ack: false,
+            }
+            .into(),
+            2,
+        )
+        .unwrap();
+    pair.client
+        .call(
+            ch,
+            BasicGet {
+                queue: "q".into(),
+                no_ack: false,
+            }
+            .into(),
+            3,
+        )
+        .unwrap();
     pair.server_reads();
-    pair.server_sends(Frame::Method(ch, BasicGetOk { delivery_tag: 1, message_count: 0, ..Default::default() }.into()));
-    pair.server_sends(Frame::Header(ch, ContentHeader::basic(2, BasicProperties::default())));
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicGetOk {
+            delivery_tag: 1,
+            message_count: 0,
+            ..Default::default()
+        }
+        .into(),
+    ));
+    pair.server_sends(Frame::Header(
+        ch,
+        ContentHeader::basic(2, BasicProperties::default()),
+    ));
     pair.server_sends(Frame::Body(ch, Bytes::from_static(b"hi")));
     pair.server_sends(Frame::Method(ch, BasicGetEmpty.into()));
     match pair.events().as_slice() {
-        [Event::Reply { token: 2, result: Ok(Command { content: Some(content), .. }) }, Event::Reply { token: 3, result: Ok(Command { method: Method::BasicGetEmpty(_), .. }) }] => {
+        [Event::Reply {
+            token: 2,
+            result:
+                Ok(Command {
+                    content: Some(content),
+                    ..
+                }),
+        }, Event::Reply {
+            token: 3,
+            result:
+                Ok(Command {
+                    method: Method::BasicGetEmpty(_),
+                    ..
+                }),
+        }] => {
             assert_eq!(&content.body[..], b"hi")
         }
         other => panic!("{other:?}"),
@@ -253,12 +402,27 @@ fn channel_error_fails_pending_calls_and_leaves_the_connection_usable() {
     let text = "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'hello' in vhost '/': received 'true' but current is 'false'";
     pair.server_sends(Frame::Method(
         ch,
-        ChannelClose { reply_code: 406, reply_text: text.into(), class_id: 50, method_id: 10 }.into(),
+        ChannelClose {
+            reply_code: 406,
+            reply_text: text.into(),
+            class_id: 50,
+            method_id: 10,
+        }
+        .into(),
     ));
-    assert_eq!(pair.server_reads(), vec![Frame::Method(ch, ChannelCloseOk.into())]);
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(ch, ChannelCloseOk.into())]
+    );
     let events = pair.events();
     match events.as_slice() {
-        [Event::Reply { token: 10, result: Err(Error::ChannelClosed(close)) }, Event::ChannelClosed { channel, error: Some(_) }] => {
+        [Event::Reply {
+            token: 10,
+            result: Err(Error::ChannelClosed(close)),
+        }, Event::ChannelClosed {
+            channel,
+            error: Some(_),
+        }] => {
             assert_eq!(close.code, ReplyCode::PRECONDITION_FAILED);
             assert_eq!(close.text, text);
             assert_eq!(*channel, ch);
@@ -266,13 +430,29 @@ fn channel_error_fails_pending_calls_and_leaves_the_connection_usable() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(pair.client.call(ch, declare("x"), 11), Err(Error::ChannelClosedLocally)));
+    assert!(matches!(
+        pair.client.call(ch, declare("x"), 11),
+        Err(Error::ChannelClosedLocally)
+    ));
+    assert!(
+        matches!(
+            pair.events().as_slice(),
+            [Event::Reply {
+                token: 11,
+                result: Err(Error::ChannelClosedLocally)
+            }]
+        ),
+        "a refused call still hands its token back"
+    );
     // The other channel and the connection carry on.
     pair.client.call(other, declare("x"), 12).unwrap();
-    assert_eq!(pair.server_reads(), vec![Frame::Method(other, declare("x"))]);
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(other, declare("x"))]
+    );
     assert_eq!(pair.client.state(), ConnectionState::Open);
     // The freed channel number is reused.
-    assert_eq!(pair.client.open_channel(13).unwrap(), ch);
+    assert_eq!(pair.client.open_channel(|_| 13).unwrap(), ch);
 }
 
 #[test]
@@ -283,21 +463,40 @@ fn server_connection_close_fails_every_pending_call_and_answers_close_ok() {
     pair.client.call(a, declare("a"), 20).unwrap();
     pair.client.call(b, declare("b"), 21).unwrap();
     pair.server_reads();
-    pair.server_sends(Frame::Method(
-        0,
-        ConnectionClose { reply_code: 320, reply_text: "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(), class_id: 0, method_id: 0 }.into(),
-    ));
-    assert_eq!(pair.server_reads(), vec![Frame::Method(0, ConnectionCloseOk.into())]);
+    pair.server_sends(
+        Frame::Method(
+            0,
+            ConnectionClose {
+                reply_code: 320,
+                reply_text:
+                    "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+                        .into(),
+                class_id: 0,
+                method_id: 0,
+            }
+            .into(),
+        ),
+    );
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(0, ConnectionCloseOk.into())]
+    );
     let events = pair.events();
     let failed: Vec<u32> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Reply { token, result: Err(Error::ConnectionClosed(close)) } if close.code == ReplyCode::CONNECTION_FORCED => Some(*token),
+            Event::Reply {
+                token,
+                result: Err(Error::ConnectionClosed(close)),
+            } if close.code == ReplyCode::CONNECTION_FORCED => Some(*token),
             _ => None,
         })
         .collect();
     assert_eq!(failed, vec![20, 21]);
-    assert!(matches!(events.last(), Some(Event::Closed(Error::ConnectionClosed(_)))));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Closed(Error::ConnectionClosed(_)))
+    ));
     assert!(pair.client.call(a, declare("a"), 22).is_err());
 }
 
@@ -308,14 +507,28 @@ fn local_close_waits_for_close_ok_and_discards_other_frames() {
     pair.client.call(ch, declare("a"), 30).unwrap();
     pair.client.close(31).unwrap();
     let frames = pair.server_reads();
-    assert!(matches!(frames.last(), Some(Frame::Method(0, Method::ConnectionClose(c))) if c.reply_code == 200));
+    assert!(
+        matches!(frames.last(), Some(Frame::Method(0, Method::ConnectionClose(c))) if c.reply_code == 200)
+    );
     assert_eq!(pair.client.state(), ConnectionState::Closing);
     // A reply that crossed the close on the wire is discarded.
     pair.server_sends(Frame::Method(ch, QueueDeclareOk::default().into()));
     pair.server_sends(Frame::Method(0, ConnectionCloseOk.into()));
     let events = pair.events();
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 30, result: Err(Error::ConnectionClosedLocally) })));
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 31, result: Ok(_) })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 30,
+            result: Err(Error::ConnectionClosedLocally)
+        }
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 31,
+            result: Ok(_)
+        }
+    )));
     assert_eq!(pair.client.state(), ConnectionState::Closed);
 }
 
@@ -327,12 +540,27 @@ fn close_race_both_sides_close_the_connection_at_once() {
     // The server's own close crossed ours: answer it, and we are done.
     pair.server_sends(Frame::Method(
         0,
-        ConnectionClose { reply_code: 320, reply_text: "CONNECTION_FORCED".into(), class_id: 0, method_id: 0 }.into(),
+        ConnectionClose {
+            reply_code: 320,
+            reply_text: "CONNECTION_FORCED".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
     ));
-    assert_eq!(pair.server_reads(), vec![Frame::Method(0, ConnectionCloseOk.into())]);
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(0, ConnectionCloseOk.into())]
+    );
     assert_eq!(pair.client.state(), ConnectionState::Closed);
     let events = pair.events();
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 1, result: Err(_) })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 1,
+            result: Err(_)
+        }
+    )));
 }
 
 #[test]
@@ -343,10 +571,22 @@ fn channel_close_race_with_server_close_resolves_and_tolerates_late_close_ok() {
     pair.server_reads();
     pair.server_sends(Frame::Method(
         ch,
-        ChannelClose { reply_code: 404, reply_text: "NOT_FOUND - no queue 'q' in vhost '/'".into(), class_id: 60, method_id: 20 }.into(),
+        ChannelClose {
+            reply_code: 404,
+            reply_text: "NOT_FOUND - no queue 'q' in vhost '/'".into(),
+            class_id: 60,
+            method_id: 20,
+        }
+        .into(),
     ));
-    assert_eq!(pair.server_reads(), vec![Frame::Method(ch, ChannelCloseOk.into())]);
-    assert!(pair.events().iter().any(|e| matches!(e, Event::Reply { token: 40, .. })));
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(ch, ChannelCloseOk.into())]
+    );
+    assert!(pair
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Reply { token: 40, .. })));
     // The server's answer to our close arrives after: no error.
     pair.server_sends(Frame::Method(ch, ChannelCloseOk.into()));
     assert_eq!(pair.client.state(), ConnectionState::Open);
@@ -357,15 +597,39 @@ fn delivery_content_is_assembled_across_body_frames() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
     let body = Bytes::from(vec![7u8; 300_000]);
-    pair.server_sends(Frame::Method(ch, BasicDeliver { consumer_tag: "ctag".into(), delivery_tag: 1, ..Default::default() }.into()));
-    pair.server_sends(Frame::Header(ch, ContentHeader::basic(body.len() as u64, BasicProperties { delivery_mode: Some(2), ..Default::default() })));
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicDeliver {
+            consumer_tag: "ctag".into(),
+            delivery_tag: 1,
+            ..Default::default()
+        }
+        .into(),
+    ));
+    pair.server_sends(Frame::Header(
+        ch,
+        ContentHeader::basic(
+            body.len() as u64,
+            BasicProperties {
+                delivery_mode: Some(2),
+                ..Default::default()
+            },
+        ),
+    ));
     let frames: Vec<Frame> = body_frames(ch, &body, 131_072).collect();
     assert_eq!(frames.len(), 3);
     for frame in frames {
         pair.server_sends(frame);
     }
     match pair.events().as_slice() {
-        [Event::Delivery { channel, command: Command { content: Some(content), .. } }] => {
+        [Event::Delivery {
+            channel,
+            command:
+                Command {
+                    content: Some(content),
+                    ..
+                },
+        }] => {
             assert_eq!(*channel, ch);
             assert_eq!(content.body, body);
             assert_eq!(content.header.properties.delivery_mode, Some(2));
@@ -380,10 +644,25 @@ fn publish_splits_body_by_negotiated_frame_max_without_waiting() {
     pair.handshake(Tune::RABBITMQ_DEFAULTS);
     let ch = pair.open_channel(1);
     let body = vec![1u8; 20_000];
-    let seq = pair.client.publish(ch, BasicPublish { routing_key: "q".into(), ..Default::default() }, &BasicProperties::default(), &body).unwrap();
+    let seq = pair
+        .client
+        .publish(
+            ch,
+            BasicPublish {
+                routing_key: "q".into(),
+                ..Default::default()
+            },
+            &BasicProperties::default(),
+            &body,
+        )
+        .unwrap();
     assert_eq!(seq, None);
     let frames = pair.server_reads();
-    assert_eq!(frames.len(), 2 + 3, "method, header, 3 bodies of at most 8184 bytes");
+    assert_eq!(
+        frames.len(),
+        2 + 3,
+        "method, header, 3 bodies of at most 8184 bytes"
+    );
     assert!(frames.iter().all(|f| f.encoded_len() <= 8192));
 }
 
@@ -391,18 +670,49 @@ fn publish_splits_body_by_negotiated_frame_max_without_waiting() {
 fn confirm_mode_numbers_publishes_and_reports_acks_and_nacks() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
-    pair.client.call(ch, ConfirmSelect { nowait: false }.into(), 50).unwrap();
+    pair.client
+        .call(ch, ConfirmSelect { nowait: false }.into(), 50)
+        .unwrap();
     pair.server_sends(Frame::Method(ch, ConfirmSelectOk.into()));
-    let publish = || BasicPublish { routing_key: "q".into(), ..Default::default() };
-    let seqs: Vec<_> = (0..3).map(|_| pair.client.publish(ch, publish(), &BasicProperties::default(), b"x").unwrap()).collect();
+    let publish = || BasicPublish {
+        routing_key: "q".into(),
+        ..Default::default()
+    };
+    let seqs: Vec<_> = (0..3)
+        .map(|_| {
+            pair.client
+                .publish(ch, publish(), &BasicProperties::default(), b"x")
+                .unwrap()
+        })
+        .collect();
     assert_eq!(seqs, vec![Some(1), Some(2), Some(3)]);
-    pair.server_sends(Frame::Method(ch, BasicAck { delivery_tag: 2, multiple: true }.into()));
-    pair.server_sends(Frame::Method(ch, BasicNack { delivery_tag: 3, multiple: false, requeue: false }.into()));
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicAck {
+            delivery_tag: 2,
+            multiple: true,
+        }
+        .into(),
+    ));
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicNack {
+            delivery_tag: 3,
+            multiple: false,
+            requeue: false,
+        }
+        .into(),
+    ));
     let confirms: Vec<(u64, bool, bool)> = pair
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Confirm { delivery_tag, multiple, ack, .. } => Some((delivery_tag, multiple, ack)),
+            Event::Confirm {
+                delivery_tag,
+                multiple,
+                ack,
+                ..
+            } => Some((delivery_tag, multiple, ack)),
             _ => None,
         })
         .collect();
@@ -413,27 +723,50 @@ fn confirm_mode_numbers_publishes_and_reports_acks_and_nacks() {
 fn server_basic_cancel_is_reported_as_consumer_cancelled() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
-    pair.server_sends(Frame::Method(ch, BasicCancel { consumer_tag: "ctag".into(), no_wait: true }.into()));
-    assert!(pair.server_reads().is_empty(), "no-wait cancel needs no cancel-ok");
-    assert!(matches!(pair.events().as_slice(), [Event::ConsumerCancelled { consumer_tag, .. }] if *consumer_tag == "ctag"));
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicCancel {
+            consumer_tag: "ctag".into(),
+            no_wait: true,
+        }
+        .into(),
+    ));
+    assert!(
+        pair.server_reads().is_empty(),
+        "no-wait cancel needs no cancel-ok"
+    );
+    assert!(
+        matches!(pair.events().as_slice(), [Event::ConsumerCancelled { consumer_tag, .. }] if *consumer_tag == "ctag")
+    );
 }
 
 #[test]
 fn blocked_and_unblocked_are_surfaced() {
     let mut pair = Pair::open();
-    pair.server_sends(Frame::Method(0, ConnectionBlocked { reason: "low on memory".into() }.into()));
+    pair.server_sends(Frame::Method(
+        0,
+        ConnectionBlocked {
+            reason: "low on memory".into(),
+        }
+        .into(),
+    ));
     assert!(pair.client.is_blocked());
     pair.server_sends(Frame::Method(0, ConnectionUnblocked.into()));
     assert!(!pair.client.is_blocked());
     let events = pair.events();
-    assert!(matches!(events.as_slice(), [Event::Blocked { reason }, Event::Unblocked] if *reason == "low on memory"));
+    assert!(
+        matches!(events.as_slice(), [Event::Blocked { reason }, Event::Unblocked] if *reason == "low on memory")
+    );
 }
 
 #[test]
 fn heartbeat_is_sent_after_half_an_idle_interval() {
     let mut pair = Pair::open();
     pair.server_reads();
-    assert_eq!(pair.client.poll_timeout(), Some(pair.now + Duration::from_secs(30)));
+    assert_eq!(
+        pair.client.poll_timeout(),
+        Some(pair.now + Duration::from_secs(30))
+    );
     pair.advance(Duration::from_secs(29));
     assert!(pair.server_reads().is_empty());
     pair.advance(Duration::from_secs(1));
@@ -450,13 +783,23 @@ fn silent_server_for_two_intervals_is_declared_dead_and_pending_calls_fail() {
         pair.server_reads();
         pair.server_sends(Frame::Heartbeat);
     }
-    assert_eq!(pair.client.state(), ConnectionState::Open, "heartbeats from the server keep it alive");
+    assert_eq!(
+        pair.client.state(),
+        ConnectionState::Open,
+        "heartbeats from the server keep it alive"
+    );
     pair.advance(Duration::from_secs(119));
     assert_eq!(pair.client.state(), ConnectionState::Open);
     pair.advance(Duration::from_secs(1));
     assert_eq!(pair.client.state(), ConnectionState::Closed);
     let events = pair.events();
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 60, result: Err(Error::HeartbeatTimeout(120)) })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 60,
+            result: Err(Error::HeartbeatTimeout(120))
+        }
+    )));
 }
 
 #[test]
@@ -468,9 +811,18 @@ fn malformed_frame_from_server_closes_with_its_reply_code() {
     // A heartbeat frame whose end octet is wrong.
     pair.server_sends_bytes(&[8, 0, 0, 0, 0, 0, 0, 0x00]);
     let frames = pair.server_reads();
-    assert!(matches!(frames.as_slice(), [Frame::Method(0, Method::ConnectionClose(c))] if c.reply_code == 501), "{frames:?}");
+    assert!(
+        matches!(frames.as_slice(), [Frame::Method(0, Method::ConnectionClose(c))] if c.reply_code == 501),
+        "{frames:?}"
+    );
     let events = pair.events();
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 70, result: Err(Error::Protocol(_)) })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 70,
+            result: Err(Error::Protocol(_))
+        }
+    )));
     assert_eq!(pair.client.state(), ConnectionState::Closed);
 }
 
@@ -481,7 +833,13 @@ fn eof_while_open_fails_pending_calls_with_an_io_error() {
     pair.client.call(ch, declare("q"), 80).unwrap();
     pair.client.handle_eof(None);
     let events = pair.events();
-    assert!(events.iter().any(|e| matches!(e, Event::Reply { token: 80, result: Err(Error::Io(_)) })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reply {
+            token: 80,
+            result: Err(Error::Io(_))
+        }
+    )));
     assert!(matches!(events.last(), Some(Event::Closed(Error::Io(_)))));
 }
 
@@ -491,6 +849,11 @@ fn unexpected_reply_is_a_protocol_violation() {
     let ch = pair.open_channel(1);
     pair.server_sends(Frame::Method(ch, QueueDeclareOk::default().into()));
     let frames = pair.server_reads();
-    assert!(matches!(frames.as_slice(), [Frame::Method(0, Method::ConnectionClose(c))] if c.reply_code == 503));
-    assert!(matches!(pair.client.close_reason(), Some(Error::UnexpectedFrame(_))));
+    assert!(
+        matches!(frames.as_slice(), [Frame::Method(0, Method::ConnectionClose(c))] if c.reply_code == 503)
+    );
+    assert!(matches!(
+        pair.client.close_reason(),
+        Some(Error::UnexpectedFrame(_))
+    ));
 }

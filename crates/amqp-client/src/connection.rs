@@ -1,0 +1,734 @@
+//! The async layer: one tokio task per connection owns the socket and the protocol core;
+//! cheap cloneable [`Connection`] and [`Channel`] handles talk to it over a bounded queue.
+//!
+//! ```text
+//!  Channel ─┐  Request (bounded mpsc)   ┌──────────── connection task ────────────┐
+//!  Channel ─┼──────────────────────────►│ ConnectionCore (sans-IO)                │◄──► TCP
+//!  Connection┘  oneshot replies,        │ read ► handle_input   take_output ► write│
+//!               delivery streams ◄──────│ events ► replies, consumers, confirms    │
+//!                                       └──────────────────────────────────────────┘
+//! ```
+//!
+//! The task only moves bytes, requests and events; every protocol decision is the core's.
+//! When the task ends, for whatever reason, every pending reply, confirm and consumer is
+//! ended with the error that ended the connection: nothing waits forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amqp_codec::tune::Tune;
+use amqp_codec::{
+    BasicProperties, ChannelId, Command, FieldTable, LongString, Method, ShortString,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::channel::Channel;
+use crate::consumer::{Consumer, Delivery, Returned};
+use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event};
+use crate::error::Error;
+use crate::uri::AmqpUri;
+
+/// How many requests may queue up for the connection task before callers wait.
+const REQUEST_QUEUE: usize = 1024;
+/// How many deliveries a consumer buffers before the connection stops reading the socket.
+pub const DEFAULT_CONSUMER_BUFFER: usize = 1024;
+/// How long the TCP connect plus handshake may take unless the URI says otherwise.
+const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The outcome of a publish in confirm mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// basic.ack: the broker took responsibility for the message (for a persistent message
+    /// to a durable queue: it is on disk).
+    Ack,
+    /// basic.nack: the broker could not take the message.
+    Nack,
+    /// The channel is not in confirm mode: nothing was asked.
+    NotRequested,
+}
+
+/// A request from a handle to the connection task.
+// Publish carries its properties inline: boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Request {
+    OpenChannel(oneshot::Sender<Result<ChannelId, Error>>),
+    Call {
+        channel: ChannelId,
+        method: Method,
+        reply: oneshot::Sender<Result<Command, Error>>,
+    },
+    Consume {
+        channel: ChannelId,
+        method: Method,
+        buffer: usize,
+        reply: oneshot::Sender<Result<Consumer, Error>>,
+    },
+    Send {
+        channel: ChannelId,
+        method: Method,
+    },
+    Publish {
+        channel: ChannelId,
+        exchange: ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        properties: BasicProperties,
+        body: Bytes,
+        confirm: Option<oneshot::Sender<Result<Confirmation, Error>>>,
+    },
+    WaitForConfirms {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<bool, Error>>,
+    },
+    Returns {
+        channel: ChannelId,
+        sender: mpsc::Sender<Returned>,
+    },
+    CloseChannel {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<Command, Error>>,
+    },
+    UpdateSecret {
+        secret: LongString,
+        reason: String,
+        reply: oneshot::Sender<Result<Command, Error>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<Command, Error>>,
+    },
+}
+
+/// What the core hands back with a reply: where the reply goes.
+pub(crate) enum Token {
+    Reply(oneshot::Sender<Result<Command, Error>>),
+    OpenChannel(ChannelId, oneshot::Sender<Result<ChannelId, Error>>),
+    Consume {
+        channel: ChannelId,
+        buffer: usize,
+        reply: oneshot::Sender<Result<Consumer, Error>>,
+    },
+}
+
+/// State shared by the task and every handle.
+pub(crate) struct Shared {
+    /// Why the connection ended, once it has.
+    pub(crate) close_reason: Mutex<Option<Error>>,
+    /// Whether the server blocked publishers (connection.blocked).
+    pub(crate) blocked: watch::Receiver<bool>,
+    pub(crate) server_properties: FieldTable,
+    pub(crate) tune: Tune,
+}
+
+impl Shared {
+    /// The error to report for a call that found the connection gone.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.close_reason
+            .lock()
+            .ok()
+            .and_then(|reason| reason.clone())
+            .unwrap_or(Error::ConnectionClosedLocally)
+    }
+}
+
+/// A connection to an AMQP 0-9-1 broker. Cheap to clone; the connection lives until it is
+/// closed or every handle (connections and channels) is dropped.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("tune", &self.shared.tune)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects to the broker at an `amqp://` URI (see [`AmqpUri`]) and completes the AMQP
+    /// handshake: protocol header, start/start-ok (SASL), tune/tune-ok, open/open-ok.
+    pub async fn open(uri: &str) -> Result<Connection, Error> {
+        Connection::open_with(ConnectionConfig::new(AmqpUri::parse(uri)?)).await
+    }
+
+    /// Connects with a full configuration (connection name and so on).
+    pub async fn open_with(config: ConnectionConfig) -> Result<Connection, Error> {
+        let timeout = config
+            .uri
+            .connection_timeout
+            .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
+        match tokio::time::timeout(timeout, Connection::connect(config)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(
+                "connecting and completing the AMQP handshake",
+            )),
+        }
+    }
+
+    async fn connect(config: ConnectionConfig) -> Result<Connection, Error> {
+        let socket = TcpStream::connect(config.uri.socket_address()).await?;
+        socket.set_nodelay(true)?;
+        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (blocked_tx, blocked_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = ConnectionTask {
+            core: ConnectionCore::new(config, Instant::now()),
+            socket,
+            requests: request_rx,
+            blocked: blocked_tx,
+            blocked_rx,
+            ready: Some(ready_tx),
+            shared: None,
+            consumers: HashMap::new(),
+            confirms: HashMap::new(),
+            returns: HashMap::new(),
+            stalled: None,
+        };
+        tokio::spawn(task.run());
+        let shared = ready_rx
+            .await
+            .map_err(|_| Error::ConnectionClosedLocally)??;
+        Ok(Connection { requests, shared })
+    }
+
+    /// Opens a new channel (channel.open).
+    pub async fn create_channel(&self) -> Result<Channel, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::OpenChannel(reply)).await?;
+        let id = rx.await.map_err(|_| self.shared.closed_error())??;
+        Ok(Channel::new(id, self.clone()))
+    }
+
+    /// Closes the connection (connection.close 200, waiting for close-ok). Every channel
+    /// closes with it; their pending calls fail with [`Error::ConnectionClosedLocally`].
+    pub async fn close(&self) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Close { reply }).await?;
+        match rx.await {
+            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Err(Error::ConnectionClosedLocally)) => Ok(()),
+            Ok(Err(err)) => Err(err),
+        }
+    }
+
+    /// Sends connection.update-secret with a new secret (an OAuth 2 token), waiting for
+    /// update-secret-ok.
+    pub async fn update_secret(&self, secret: &str, reason: &str) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::UpdateSecret {
+            secret: secret.into(),
+            reason: reason.into(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| self.shared.closed_error())??;
+        Ok(())
+    }
+
+    /// The negotiated channel_max, frame_max and heartbeat.
+    pub fn tune(&self) -> Tune {
+        self.shared.tune
+    }
+
+    /// The server's properties from connection.start (product, version, capabilities).
+    pub fn server_properties(&self) -> &FieldTable {
+        &self.shared.server_properties
+    }
+
+    /// Whether the server currently blocks publishers (connection.blocked).
+    pub fn is_blocked(&self) -> bool {
+        *self.shared.blocked.borrow()
+    }
+
+    /// A watch on the blocked state: changes on connection.blocked / unblocked.
+    pub fn blocked_watch(&self) -> watch::Receiver<bool> {
+        self.shared.blocked.clone()
+    }
+
+    /// Why the connection ended, or None while it is open.
+    pub fn close_reason(&self) -> Option<Error> {
+        self.shared.close_reason.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        !self.requests.is_closed() && self.close_reason().is_none()
+    }
+
+    pub(crate) async fn send(&self, request: Request) -> Result<(), Error> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| self.shared.closed_error())
+    }
+}
+
+/// A wait_for_confirms caller: the highest sequence number it waits for, whether every
+/// confirm up to it so far was an ack, and where the answer goes.
+struct ConfirmWaiter {
+    upto: u64,
+    all_acked: bool,
+    reply: oneshot::Sender<Result<bool, Error>>,
+}
+
+/// Per-channel publisher-confirm bookkeeping.
+#[derive(Default)]
+struct ConfirmState {
+    /// Unconfirmed publish sequence numbers, with whoever waits for each.
+    pending: BTreeMap<u64, Option<oneshot::Sender<Result<Confirmation, Error>>>>,
+    /// wait_for_confirms callers.
+    waiters: Vec<ConfirmWaiter>,
+    last_seq: u64,
+}
+
+impl ConfirmState {
+    fn confirm(&mut self, delivery_tag: u64, multiple: bool, ack: bool) {
+        let confirmed: Vec<u64> = if multiple {
+            self.pending
+                .range(..=delivery_tag)
+                .map(|(seq, _)| *seq)
+                .collect()
+        } else {
+            vec![delivery_tag]
+        };
+        let outcome = if ack {
+            Confirmation::Ack
+        } else {
+            Confirmation::Nack
+        };
+        for seq in confirmed {
+            if let Some(Some(waiter)) = self.pending.remove(&seq) {
+                let _ = waiter.send(Ok(outcome));
+            }
+            if !ack {
+                for waiter in &mut self.waiters {
+                    if seq <= waiter.upto {
+                        waiter.all_acked = false;
+                    }
+                }
+            }
+        }
+        self.resolve_waiters();
+    }
+
+    fn resolve_waiters(&mut self) {
+        let oldest = self.pending.keys().next().copied().unwrap_or(u64::MAX);
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|waiter| waiter.upto < oldest);
+        self.waiters = waiting;
+        for waiter in done {
+            let _ = waiter.reply.send(Ok(waiter.all_acked));
+        }
+    }
+
+    fn fail(&mut self, err: &Error) {
+        for (_, waiter) in std::mem::take(&mut self.pending) {
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(err.clone()));
+            }
+        }
+        for waiter in std::mem::take(&mut self.waiters) {
+            let _ = waiter.reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// A delivery that could not be handed to its consumer because its buffer is full.
+struct Stalled {
+    sender: mpsc::Sender<Result<Delivery, Error>>,
+    delivery: Delivery,
+}
+
+/// The task that owns the socket.
+struct ConnectionTask {
+    core: ConnectionCore<Token>,
+    socket: TcpStream,
+    requests: mpsc::Receiver<Request>,
+    blocked: watch::Sender<bool>,
+    blocked_rx: watch::Receiver<bool>,
+    ready: Option<oneshot::Sender<Result<Arc<Shared>, Error>>>,
+    shared: Option<Arc<Shared>>,
+    consumers: HashMap<(ChannelId, ShortString), mpsc::Sender<Result<Delivery, Error>>>,
+    confirms: HashMap<ChannelId, ConfirmState>,
+    returns: HashMap<ChannelId, mpsc::Sender<Returned>>,
+    stalled: Option<Stalled>,
+}
+
+impl ConnectionTask {
+    async fn run(mut self) {
+        let mut read_buf = BytesMut::with_capacity(128 * 1024);
+        loop {
+            if !self.dispatch_events() {
+                break;
+            }
+            if let Err(err) = self.flush().await {
+                self.core.handle_eof(Some(err));
+                continue;
+            }
+            if self.core.state() == ConnectionState::Closed {
+                self.dispatch_events();
+                break;
+            }
+            let deadline = self.core.poll_timeout();
+            let stalled_sender = self.stalled.as_ref().map(|s| s.sender.clone());
+            tokio::select! {
+                biased;
+                permit = async { stalled_sender.as_ref()?.reserve().await.ok() }, if stalled_sender.is_some() => {
+                    if let Some(stalled) = self.stalled.take() {
+                        if let Some(permit) = permit {
+                            permit.send(Ok(stalled.delivery));
+                        }
+                    }
+                }
+                read = self.socket.read_buf(&mut read_buf), if self.stalled.is_none() => {
+                    match read {
+                        Ok(0) => self.core.handle_eof(None),
+                        Ok(_) => self.core.handle_input(&mut read_buf, Instant::now()),
+                        Err(err) => self.core.handle_eof(Some(err)),
+                    }
+                }
+                request = self.requests.recv() => {
+                    match request {
+                        Some(request) => {
+                            self.handle_request(request);
+                            // Take whatever else is queued, so several frames go out per write.
+                            for _ in 0..256 {
+                                match self.requests.try_recv() {
+                                    Ok(request) => self.handle_request(request),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        None => {
+                            // Every handle is gone: close politely.
+                            let (reply, _rx) = oneshot::channel();
+                            if self.core.close(Token::Reply(reply)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    if self.stalled.is_some() {
+                        self.core.reading_paused(Instant::now());
+                    }
+                    self.core.handle_timeout(Instant::now());
+                }
+            }
+        }
+        self.finish();
+    }
+
+    /// Writes whatever the core produced.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        while let Some(out) = self.core.take_output(Instant::now()) {
+            self.socket.write_all(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends everything still waiting with the connection's close reason.
+    fn finish(&mut self) {
+        let reason = self
+            .core
+            .close_reason()
+            .cloned()
+            .unwrap_or(Error::ConnectionClosedLocally);
+        if let Some(shared) = &self.shared {
+            if let Ok(mut slot) = shared.close_reason.lock() {
+                slot.get_or_insert(reason.clone());
+            }
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(reason.clone()));
+        }
+        for (_, sender) in self.consumers.drain() {
+            let _ = sender.try_send(Err(reason.clone()));
+        }
+        for (_, mut confirms) in self.confirms.drain() {
+            confirms.fail(&reason);
+        }
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            fail_request(request, &reason);
+        }
+    }
+
+    /// Hands the core's events to their destinations. Returns false when the task must end.
+    fn dispatch_events(&mut self) -> bool {
+        while self.stalled.is_none() {
+            let Some(event) = self.core.poll_event() else {
+                break;
+            };
+            match event {
+                Event::Connected {
+                    server_properties,
+                    tune,
+                } => {
+                    let shared = Arc::new(Shared {
+                        close_reason: Mutex::new(None),
+                        blocked: self.blocked_rx.clone(),
+                        server_properties,
+                        tune,
+                    });
+                    self.shared = Some(shared.clone());
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Ok(shared));
+                    }
+                }
+                Event::Reply { token, result } => self.reply(token, result),
+                Event::Delivery { channel, command } => {
+                    let Some(delivery) = Delivery::from_command(channel, command) else {
+                        continue;
+                    };
+                    let key = (channel, delivery.consumer_tag.clone());
+                    if let Some(sender) = self.consumers.get(&key) {
+                        match sender.try_send(Ok(delivery)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(Ok(delivery))) => {
+                                self.stalled = Some(Stalled {
+                                    sender: sender.clone(),
+                                    delivery,
+                                });
+                            }
+                            Err(_) => {
+                                // The consumer was dropped; its messages stay unacked until
+                                // the channel closes and RabbitMQ requeues them.
+                                self.consumers.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Event::Return { channel, command } => {
+                    if let (Some(sender), Some(returned)) =
+                        (self.returns.get(&channel), Returned::from_command(command))
+                    {
+                        let _ = sender.try_send(returned);
+                    }
+                }
+                Event::Confirm {
+                    channel,
+                    delivery_tag,
+                    multiple,
+                    ack,
+                } => {
+                    if let Some(confirms) = self.confirms.get_mut(&channel) {
+                        confirms.confirm(delivery_tag, multiple, ack);
+                    }
+                }
+                Event::ConsumerCancelled {
+                    channel,
+                    consumer_tag,
+                } => {
+                    if let Some(sender) = self.consumers.remove(&(channel, consumer_tag.clone())) {
+                        let _ = sender
+                            .try_send(Err(Error::ConsumerCancelled(consumer_tag.to_string())));
+                    }
+                }
+                Event::ChannelClosed { channel, error } => {
+                    let err = error.unwrap_or(Error::ChannelClosedLocally);
+                    let keys: Vec<_> = self
+                        .consumers
+                        .keys()
+                        .filter(|(c, _)| *c == channel)
+                        .cloned()
+                        .collect();
+                    for key in keys {
+                        if let Some(sender) = self.consumers.remove(&key) {
+                            let _ = sender.try_send(Err(err.clone()));
+                        }
+                    }
+                    if let Some(mut confirms) = self.confirms.remove(&channel) {
+                        confirms.fail(&err);
+                    }
+                    self.returns.remove(&channel);
+                }
+                Event::Blocked { .. } => {
+                    let _ = self.blocked.send(true);
+                }
+                Event::Unblocked => {
+                    let _ = self.blocked.send(false);
+                }
+                Event::Closed(err) => {
+                    if let Some(shared) = &self.shared {
+                        if let Ok(mut slot) = shared.close_reason.lock() {
+                            *slot = Some(err.clone());
+                        }
+                    }
+                    let _ = self.blocked.send(false);
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    fn reply(&mut self, token: Token, result: Result<Command, Error>) {
+        match token {
+            Token::Reply(reply) => {
+                let _ = reply.send(result);
+            }
+            Token::OpenChannel(id, reply) => {
+                let _ = reply.send(result.map(|_| id));
+            }
+            Token::Consume {
+                channel,
+                buffer,
+                reply,
+            } => match result {
+                Ok(Command {
+                    method: Method::BasicConsumeOk(ok),
+                    ..
+                }) => {
+                    let (sender, receiver) = mpsc::channel(buffer.max(1));
+                    self.consumers
+                        .insert((channel, ok.consumer_tag.clone()), sender);
+                    let _ = reply.send(Ok(Consumer::new(channel, ok.consumer_tag, receiver)));
+                }
+                Ok(other) => {
+                    let _ = reply.send(Err(Error::UnexpectedFrame(format!(
+                        "{} in reply to basic.consume",
+                        other.method.name()
+                    ))));
+                }
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+        }
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::OpenChannel(reply) => {
+                let _ = self.core.open_channel(|id| Token::OpenChannel(id, reply));
+            }
+            Request::Call {
+                channel,
+                method,
+                reply,
+            } => {
+                // A refusal comes back as an event with the token, like any reply.
+                let _ = self.core.call(channel, method, Token::Reply(reply));
+            }
+            Request::Consume {
+                channel,
+                method,
+                buffer,
+                reply,
+            } => {
+                let token = Token::Consume {
+                    channel,
+                    buffer,
+                    reply,
+                };
+                let _ = self.core.call(channel, method, token);
+            }
+            Request::Send { channel, method } => {
+                let _ = self.core.send(channel, method);
+            }
+            Request::Publish {
+                channel,
+                exchange,
+                routing_key,
+                mandatory,
+                properties,
+                body,
+                confirm,
+            } => {
+                let publish = amqp_codec::methods::BasicPublish {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    immediate: false,
+                };
+                match self.core.publish(channel, publish, &properties, &body) {
+                    Ok(Some(seq)) => {
+                        let state = self.confirms.entry(channel).or_default();
+                        state.last_seq = seq;
+                        state.pending.insert(seq, confirm);
+                    }
+                    Ok(None) => {
+                        if let Some(confirm) = confirm {
+                            let _ = confirm.send(Ok(Confirmation::NotRequested));
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(confirm) = confirm {
+                            let _ = confirm.send(Err(err));
+                        }
+                    }
+                }
+            }
+            Request::WaitForConfirms { channel, reply } => {
+                let state = self.confirms.entry(channel).or_default();
+                let upto = state.last_seq;
+                state.waiters.push(ConfirmWaiter {
+                    upto,
+                    all_acked: true,
+                    reply,
+                });
+                state.resolve_waiters();
+            }
+            Request::Returns { channel, sender } => {
+                self.returns.insert(channel, sender);
+            }
+            Request::CloseChannel { channel, reply } => {
+                let _ = self.core.close_channel(channel, Token::Reply(reply));
+            }
+            Request::UpdateSecret {
+                secret,
+                reason,
+                reply,
+            } => {
+                let _ = self
+                    .core
+                    .update_secret(secret, &reason, Token::Reply(reply));
+            }
+            Request::Close { reply } => {
+                let _ = self.core.close(Token::Reply(reply));
+            }
+        }
+    }
+}
+
+/// Ends a request that never reached the core.
+fn fail_request(request: Request, err: &Error) {
+    match request {
+        Request::OpenChannel(reply) => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Request::Call { reply, .. }
+        | Request::CloseChannel { reply, .. }
+        | Request::UpdateSecret { reply, .. }
+        | Request::Close { reply } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Request::Consume { reply, .. } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Request::Publish { confirm, .. } => {
+            if let Some(confirm) = confirm {
+                let _ = confirm.send(Err(err.clone()));
+            }
+        }
+        Request::WaitForConfirms { reply, .. } => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Request::Send { .. } | Request::Returns { .. } => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

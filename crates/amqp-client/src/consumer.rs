@@ -1,0 +1,208 @@
+//! Messages as the application sees them: deliveries to a consumer, messages fetched with
+//! basic.get, and mandatory messages returned unroutable.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use amqp_codec::{BasicProperties, ChannelId, Command, Method, ShortString};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::channel::Channel;
+use crate::error::Error;
+
+/// A message delivered to a consumer (basic.deliver with its content), or fetched with
+/// basic.get (basic.get-ok).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The channel it came on; acks must go back on the same channel.
+    pub channel_id: ChannelId,
+    /// The consumer it was delivered to (empty for basic.get).
+    pub consumer_tag: ShortString,
+    /// The channel-scoped number that acks, nacks and rejects refer to.
+    pub delivery_tag: u64,
+    /// Whether it was delivered before and not acked (the consumer died, or it was rejected).
+    pub redelivered: bool,
+    /// The exchange it was published to.
+    pub exchange: ShortString,
+    /// The routing key it was published with.
+    pub routing_key: ShortString,
+    /// The content properties (delivery_mode, correlation_id, reply_to, headers, ...).
+    pub properties: BasicProperties,
+    /// The body.
+    pub body: Bytes,
+    /// The channel to ack on, set when the delivery reaches the application.
+    pub(crate) channel: Option<Channel>,
+}
+
+impl Delivery {
+    pub(crate) fn from_command(channel_id: ChannelId, command: Command) -> Option<Delivery> {
+        let content = command.content?;
+        match command.method {
+            Method::BasicDeliver(deliver) => Some(Delivery {
+                channel_id,
+                consumer_tag: deliver.consumer_tag,
+                delivery_tag: deliver.delivery_tag,
+                redelivered: deliver.redelivered,
+                exchange: deliver.exchange,
+                routing_key: deliver.routing_key,
+                properties: content.header.properties,
+                body: content.body,
+                channel: None,
+            }),
+            Method::BasicGetOk(get) => Some(Delivery {
+                channel_id,
+                consumer_tag: ShortString::default(),
+                delivery_tag: get.delivery_tag,
+                redelivered: get.redelivered,
+                exchange: get.exchange,
+                routing_key: get.routing_key,
+                properties: content.header.properties,
+                body: content.body,
+                channel: None,
+            }),
+            _ => None,
+        }
+    }
+
+    fn channel(&self) -> Result<&Channel, Error> {
+        self.channel.as_ref().ok_or(Error::ChannelClosedLocally)
+    }
+
+    /// Acknowledges this message (basic.ack): the broker may forget it.
+    pub async fn ack(&self) -> Result<(), Error> {
+        self.channel()?.basic_ack(self.delivery_tag, false).await
+    }
+
+    /// Negatively acknowledges it (basic.nack): requeued, or dropped / dead-lettered.
+    pub async fn nack(&self, requeue: bool) -> Result<(), Error> {
+        self.channel()?
+            .basic_nack(self.delivery_tag, false, requeue)
+            .await
+    }
+
+    /// Rejects it (basic.reject): requeued, or dropped / dead-lettered.
+    pub async fn reject(&self, requeue: bool) -> Result<(), Error> {
+        self.channel()?
+            .basic_reject(self.delivery_tag, requeue)
+            .await
+    }
+}
+
+/// A message fetched with basic.get.
+#[derive(Debug, Clone)]
+pub struct GetMessage {
+    /// The message.
+    pub delivery: Delivery,
+    /// How many messages are left in the queue.
+    pub message_count: u32,
+}
+
+/// A mandatory message the broker could not route, sent back with basic.return.
+#[derive(Debug, Clone)]
+pub struct Returned {
+    /// Why: 312 NO_ROUTE, usually.
+    pub reply_code: u16,
+    /// The reply text, e.g. `NO_ROUTE`.
+    pub reply_text: ShortString,
+    /// The exchange it was published to.
+    pub exchange: ShortString,
+    /// The routing key it was published with.
+    pub routing_key: ShortString,
+    /// The content properties.
+    pub properties: BasicProperties,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Returned {
+    pub(crate) fn from_command(command: Command) -> Option<Returned> {
+        let content = command.content?;
+        match command.method {
+            Method::BasicReturn(ret) => Some(Returned {
+                reply_code: ret.reply_code,
+                reply_text: ret.reply_text,
+                exchange: ret.exchange,
+                routing_key: ret.routing_key,
+                properties: content.header.properties,
+                body: content.body,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The deliveries of one consumer (basic.consume), as a [`futures_core::Stream`].
+///
+/// The buffer is bounded: when the application falls behind, the connection stops reading
+/// from the socket until there is room again (and TCP slows the broker down), instead of
+/// holding an unbounded backlog in memory. With `basic_qos` the broker never sends more than
+/// the prefetch count anyway.
+///
+/// The stream ends with `None` after [`Channel::basic_cancel`]; when the server cancels the
+/// consumer (the queue was deleted) or the channel or connection closes, the last item is the
+/// `Err` saying why.
+pub struct Consumer {
+    channel_id: ChannelId,
+    tag: ShortString,
+    receiver: mpsc::Receiver<Result<Delivery, Error>>,
+    channel: Option<Channel>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("channel", &self.channel_id)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        channel_id: ChannelId,
+        tag: ShortString,
+        receiver: mpsc::Receiver<Result<Delivery, Error>>,
+    ) -> Consumer {
+        Consumer {
+            channel_id,
+            tag,
+            receiver,
+            channel: None,
+        }
+    }
+
+    pub(crate) fn attach(mut self, channel: Channel) -> Consumer {
+        self.channel = Some(channel);
+        self
+    }
+
+    /// The consumer tag (server-generated when none was given).
+    pub fn tag(&self) -> &ShortString {
+        &self.tag
+    }
+
+    /// The next delivery; `None` once the consumer is cancelled.
+    pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        std::future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, Error>>> {
+        self.receiver.poll_recv(cx).map(|item| {
+            item.map(|result| {
+                result.map(|mut delivery| {
+                    delivery.channel = self.channel.clone();
+                    delivery
+                })
+            })
+        })
+    }
+}
+
+impl futures_core::Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_delivery(cx)
+    }
+}
