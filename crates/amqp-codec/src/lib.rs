@@ -26,6 +26,7 @@
 //! - [`types`]: short and long strings, field tables and values.
 //! - [`describe`]: the one-line text and JSON renderings of a frame that `amqp-dump`, the
 //!   frame tracer and the sniffer print.
+//! - [`sasl`]: PLAIN and AMQPLAIN responses, shared by the client and the broker.
 //! - [`tune`]: connection.tune negotiation, shared by the client and the broker.
 //! - [`constants`], [`error`]: reply codes, frame types, and errors that know their reply code.
 //! - `tokio` (feature `tokio-codec`): a tokio-util `Decoder`/`Encoder` over [`decode`].
@@ -77,6 +78,7 @@ pub mod frame;
 pub mod fuzzing;
 #[rustfmt::skip]
 mod generated;
+pub mod sasl;
 pub mod spec;
 #[cfg(feature = "tokio-codec")]
 pub mod tokio;

@@ -1,1 +1,143 @@
-//! Work in progress: see the open issues.
+//! # mini-broker: a single-node AMQP 0-9-1 broker
+//!
+//! The broker the tutorials run against: it speaks AMQP 0-9-1 as RabbitMQ 3.x does, down to
+//! reply codes and reply texts, so that real clients (pika, the project's own client,
+//! RabbitMQ's tools) cannot tell the difference for what they use.
+//!
+//! ```text
+//!   TCP ─► server (reader task) ─► ServerConnection ─► Broker ─► VHost ─► exchanges ─► Queue
+//!                                    (handshake,         (users,   (declare,  (routing)    │
+//!                                     channels, methods)  vhosts)   bind, route)           │
+//!   TCP ◄─ server (writer task) ◄─ Outbox ◄──────── ChannelLink ◄─── deliveries ◄──────────┘
+//! ```
+//!
+//! ## Layout
+//! - [`server`]: sockets and tasks; [`connection`]: the per-connection protocol state machine.
+//! - [`broker`]: users, vhosts, declares and routing; [`exchange`]: routing tables;
+//!   [`queue`]: messages, consumers, round-robin dispatch with prefetch.
+//! - [`delivery`]: outboxes and channel links, the path from a queue to a socket.
+//! - [`config`], [`error`], [`registry`] (live connections), [`message`].
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod registry;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;
+
+/// Where to listen and what to serve.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// The AMQP listener (RabbitMQ: 5672). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The configuration.
+    pub config: BrokerConfig,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            config: BrokerConfig::default(),
+        }
+    }
+}
+
+/// A running broker: its address, and the switch that stops it.
+pub struct RunningBroker {
+    /// The AMQP address it listens on.
+    pub amqp_addr: SocketAddr,
+    /// The shared state.
+    pub broker: Arc<Broker>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// An `amqp://` URL for guest on vhost `/`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp_addr)
+    }
+
+    /// Closes every connection with 320 CONNECTION_FORCED and stops listening.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        // Give connections a moment to send their close and hear the close-ok.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.broker.connections.all().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Starts a broker in this tokio runtime.
+pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
+    let listener = TcpListener::bind(options.listen).await?;
+    let amqp_addr = listener.local_addr()?;
+    let broker = Broker::new(options.config);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(housekeeping(broker.clone(), shutdown_rx.clone()));
+    let server = tokio::spawn(server::serve(listener, broker.clone(), shutdown_rx));
+    tracing::info!("mini-broker listening for AMQP 0-9-1 on {amqp_addr}");
+    Ok(RunningBroker {
+        amqp_addr,
+        broker,
+        shutdown,
+        server,
+    })
+}
+
+/// Periodic work: expire messages past their TTL and queues past their x-expires.
+async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        for vhost in broker.vhosts() {
+            let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
+            for queue in queues {
+                if queue.settings.message_ttl.is_some() || has_expiring_messages(&queue) {
+                    let mut dead = queue::DeadLetters::new();
+                    queue.expire(now, &mut dead);
+                    connection::dead_letter(&vhost, &queue, dead);
+                }
+                if let Some(expires) = queue.settings.expires {
+                    let idle = {
+                        let state = queue.state();
+                        state.consumers.is_empty() && now.duration_since(state.last_used) >= expires
+                    };
+                    if idle {
+                        let (_, consumers) = vhost.remove_queue(&queue);
+                        connection::notify_cancelled(consumers);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn has_expiring_messages(queue: &queue::Queue) -> bool {
+    queue
+        .state()
+        .ready
+        .front()
+        .is_some_and(|m| m.expires_at.is_some())
+}

@@ -1,0 +1,821 @@
+//! The broker's state: users, virtual hosts, and in each vhost its exchanges and queues.
+//!
+//! Every declare, bind and delete is answered here with RabbitMQ's reply code and text, so
+//! that the AMQP connections and the management API refuse the same things the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use amqp_codec::{FieldTable, FieldValue, ShortString};
+
+use crate::config::BrokerConfig;
+use crate::error::{exchange_resource, queue_resource, AmqpError};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::queue::{integer_argument, string_argument, Overflow, Queue, QueueSettings, QueueType};
+
+/// The whole broker: what every connection shares.
+pub struct Broker {
+    /// The configuration it was started with.
+    pub config: BrokerConfig,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    next_connection_id: AtomicU64,
+    /// Live connections, for the management API and `ctl list_connections`.
+    pub connections: crate::registry::Registry,
+    /// When the broker started.
+    pub started: Instant,
+}
+
+impl Broker {
+    /// A broker with the configured vhosts, each with its standard exchanges.
+    pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        let vhosts = config
+            .vhosts
+            .iter()
+            .map(|name| (name.clone(), Arc::new(VHost::new(name))))
+            .collect();
+        Arc::new(Broker {
+            config,
+            vhosts: RwLock::new(vhosts),
+            next_connection_id: AtomicU64::new(1),
+            connections: crate::registry::Registry::default(),
+            started: Instant::now(),
+        })
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The vhost of that name.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        read(&self.vhosts).get(name).cloned()
+    }
+
+    /// Every vhost, by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut all: Vec<_> = read(&self.vhosts).values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Checks a user's password; returns the user's name on success.
+    pub fn authenticate(&self, username: &str, password: &str) -> bool {
+        self.config
+            .users
+            .iter()
+            .any(|u| u.name == username && u.password == password)
+    }
+
+    /// Whether `username` may use `vhost`.
+    pub fn may_access(&self, username: &str, vhost: &str) -> bool {
+        self.config
+            .users
+            .iter()
+            .any(|u| u.name == username && u.vhosts.iter().any(|v| v == vhost))
+    }
+
+    /// Whether `username` is an administrator (management API writes).
+    pub fn is_administrator(&self, username: &str) -> bool {
+        self.config
+            .users
+            .iter()
+            .any(|u| u.name == username && u.tags.iter().any(|t| t == "administrator"))
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A virtual host: a namespace of exchanges, queues and bindings.
+pub struct VHost {
+    /// Its name ("/" by default).
+    pub name: String,
+    state: RwLock<VHostState>,
+}
+
+/// The exchanges and queues of a vhost.
+pub struct VHostState {
+    /// Exchanges by name (the default exchange "" included).
+    pub exchanges: HashMap<ShortString, Exchange>,
+    /// Queues by name.
+    pub queues: HashMap<ShortString, Arc<Queue>>,
+}
+
+/// What queue.declare answers.
+pub struct DeclaredQueue {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Consumers.
+    pub consumer_count: u32,
+}
+
+/// The flags of a queue declaration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueFlags {
+    /// Only check existence.
+    pub passive: bool,
+    /// Survive restarts.
+    pub durable: bool,
+    /// Owned by the declaring connection.
+    pub exclusive: bool,
+    /// Deleted with its last consumer.
+    pub auto_delete: bool,
+}
+
+/// The flags of an exchange declaration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExchangeFlags {
+    /// Only check existence.
+    pub passive: bool,
+    /// Survive restarts.
+    pub durable: bool,
+    /// Deleted with its last binding.
+    pub auto_delete: bool,
+    /// Not for publishing to.
+    pub internal: bool,
+}
+
+impl VHost {
+    /// A vhost with the standard exchanges every RabbitMQ vhost has.
+    pub fn new(name: &str) -> VHost {
+        let mut exchanges = HashMap::new();
+        for (exchange, kind, internal) in [
+            ("", ExchangeKind::Direct, false),
+            ("amq.direct", ExchangeKind::Direct, false),
+            ("amq.fanout", ExchangeKind::Fanout, false),
+            ("amq.topic", ExchangeKind::Topic, false),
+            ("amq.headers", ExchangeKind::Headers, false),
+            ("amq.match", ExchangeKind::Headers, false),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+        ] {
+            let name = ShortString::from(exchange);
+            let exchange =
+                Exchange::new(name.clone(), kind, true, false, internal, FieldTable::new());
+            exchanges.insert(name, exchange);
+        }
+        VHost {
+            name: name.to_owned(),
+            state: RwLock::new(VHostState {
+                exchanges,
+                queues: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Reads the vhost's state.
+    pub fn read(&self) -> RwLockReadGuard<'_, VHostState> {
+        read(&self.state)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, VHostState> {
+        write(&self.state)
+    }
+
+    /// The queue of that name.
+    pub fn queue(&self, name: &ShortString) -> Option<Arc<Queue>> {
+        self.read().queues.get(name).cloned()
+    }
+
+    fn no_queue(&self, name: &ShortString) -> AmqpError {
+        AmqpError::not_found(format!(
+            "no {}",
+            queue_resource(&name.to_str_lossy(), &self.name)
+        ))
+    }
+
+    fn no_exchange(&self, name: &ShortString) -> AmqpError {
+        AmqpError::not_found(format!(
+            "no {}",
+            exchange_resource(&name.to_str_lossy(), &self.name)
+        ))
+    }
+
+    /// A queue that `connection` may use: it exists, and is not another connection's
+    /// exclusive queue (405 RESOURCE_LOCKED).
+    pub fn usable_queue(
+        &self,
+        name: &ShortString,
+        connection: u64,
+    ) -> Result<Arc<Queue>, AmqpError> {
+        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        self.check_exclusive(&queue, connection)?;
+        Ok(queue)
+    }
+
+    fn check_exclusive(&self, queue: &Queue, connection: u64) -> Result<(), AmqpError> {
+        match queue.exclusive_owner {
+            Some(owner) if owner != connection => Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                queue_resource(&queue.name.to_str_lossy(), &self.name)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- queues -------------------------------------------------------------------------
+
+    /// queue.declare (spec 1.7.2.1), with RabbitMQ's checks and texts.
+    pub fn declare_queue(
+        &self,
+        connection: u64,
+        name: &ShortString,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+    ) -> Result<DeclaredQueue, AmqpError> {
+        if !flags.passive && name.as_bytes().starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        if let Some(existing) = self.queue(name) {
+            self.check_exclusive(&existing, connection)?;
+            if !flags.passive {
+                self.check_equivalent(&existing, flags, arguments)?;
+            }
+            let state = existing.state();
+            let (message_count, consumer_count) =
+                (state.ready.len() as u32, state.consumers.len() as u32);
+            drop(state);
+            return Ok(DeclaredQueue {
+                queue: existing,
+                message_count,
+                consumer_count,
+            });
+        }
+        if flags.passive {
+            return Err(self.no_queue(name));
+        }
+        let name = if name.is_empty() {
+            generated_queue_name()
+        } else {
+            name.clone()
+        };
+        let settings = self.queue_settings(&name, flags, arguments)?;
+        let owner = flags.exclusive.then_some(connection);
+        let queue = Arc::new(Queue::new(
+            name.clone(),
+            self.name.clone(),
+            flags.durable,
+            flags.auto_delete,
+            owner,
+            arguments.clone(),
+            settings,
+        ));
+        let mut state = self.write();
+        // Two connections may race to create it: the first one wins, the second gets it.
+        let queue = state.queues.entry(name.clone()).or_insert(queue).clone();
+        // Every queue is bound to the default exchange by its name (implicitly).
+        drop(state);
+        Ok(DeclaredQueue {
+            queue,
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    fn check_equivalent(
+        &self,
+        queue: &Queue,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let resource = queue_resource(&queue.name.to_str_lossy(), &self.name);
+        let flag = |name: &str, received: bool, current: bool| {
+            if received == current {
+                Ok(())
+            } else {
+                Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{name}' for {resource}: received '{received}' but current is '{current}'"
+                )))
+            }
+        };
+        flag("durable", flags.durable, queue.durable)?;
+        flag("auto_delete", flags.auto_delete, queue.auto_delete)?;
+        if flags.exclusive != queue.exclusive_owner.is_some() {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked {resource}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+            )));
+        }
+        for key in EQUIVALENCE_ARGUMENTS {
+            let received = arguments.get(key);
+            let current = queue.arguments.get(key);
+            if !argument_equivalent(key, received, current) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{key}' for {resource}: received {} but current is {}",
+                    describe_argument(received),
+                    describe_argument(current)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_settings(
+        &self,
+        name: &ShortString,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+    ) -> Result<QueueSettings, AmqpError> {
+        let resource = queue_resource(&name.to_str_lossy(), &self.name);
+        let invalid = |key: &str, value: &FieldValue| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg '{key}' for {resource}: {}",
+                describe_argument(Some(value))
+            ))
+        };
+        let mut settings = QueueSettings::default();
+        for (key, value) in arguments.iter() {
+            let key_text = key.to_str_lossy();
+            let non_negative = || {
+                integer_argument(value)
+                    .filter(|v| *v >= 0)
+                    .ok_or_else(|| invalid(&key_text, value))
+            };
+            match key.as_bytes() {
+                b"x-queue-type" => {
+                    settings.queue_type =
+                        match string_argument(value).as_ref().map(|s| s.as_bytes()) {
+                            Some(b"classic") => QueueType::Classic,
+                            Some(b"quorum") => QueueType::Quorum,
+                            _ => return Err(invalid(&key_text, value)),
+                        }
+                }
+                b"x-message-ttl" => {
+                    settings.message_ttl = Some(Duration::from_millis(non_negative()? as u64))
+                }
+                b"x-expires" => {
+                    let ms = non_negative()?;
+                    if ms == 0 {
+                        return Err(invalid(&key_text, value));
+                    }
+                    settings.expires = Some(Duration::from_millis(ms as u64));
+                }
+                b"x-max-length" => settings.max_length = Some(non_negative()? as usize),
+                b"x-max-length-bytes" => settings.max_length_bytes = Some(non_negative()? as usize),
+                b"x-overflow" => {
+                    settings.overflow = match string_argument(value).as_ref().map(|s| s.as_bytes())
+                    {
+                        Some(b"drop-head") => Overflow::DropHead,
+                        Some(b"reject-publish") | Some(b"reject-publish-dlx") => {
+                            Overflow::RejectPublish
+                        }
+                        _ => return Err(invalid(&key_text, value)),
+                    }
+                }
+                b"x-dead-letter-exchange" => {
+                    settings.dead_letter_exchange =
+                        Some(string_argument(value).ok_or_else(|| invalid(&key_text, value))?)
+                }
+                b"x-dead-letter-routing-key" => {
+                    settings.dead_letter_routing_key =
+                        Some(string_argument(value).ok_or_else(|| invalid(&key_text, value))?)
+                }
+                // Other arguments are kept and shown, as RabbitMQ keeps unknown ones.
+                _ => {}
+            }
+        }
+        if settings.queue_type == QueueType::Quorum {
+            let property = if !flags.durable {
+                Some("non-durable")
+            } else if flags.exclusive {
+                Some("exclusive-owner")
+            } else if flags.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(property) = property {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid property '{property}' for {resource}"
+                )));
+            }
+        }
+        Ok(settings)
+    }
+
+    /// queue.bind (spec 1.7.2.3).
+    pub fn bind_queue(
+        &self,
+        connection: u64,
+        queue: &ShortString,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        let q = self.usable_queue(queue, connection)?;
+        let mut state = self.write();
+        let source = state
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        source.bind(Binding {
+            destination: Destination::Queue(q.name.clone()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        });
+        Ok(())
+    }
+
+    /// queue.unbind (spec 1.7.2.5). Removing a binding that does not exist is not an error.
+    pub fn unbind_queue(
+        &self,
+        connection: u64,
+        queue: &ShortString,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        let q = self.usable_queue(queue, connection)?;
+        let mut state = self.write();
+        let source = state
+            .exchanges
+            .get_mut(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        source.unbind(&Binding {
+            destination: Destination::Queue(q.name.clone()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        });
+        let auto_delete = source.auto_delete && source.bindings().is_empty();
+        if auto_delete {
+            state.exchanges.remove(exchange);
+        }
+        Ok(())
+    }
+
+    /// queue.purge (spec 1.7.2.7).
+    pub fn purge_queue(&self, connection: u64, queue: &ShortString) -> Result<u32, AmqpError> {
+        Ok(self.usable_queue(queue, connection)?.purge() as u32)
+    }
+
+    /// queue.delete (spec 1.7.2.9). Deleting a queue that does not exist answers 0, as
+    /// RabbitMQ does. Returns the message count and the consumers to cancel.
+    pub fn delete_queue(
+        &self,
+        connection: u64,
+        name: &ShortString,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<(u32, Vec<crate::queue::QueueConsumer>), AmqpError> {
+        let Some(queue) = self.queue(name) else {
+            return Ok((0, Vec::new()));
+        };
+        self.check_exclusive(&queue, connection)?;
+        let resource = queue_resource(&name.to_str_lossy(), &self.name);
+        {
+            let state = queue.state();
+            if if_unused && !state.consumers.is_empty() {
+                return Err(AmqpError::precondition_failed(format!("{resource} in use")));
+            }
+            if if_empty && !state.ready.is_empty() {
+                return Err(AmqpError::precondition_failed(format!(
+                    "{resource} is not empty"
+                )));
+            }
+        }
+        Ok(self.remove_queue(&queue))
+    }
+
+    /// Removes a queue and its bindings; returns its message count and consumers.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) -> (u32, Vec<crate::queue::QueueConsumer>) {
+        let mut state = self.write();
+        if state
+            .queues
+            .get(&queue.name)
+            .is_some_and(|q| Arc::ptr_eq(q, queue))
+        {
+            state.queues.remove(&queue.name);
+        }
+        let destination = Destination::Queue(queue.name.clone());
+        let mut emptied = Vec::new();
+        for (name, exchange) in state.exchanges.iter_mut() {
+            if exchange.unbind_destination(&destination) > 0
+                && exchange.auto_delete
+                && exchange.bindings().is_empty()
+            {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            state.exchanges.remove(&name);
+        }
+        drop(state);
+        let (count, consumers) = queue.delete();
+        (count as u32, consumers)
+    }
+
+    // ---- exchanges ----------------------------------------------------------------------
+
+    /// exchange.declare (spec 1.6.2.1), with RabbitMQ's checks and texts.
+    pub fn declare_exchange(
+        &self,
+        name: &ShortString,
+        kind: &ShortString,
+        flags: ExchangeFlags,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        let resource = exchange_resource(&name.to_str_lossy(), &self.name);
+        if flags.passive {
+            return if self.read().exchanges.contains_key(name) {
+                Ok(())
+            } else {
+                Err(self.no_exchange(name))
+            };
+        }
+        if name.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        if name.as_bytes().starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let Some(parsed) = ExchangeKind::parse(&kind.to_str_lossy()) else {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
+        };
+        let mut state = self.write();
+        if let Some(existing) = state.exchanges.get(name) {
+            let mismatch = |arg: &str, received: &str, current: &str| {
+                Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{arg}' for {resource}: received '{received}' but current is '{current}'"
+                )))
+            };
+            if existing.kind != parsed {
+                return mismatch("type", parsed.name(), existing.kind.name());
+            }
+            if existing.durable != flags.durable {
+                return mismatch(
+                    "durable",
+                    &flags.durable.to_string(),
+                    &existing.durable.to_string(),
+                );
+            }
+            if existing.auto_delete != flags.auto_delete {
+                return mismatch(
+                    "auto_delete",
+                    &flags.auto_delete.to_string(),
+                    &existing.auto_delete.to_string(),
+                );
+            }
+            if existing.internal != flags.internal {
+                return mismatch(
+                    "internal",
+                    &flags.internal.to_string(),
+                    &existing.internal.to_string(),
+                );
+            }
+            return Ok(());
+        }
+        state.exchanges.insert(
+            name.clone(),
+            Exchange::new(
+                name.clone(),
+                parsed,
+                flags.durable,
+                flags.auto_delete,
+                flags.internal,
+                arguments.clone(),
+            ),
+        );
+        Ok(())
+    }
+
+    /// exchange.delete (spec 1.6.2.3). Deleting one that does not exist is not an error.
+    pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        if name.as_bytes().starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let mut state = self.write();
+        let Some(exchange) = state.exchanges.get(name) else {
+            return Ok(());
+        };
+        if if_unused && !exchange.bindings().is_empty() {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                exchange_resource(&name.to_str_lossy(), &self.name)
+            )));
+        }
+        state.exchanges.remove(name);
+        let destination = Destination::Exchange(name.clone());
+        for exchange in state.exchanges.values_mut() {
+            exchange.unbind_destination(&destination);
+        }
+        Ok(())
+    }
+
+    /// exchange.bind / exchange.unbind (RabbitMQ's exchange-to-exchange bindings).
+    pub fn bind_exchange(
+        &self,
+        destination: &ShortString,
+        source: &ShortString,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> Result<(), AmqpError> {
+        if source.is_empty() || destination.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        let mut state = self.write();
+        if !state.exchanges.contains_key(destination) {
+            return Err(self.no_exchange(destination));
+        }
+        let exchange = state
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        let binding = Binding {
+            destination: Destination::Exchange(destination.clone()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        };
+        if bind {
+            exchange.bind(binding);
+        } else {
+            exchange.unbind(&binding);
+            if exchange.auto_delete && exchange.bindings().is_empty() {
+                state.exchanges.remove(source);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- routing ------------------------------------------------------------------------
+
+    /// The queues a message published to `exchange` with `routing_key` goes to, each once,
+    /// following exchange-to-exchange bindings. 404 if the exchange does not exist; 403 if
+    /// it is internal and `from_client`.
+    pub fn route(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        headers: Option<&FieldTable>,
+        from_client: bool,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Result<(), AmqpError> {
+        let state = self.read();
+        if exchange.is_empty() {
+            // The default exchange: every queue is bound by its own name.
+            if let Some(queue) = state.queues.get(routing_key) {
+                out.push(queue.clone());
+            }
+            return Ok(());
+        }
+        let first = state
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        if from_client && first.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal {}",
+                exchange_resource(&exchange.to_str_lossy(), &self.name)
+            )));
+        }
+        let mut pending = vec![first];
+        let mut visited: Vec<&ShortString> = vec![&first.name];
+        while let Some(exchange) = pending.pop() {
+            exchange.route(routing_key, headers, |destination| match destination {
+                Destination::Queue(name) => {
+                    if let Some(queue) = state.queues.get(name) {
+                        if !out.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                            out.push(queue.clone());
+                        }
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Some(next) = state.exchanges.get(name) {
+                        if !visited.contains(&&next.name) {
+                            visited.push(&next.name);
+                            pending.push(next);
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the exchange exists.
+    pub fn has_exchange(&self, name: &ShortString) -> bool {
+        self.read().exchanges.contains_key(name)
+    }
+}
+
+/// The arguments whose values must agree when a queue is redeclared, as RabbitMQ checks.
+const EQUIVALENCE_ARGUMENTS: [&str; 9] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-type",
+    "x-max-priority",
+];
+
+/// Whether two values of a queue argument are equivalent. A missing `x-queue-type` equals
+/// `classic`, as RabbitMQ treats it.
+fn argument_equivalent(
+    key: &str,
+    received: Option<&FieldValue>,
+    current: Option<&FieldValue>,
+) -> bool {
+    let classic = FieldValue::LongString("classic".into());
+    let normalise = |v: Option<&FieldValue>| -> Option<FieldValue> {
+        match (key, v) {
+            ("x-queue-type", None) => Some(classic.clone()),
+            (_, Some(v)) => Some(match integer_argument(v) {
+                Some(n) => FieldValue::I64(n),
+                None => match v {
+                    FieldValue::ByteArray(b) => FieldValue::LongString(b.clone().into()),
+                    other => other.clone(),
+                },
+            }),
+            (_, None) => None,
+        }
+    };
+    normalise(received) == normalise(current)
+}
+
+/// How RabbitMQ describes an argument value in an error text:
+/// `the value '1000' of type 'signedint'`, or `none`.
+pub fn describe_argument(value: Option<&FieldValue>) -> String {
+    let Some(value) = value else {
+        return "none".to_owned();
+    };
+    let (text, kind) = match value {
+        FieldValue::Bool(v) => (v.to_string(), "bool"),
+        FieldValue::I8(v) => (v.to_string(), "byte"),
+        FieldValue::U8(v) => (v.to_string(), "unsignedbyte"),
+        FieldValue::I16(v) => (v.to_string(), "short"),
+        FieldValue::U16(v) => (v.to_string(), "unsignedshort"),
+        FieldValue::I32(v) => (v.to_string(), "signedint"),
+        FieldValue::U32(v) => (v.to_string(), "unsignedint"),
+        FieldValue::I64(v) => (v.to_string(), "long"),
+        FieldValue::U64(v) => (v.to_string(), "long"),
+        FieldValue::F32(v) => (v.to_string(), "float"),
+        FieldValue::F64(v) => (v.to_string(), "double"),
+        FieldValue::Decimal(d) => (format!("{}e-{}", d.value, d.scale), "decimal"),
+        FieldValue::LongString(s) => (s.to_string(), "longstr"),
+        FieldValue::ByteArray(b) => (String::from_utf8_lossy(b).into_owned(), "binary"),
+        FieldValue::Array(_) => ("[...]".to_owned(), "array"),
+        FieldValue::Timestamp(t) => (t.to_string(), "timestamp"),
+        FieldValue::Table(_) => ("[...]".to_owned(), "table"),
+        FieldValue::Void => ("undefined".to_owned(), "void"),
+    };
+    format!("the value '{text}' of type '{kind}'")
+}
+
+fn default_exchange_refusal() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+/// A server-generated queue name: `amq.gen-` and 22 URL-safe base64 characters, as RabbitMQ
+/// makes them.
+pub fn generated_queue_name() -> ShortString {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut seed = random_u64();
+    let mut name = String::from("amq.gen-");
+    for i in 0..22 {
+        if i == 11 {
+            seed = random_u64();
+        }
+        name.push(char::from(ALPHABET[(seed & 63) as usize]));
+        seed >>= 6;
+    }
+    name.into()
+}
+
+/// 64 random bits from the standard library's randomly seeded hasher (no extra dependency).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}

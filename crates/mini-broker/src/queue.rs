@@ -1,0 +1,458 @@
+//! Queues: messages waiting in order, and the consumers they are dispatched to.
+//!
+//! Dispatch is round-robin over the consumers that have room (spec 3.1.6): a consumer with
+//! `prefetch_count` unacked messages gets nothing more until it acks, which is what makes the
+//! work-queues tutorial's fair dispatch work. Requeued messages (reject, nack, a channel that
+//! closed with unacked messages) go back to the head of the queue, in their original order,
+//! with `redelivered` set, as RabbitMQ does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use amqp_codec::{FieldTable, FieldValue, ShortString};
+
+use crate::delivery::{lock, ChannelLink, Unacked};
+use crate::message::QueuedMessage;
+
+/// RabbitMQ's queue types; quorum queues are accepted with their restrictions (durable, not
+/// exclusive, no global qos) and behave as classic queues on this single node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// The default.
+    Classic,
+    /// Raft-replicated in RabbitMQ.
+    Quorum,
+}
+
+impl QueueType {
+    /// The `x-queue-type` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// What `x-overflow` says to do when `x-max-length` is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message.
+    DropHead,
+    /// Refuse the new message (nacked in confirm mode).
+    RejectPublish,
+}
+
+/// The queue arguments the broker acts on, parsed once at declare time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-message-ttl`: how long a message may wait.
+    pub message_ttl: Option<Duration>,
+    /// `x-expires`: how long the queue may stay unused.
+    pub expires: Option<Duration>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<usize>,
+    /// `x-max-length-bytes`: most ready body bytes.
+    pub max_length_bytes: Option<usize>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<ShortString>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<ShortString>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            queue_type: QueueType::Classic,
+            message_ttl: None,
+            expires: None,
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+        }
+    }
+}
+
+/// An integer argument of any of the integer field types.
+pub fn integer_argument(value: &FieldValue) -> Option<i64> {
+    match *value {
+        FieldValue::I8(v) => Some(v.into()),
+        FieldValue::U8(v) => Some(v.into()),
+        FieldValue::I16(v) => Some(v.into()),
+        FieldValue::U16(v) => Some(v.into()),
+        FieldValue::I32(v) => Some(v.into()),
+        FieldValue::U32(v) => Some(v.into()),
+        FieldValue::I64(v) => Some(v),
+        FieldValue::U64(v) => i64::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+/// A string argument (long string or byte array).
+pub fn string_argument(value: &FieldValue) -> Option<ShortString> {
+    match value {
+        FieldValue::LongString(s) => Some(ShortString::new(s.bytes().clone())),
+        FieldValue::ByteArray(b) => Some(ShortString::new(b.clone())),
+        _ => None,
+    }
+}
+
+/// One consumer of a queue.
+pub struct QueueConsumer {
+    /// Its tag, unique on its channel.
+    pub tag: ShortString,
+    /// The channel it consumes on.
+    pub link: Arc<ChannelLink>,
+    /// Messages count as acked when sent.
+    pub no_ack: bool,
+    /// It asked for exclusive use of the queue.
+    pub exclusive: bool,
+    /// Unacked messages it may hold (0: no limit).
+    pub prefetch: u16,
+    /// Unacked messages it holds.
+    pub unacked: u32,
+}
+
+impl QueueConsumer {
+    fn has_room(&self) -> bool {
+        self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch)
+    }
+}
+
+/// The mutable part of a queue.
+pub struct QueueState {
+    /// Messages ready for delivery, oldest first.
+    pub ready: VecDeque<QueuedMessage>,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: usize,
+    /// Consumers, in the order they subscribed.
+    pub consumers: Vec<QueueConsumer>,
+    /// Where round-robin dispatch continues.
+    cursor: usize,
+    /// Messages delivered and not yet acked.
+    pub unacked: usize,
+    /// Whether the queue was deleted (late acks and requeues are then dropped).
+    pub deleted: bool,
+    /// When a consumer, a get or a declare last touched it (for x-expires).
+    pub last_used: Instant,
+    /// Whether it ever had a consumer (auto-delete applies only then).
+    pub had_consumer: bool,
+}
+
+/// A queue.
+pub struct Queue {
+    /// Its name.
+    pub name: ShortString,
+    /// The vhost it lives in.
+    pub vhost: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The connection that owns it, for exclusive queues.
+    pub exclusive_owner: Option<u64>,
+    /// The declaration arguments, as given.
+    pub arguments: FieldTable,
+    /// The arguments the broker acts on.
+    pub settings: QueueSettings,
+    state: Mutex<QueueState>,
+}
+
+/// Messages a queue gives up: dead-lettered (to be routed to the dead-letter exchange) with
+/// the reason RabbitMQ records in `x-death`.
+pub type DeadLetters = Vec<(QueuedMessage, &'static str)>;
+
+/// What became of a message offered to a queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Taken.
+    Accepted,
+    /// Refused: the queue is full and overflows with reject-publish.
+    Rejected,
+}
+
+impl Queue {
+    /// A new, empty queue.
+    pub fn new(
+        name: ShortString,
+        vhost: String,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<u64>,
+        arguments: FieldTable,
+        settings: QueueSettings,
+    ) -> Queue {
+        Queue {
+            name,
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            settings,
+            state: Mutex::new(QueueState {
+                ready: VecDeque::new(),
+                ready_bytes: 0,
+                consumers: Vec::new(),
+                cursor: 0,
+                unacked: 0,
+                deleted: false,
+                last_used: Instant::now(),
+                had_consumer: false,
+            }),
+        }
+    }
+
+    /// Locks the queue's state (for inspection: counts, consumers).
+    pub fn state(&self) -> MutexGuard<'_, QueueState> {
+        lock(&self.state)
+    }
+
+    /// Ready messages.
+    pub fn message_count(&self) -> usize {
+        self.state().ready.len()
+    }
+
+    /// Consumers.
+    pub fn consumer_count(&self) -> usize {
+        self.state().consumers.len()
+    }
+
+    /// Offers a message. Returns whether it was taken, and what fell out (x-max-length with
+    /// drop-head) for dead-lettering.
+    pub fn publish(self: &Arc<Self>, message: QueuedMessage, dead: &mut DeadLetters) -> Enqueued {
+        let mut state = self.state();
+        if state.deleted {
+            return Enqueued::Accepted;
+        }
+        let size = message.content.size();
+        if self.would_overflow(&state, size) && self.settings.overflow == Overflow::RejectPublish {
+            return Enqueued::Rejected;
+        }
+        state.ready_bytes += size;
+        state.ready.push_back(message);
+        while self.would_overflow(&state, 0) {
+            match state.ready.pop_front() {
+                Some(dropped) => {
+                    state.ready_bytes -= dropped.content.size();
+                    dead.push((dropped, "maxlen"));
+                }
+                None => break,
+            }
+        }
+        self.dispatch(&mut state, dead);
+        Enqueued::Accepted
+    }
+
+    fn would_overflow(&self, state: &QueueState, extra_bytes: usize) -> bool {
+        let adding = usize::from(extra_bytes > 0);
+        let too_many = self
+            .settings
+            .max_length
+            .is_some_and(|max| state.ready.len() + adding > max);
+        let too_big = self
+            .settings
+            .max_length_bytes
+            .is_some_and(|max| state.ready_bytes + extra_bytes > max);
+        too_many || too_big
+    }
+
+    /// Hands ready messages to consumers with room, round-robin, until one side runs out.
+    fn dispatch(self: &Arc<Self>, state: &mut QueueState, dead: &mut DeadLetters) {
+        if state.consumers.is_empty() || state.ready.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            self.drop_expired_head(state, now, dead);
+            let Some(message) = state.ready.pop_front() else {
+                break;
+            };
+            let size = message.content.size();
+            let count = state.consumers.len();
+            let mut undelivered = Some(message);
+            for step in 0..count {
+                let index = (state.cursor + step) % count;
+                let Some(consumer) = state.consumers.get_mut(index) else {
+                    break;
+                };
+                if !consumer.has_room() {
+                    continue;
+                }
+                let Some(message) = undelivered.take() else {
+                    break;
+                };
+                match consumer
+                    .link
+                    .deliver(self, &consumer.tag, consumer.no_ack, message)
+                {
+                    Ok(()) => {
+                        if !consumer.no_ack {
+                            consumer.unacked += 1;
+                            state.unacked += 1;
+                        }
+                        state.cursor = (index + 1) % count;
+                        break;
+                    }
+                    Err(message) => undelivered = Some(message),
+                }
+            }
+            match undelivered {
+                None => state.ready_bytes -= size,
+                Some(message) => {
+                    // Nobody could take it: back to the head, and stop.
+                    state.ready.push_front(message);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drops (dead-letters) expired messages at the head.
+    fn drop_expired_head(&self, state: &mut QueueState, now: Instant, dead: &mut DeadLetters) {
+        while state
+            .ready
+            .front()
+            .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+        {
+            if let Some(expired) = state.ready.pop_front() {
+                state.ready_bytes -= expired.content.size();
+                dead.push((expired, "expired"));
+            }
+        }
+    }
+
+    /// Expires messages at the head whose time has come (called periodically).
+    pub fn expire(self: &Arc<Self>, now: Instant, dead: &mut DeadLetters) {
+        let mut state = self.state();
+        self.drop_expired_head(&mut state, now, dead);
+    }
+
+    /// Tries to dispatch again (after acks freed room or a writer drained its outbox).
+    pub fn kick(self: &Arc<Self>, dead: &mut DeadLetters) {
+        let mut state = self.state();
+        self.dispatch(&mut state, dead);
+    }
+
+    /// Adds a consumer and dispatches to it.
+    pub fn add_consumer(self: &Arc<Self>, consumer: QueueConsumer, dead: &mut DeadLetters) {
+        let mut state = self.state();
+        state.consumers.push(consumer);
+        state.had_consumer = true;
+        state.last_used = Instant::now();
+        self.dispatch(&mut state, dead);
+    }
+
+    /// Whether a consumer holds the queue exclusively, or any consumer exists (for a new
+    /// exclusive consumer).
+    pub fn consumer_conflict(&self, wants_exclusive: bool) -> bool {
+        let state = self.state();
+        state.consumers.iter().any(|c| c.exclusive)
+            || (wants_exclusive && !state.consumers.is_empty())
+    }
+
+    /// Removes a consumer; returns whether the queue should now be auto-deleted.
+    pub fn remove_consumer(&self, link: &Arc<ChannelLink>, tag: &ShortString) -> bool {
+        let mut state = self.state();
+        state
+            .consumers
+            .retain(|c| !(Arc::ptr_eq(&c.link, link) && &c.tag == tag));
+        state.cursor = 0;
+        state.last_used = Instant::now();
+        self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
+    }
+
+    /// Takes one ready message for basic.get.
+    pub fn get(self: &Arc<Self>, dead: &mut DeadLetters) -> Option<(QueuedMessage, usize)> {
+        let mut state = self.state();
+        state.last_used = Instant::now();
+        self.drop_expired_head(&mut state, Instant::now(), dead);
+        let message = state.ready.pop_front()?;
+        state.ready_bytes -= message.content.size();
+        Some((message, state.ready.len()))
+    }
+
+    /// Counts a basic.get delivery as unacked.
+    pub fn count_unacked(&self, n: usize) {
+        self.state().unacked += n;
+    }
+
+    /// Settles acked deliveries of `consumer_tag` on `link` and dispatches more.
+    pub fn settle(
+        self: &Arc<Self>,
+        link: &Arc<ChannelLink>,
+        consumer_tag: Option<&ShortString>,
+        count: usize,
+        dead: &mut DeadLetters,
+    ) {
+        let mut state = self.state();
+        state.unacked = state.unacked.saturating_sub(count);
+        if let Some(tag) = consumer_tag {
+            if let Some(consumer) = state
+                .consumers
+                .iter_mut()
+                .find(|c| Arc::ptr_eq(&c.link, link) && &c.tag == tag)
+            {
+                consumer.unacked = consumer.unacked.saturating_sub(count as u32);
+            }
+        }
+        self.dispatch(&mut state, dead);
+    }
+
+    /// Puts messages back at the head, in their original order, marked redelivered.
+    pub fn requeue(
+        self: &Arc<Self>,
+        link: &Arc<ChannelLink>,
+        messages: Vec<Unacked>,
+        dead: &mut DeadLetters,
+    ) {
+        let mut state = self.state();
+        if state.deleted {
+            return;
+        }
+        for unacked in messages.into_iter().rev() {
+            state.unacked = state.unacked.saturating_sub(1);
+            if let Some(tag) = &unacked.consumer_tag {
+                if let Some(consumer) = state
+                    .consumers
+                    .iter_mut()
+                    .find(|c| Arc::ptr_eq(&c.link, link) && &c.tag == tag)
+                {
+                    consumer.unacked = consumer.unacked.saturating_sub(1);
+                }
+            }
+            let mut message = unacked.message;
+            message.redelivered = true;
+            state.ready_bytes += message.content.size();
+            state.ready.push_front(message);
+        }
+        self.dispatch(&mut state, dead);
+    }
+
+    /// Removes every ready message; returns how many.
+    pub fn purge(&self) -> usize {
+        let mut state = self.state();
+        let count = state.ready.len();
+        state.ready.clear();
+        state.ready_bytes = 0;
+        count
+    }
+
+    /// Marks the queue deleted; returns its ready count and its consumers (to be told with
+    /// basic.cancel).
+    pub fn delete(&self) -> (usize, Vec<QueueConsumer>) {
+        let mut state = self.state();
+        state.deleted = true;
+        let count = state.ready.len();
+        state.ready.clear();
+        state.ready_bytes = 0;
+        (count, std::mem::take(&mut state.consumers))
+    }
+}

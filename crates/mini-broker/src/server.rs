@@ -1,0 +1,149 @@
+//! Sockets: the accept loop, and two tasks per connection.
+//!
+//! The reader task owns the [`ServerConnection`]: it reads bytes, feeds them in, and runs
+//! the connection's timers. The writer task waits for the [`Outbox`] to fill and writes it
+//! out, many frames per write. No lock is ever held across an await.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::connection::{ServerConnection, ServerState};
+use crate::delivery::Outbox;
+use crate::queue::DeadLetters;
+
+/// Accepts connections until `shutdown` turns true; each connection is closed with
+/// 320 CONNECTION_FORCED on shutdown.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let broker = broker.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = handle(socket, peer, broker, shutdown).await {
+                            tracing::debug!(%peer, "connection ended: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes.
+async fn handle(
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let local = socket.local_addr()?;
+    let (mut reader, mut writer) = socket.into_split();
+    let outbox = Arc::new(Outbox::new(broker.config.frame_max));
+    let mut connection = ServerConnection::new(broker, peer, local, outbox.clone(), Instant::now());
+    tracing::debug!(%peer, id = connection.id(), "accepted connection");
+
+    let writer_outbox = outbox.clone();
+    let writer_task = tokio::spawn(async move {
+        loop {
+            let chunk = writer_outbox.take();
+            if chunk.is_empty() {
+                if writer_outbox.is_closed() {
+                    break;
+                }
+                writer_outbox.wait().await;
+                continue;
+            }
+            if writer.write_all(&chunk).await.is_err() {
+                writer_outbox.close();
+                break;
+            }
+            writer_outbox.record_written(chunk.len());
+            // Queues that stopped delivering while the outbox was full may go on.
+            if !writer_outbox.is_full() {
+                for queue in writer_outbox.take_paused() {
+                    let mut dead = DeadLetters::new();
+                    queue.kick(&mut dead);
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut shutting_down = *shutdown.borrow();
+    if shutting_down {
+        connection.force_close(
+            "broker forced connection closure with reason 'shutdown'",
+            Instant::now(),
+        );
+    }
+    loop {
+        if connection.state() == ServerState::Closed {
+            break;
+        }
+        let deadline = connection.poll_timeout();
+        let info = connection.info().cloned();
+        let forced = async {
+            match &info {
+                Some(info) => info.force_close.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    connection.handle_eof();
+                    break;
+                }
+                Ok(_) => connection.handle_input(&mut buf, Instant::now()),
+            },
+            _ = sleep_until(deadline) => connection.handle_timeout(Instant::now()),
+            _ = forced => {
+                let reason = info
+                    .as_ref()
+                    .and_then(|info| crate::delivery::lock(&info.force_close_reason).clone())
+                    .unwrap_or_else(|| "Closed via management plugin".to_owned());
+                connection.force_close(&reason, Instant::now());
+            }
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                connection.force_close("broker forced connection closure with reason 'shutdown'", Instant::now());
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+    }
+    connection.handle_eof();
+    // Let the writer flush what is left (a close, a close-ok), then stop it.
+    outbox.close();
+    let _ = writer_task.await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
