@@ -101,7 +101,10 @@ impl<'a> Arbitrary<'a> for FieldArray {
 
 impl<'a> Arbitrary<'a> for ContentHeader {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        Ok(ContentHeader::basic(u.arbitrary()?, BasicProperties::arbitrary(u)?))
+        Ok(ContentHeader::basic(
+            u.arbitrary()?,
+            BasicProperties::arbitrary(u)?,
+        ))
     }
 }
 
@@ -113,7 +116,9 @@ impl<'a> Arbitrary<'a> for Frame {
             6 | 7 => Frame::Header(u.arbitrary()?, u.arbitrary()?),
             8 => Frame::Body(u.arbitrary()?, octets(u, 4096)?),
             _ if u.arbitrary()? => Frame::Heartbeat,
-            _ => Frame::ProtocolHeader(ProtocolHeader { version: u.arbitrary()? }),
+            _ => Frame::ProtocolHeader(ProtocolHeader {
+                version: u.arbitrary()?,
+            }),
         })
     }
 }

@@ -48,10 +48,57 @@ enum State {
     AwaitingBody {
         method: Method,
         header: ContentHeader,
-        /// Body frames received so far; joined once the last one is in.
-        parts: Vec<Bytes>,
+        /// The body frames received so far.
+        body: PartialBody,
         received: u64,
     },
+}
+
+/// The body of a content being received.
+#[derive(Debug)]
+enum PartialBody {
+    /// No octet yet.
+    Empty,
+    /// One body frame's octets, kept as the slice of that frame: a body that fits one frame
+    /// (nearly every message) is neither copied nor allocated for.
+    One(Bytes),
+    /// Two or more frames' octets, copied together as they come. Holding the frames instead
+    /// would keep every read buffer they were sliced from alive, and let a peer that sends
+    /// many tiny or empty body frames make the receiver hold far more than the body size.
+    Many(BytesMut),
+}
+
+impl PartialBody {
+    /// Adds a body frame's octets; `received` counts them all, this frame's included, and
+    /// is at most `body_size`.
+    fn push(self, part: Bytes, received: u64, body_size: u64) -> PartialBody {
+        match self {
+            body if part.is_empty() => body,
+            PartialBody::Empty => PartialBody::One(part),
+            PartialBody::One(first) => {
+                // Room for four times what has arrived: a few body frames in one allocation,
+                // yet never much more than the peer has actually sent.
+                let capacity = received.saturating_mul(4).min(body_size);
+                let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+                let mut joined = BytesMut::with_capacity(capacity);
+                joined.put_slice(&first);
+                joined.put_slice(&part);
+                PartialBody::Many(joined)
+            }
+            PartialBody::Many(mut joined) => {
+                joined.put_slice(&part);
+                PartialBody::Many(joined)
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self {
+            PartialBody::Empty => Bytes::new(),
+            PartialBody::One(body) => body,
+            PartialBody::Many(joined) => joined.freeze(),
+        }
+    }
 }
 
 /// Puts one channel's method, header and body frames back together into [`Command`]s.
@@ -108,7 +155,10 @@ impl ContentAssembler {
                 self.state = State::AwaitingHeader(method);
                 Ok(None)
             }
-            State::AwaitingMethod => Ok(Some(Command { method, content: None })),
+            State::AwaitingMethod => Ok(Some(Command {
+                method,
+                content: None,
+            })),
             State::AwaitingHeader(_) => Err(DecodeError::UnexpectedFrame(
                 "expected a content header, got a method frame",
             )),
@@ -126,7 +176,9 @@ impl ContentAssembler {
             ));
         };
         if header.class_id != method.class_id() {
-            return Err(DecodeError::UnexpectedFrame("content header of another class"));
+            return Err(DecodeError::UnexpectedFrame(
+                "content header of another class",
+            ));
         }
         if header.body_size > self.max_body_size {
             return Err(DecodeError::ContentTooLarge {
@@ -146,41 +198,43 @@ impl ContentAssembler {
         self.state = State::AwaitingBody {
             method,
             header,
-            parts: Vec::new(),
+            body: PartialBody::Empty,
             received: 0,
         };
         Ok(None)
     }
 
     /// Feeds a content body frame.
-    pub fn feed_body(&mut self, body: Bytes) -> Result<Option<Command>, DecodeError> {
+    pub fn feed_body(&mut self, part: Bytes) -> Result<Option<Command>, DecodeError> {
         let State::AwaitingBody {
             method,
             header,
-            mut parts,
+            body,
             received,
         } = std::mem::take(&mut self.state)
         else {
-            return Err(DecodeError::UnexpectedFrame("content body without a content header"));
+            return Err(DecodeError::UnexpectedFrame(
+                "content body without a content header",
+            ));
         };
-        let received = received.saturating_add(body.len() as u64);
+        let received = received.saturating_add(part.len() as u64);
         if received > header.body_size {
             return Err(DecodeError::BodyTooLarge {
                 expected: header.body_size,
                 received,
             });
         }
-        parts.push(body);
+        let body = body.push(part, received, header.body_size);
         if received < header.body_size {
             self.state = State::AwaitingBody {
                 method,
                 header,
-                parts,
+                body,
                 received,
             };
             return Ok(None);
         }
-        let body = join(parts, received);
+        let body = body.finish();
         Ok(Some(Command {
             method,
             content: Some(Content { header, body }),
@@ -188,26 +242,20 @@ impl ContentAssembler {
     }
 }
 
-/// Joins body parts: a lone part is returned as it is, without a copy.
-fn join(mut parts: Vec<Bytes>, len: u64) -> Bytes {
-    if parts.len() == 1 {
-        return parts.pop().unwrap_or_default();
-    }
-    let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
-    for part in &parts {
-        body.put_slice(part);
-    }
-    body.freeze()
-}
-
 /// The largest body slice one body frame can carry under `frame_max` (0: no limit).
 pub fn max_body_frame_payload(frame_max: u32) -> usize {
     let max = if frame_max == 0 { u32::MAX } else { frame_max };
-    usize::try_from(max.saturating_sub(FRAME_OVERHEAD as u32)).unwrap_or(usize::MAX).max(1)
+    usize::try_from(max.saturating_sub(FRAME_OVERHEAD as u32))
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// Splits `body` into body frames for `frame_max`: slices of `body`, never copies.
-pub fn body_frames(channel: ChannelId, body: &Bytes, frame_max: u32) -> impl Iterator<Item = Frame> + '_ {
+pub fn body_frames(
+    channel: ChannelId,
+    body: &Bytes,
+    frame_max: u32,
+) -> impl Iterator<Item = Frame> + '_ {
     let chunk = max_body_frame_payload(frame_max);
     let count = body.len().div_ceil(chunk);
     (0..count).map(move |i| {
@@ -230,6 +278,9 @@ pub fn encode_content(
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), EncodeError> {
+    if !method.has_content() {
+        return Err(EncodeError::MethodCarriesNoContent(method.name()));
+    }
     let start = buf.len();
     let result = encode_content_unchecked(buf, channel, method, properties, body, frame_max);
     if result.is_err() {
@@ -260,7 +311,13 @@ fn encode_content_unchecked(
     put_method_frame(buf, channel, method)?;
     check_frame_max(buf.len().saturating_sub(method_start), frame_max)?;
     let header_start = buf.len();
-    put_header_frame(buf, channel, ContentHeader::BASIC_CLASS_ID, body.len() as u64, properties)?;
+    put_header_frame(
+        buf,
+        channel,
+        ContentHeader::BASIC_CLASS_ID,
+        body.len() as u64,
+        properties,
+    )?;
     check_frame_max(buf.len().saturating_sub(header_start), frame_max)?;
     for slice in body.chunks(chunk) {
         put_body_frame(buf, channel, slice)?;

@@ -150,7 +150,7 @@ pub enum EncodeError {
     /// Field tables nested deeper than the limit.
     #[error("field tables nested deeper than {0}")]
     TableTooDeep(usize),
-    /// A heartbeat is always sent on channel 0.
-    #[error("heartbeat frames belong to channel 0, not {0}")]
-    HeartbeatOnChannel(u16),
+    /// Content (a header and body frames) was asked for after a method that carries none.
+    #[error("{0} carries no content")]
+    MethodCarriesNoContent(&'static str),
 }

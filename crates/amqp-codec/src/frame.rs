@@ -14,13 +14,19 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::constants::{ChannelId, FrameType, FRAME_END, FRAME_HEADER_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER};
+use crate::constants::{
+    ChannelId, FrameType, FRAME_END, FRAME_HEADER_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
+};
 use crate::error::{DecodeError, EncodeError};
 use crate::generated::{BasicProperties, Method};
 use crate::wire::Reader;
 
 /// How deep field tables and arrays may nest unless [`Limits`] says otherwise.
 pub const DEFAULT_MAX_TABLE_DEPTH: usize = 32;
+
+/// The most [`decode`] reserves for the rest of a frame that has not yet arrived: a whole
+/// frame of RabbitMQ's default frame_max. Larger frames grow the buffer as their octets come.
+const MAX_RESERVE_AHEAD: usize = 131_072;
 
 /// What the decoder accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +77,9 @@ pub struct ProtocolHeader {
 
 impl ProtocolHeader {
     /// The header of AMQP 0-9-1.
-    pub const AMQP_0_9_1: ProtocolHeader = ProtocolHeader { version: [0, 0, 9, 1] };
+    pub const AMQP_0_9_1: ProtocolHeader = ProtocolHeader {
+        version: [0, 0, 9, 1],
+    };
 
     /// Whether this is AMQP 0-9-1. A server that receives another version answers with its
     /// own header and closes the socket (spec 4.2.2).
@@ -133,7 +141,9 @@ impl Frame {
     /// The channel the frame travels on (0 for the protocol header and heartbeats).
     pub fn channel(&self) -> ChannelId {
         match self {
-            Frame::Method(channel, _) | Frame::Header(channel, _) | Frame::Body(channel, _) => *channel,
+            Frame::Method(channel, _) | Frame::Header(channel, _) | Frame::Body(channel, _) => {
+                *channel
+            }
             Frame::ProtocolHeader(_) | Frame::Heartbeat => 0,
         }
     }
@@ -142,7 +152,9 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         match self {
             Frame::ProtocolHeader(_) => PROTOCOL_HEADER.len(),
-            Frame::Method(_, method) => FRAME_OVERHEAD.saturating_add(4).saturating_add(method.arguments_len()),
+            Frame::Method(_, method) => FRAME_OVERHEAD
+                .saturating_add(4)
+                .saturating_add(method.arguments_len()),
             Frame::Header(_, header) => FRAME_OVERHEAD.saturating_add(header.encoded_len()),
             Frame::Body(_, body) => FRAME_OVERHEAD.saturating_add(body.len()),
             Frame::Heartbeat => FRAME_OVERHEAD,
@@ -189,7 +201,11 @@ impl Frame {
 }
 
 /// Writes a method frame: class id, method id, arguments.
-pub(crate) fn put_method_frame(buf: &mut BytesMut, channel: ChannelId, method: &Method) -> Result<(), EncodeError> {
+pub(crate) fn put_method_frame(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &Method,
+) -> Result<(), EncodeError> {
     put_frame(buf, FrameType::METHOD, channel, |buf| {
         buf.put_u16(method.class_id());
         buf.put_u16(method.method_id());
@@ -215,7 +231,11 @@ pub(crate) fn put_header_frame(
 }
 
 /// Writes a content body frame.
-pub(crate) fn put_body_frame(buf: &mut BytesMut, channel: ChannelId, body: &[u8]) -> Result<(), EncodeError> {
+pub(crate) fn put_body_frame(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    body: &[u8],
+) -> Result<(), EncodeError> {
     put_frame(buf, FrameType::BODY, channel, |buf| {
         buf.put_slice(body);
         Ok(())
@@ -236,7 +256,10 @@ fn put_frame(
     buf.put_u32(0);
     payload(buf)?;
     let len = buf.len().saturating_sub(size_at).saturating_sub(4);
-    let size = u32::try_from(len).map_err(|_| EncodeError::TooLong { what: "frame payload", len })?;
+    let size = u32::try_from(len).map_err(|_| EncodeError::TooLong {
+        what: "frame payload",
+        len,
+    })?;
     if let Some(slot) = buf.get_mut(size_at..size_at.saturating_add(4)) {
         slot.copy_from_slice(&size.to_be_bytes());
     }
@@ -248,7 +271,11 @@ fn put_frame(
 fn peek_header(buf: &[u8]) -> Option<(u8, ChannelId, u32)> {
     let header: &[u8; FRAME_HEADER_SIZE] = buf.first_chunk()?;
     let [frame_type, c0, c1, s0, s1, s2, s3] = *header;
-    Some((frame_type, u16::from_be_bytes([c0, c1]), u32::from_be_bytes([s0, s1, s2, s3])))
+    Some((
+        frame_type,
+        u16::from_be_bytes([c0, c1]),
+        u32::from_be_bytes([s0, s1, s2, s3]),
+    ))
 }
 
 /// Decodes one frame from the front of `buf`, removing its bytes.
@@ -291,7 +318,9 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         });
     };
     if buf.len() < frame_len {
-        buf.reserve(frame_len.saturating_sub(buf.len()));
+        // Room for the rest of the frame, but at most MAX_RESERVE_AHEAD: `size` is the peer's
+        // word, and under frame_max 0 (no limit) it could announce 4 GiB and never send it.
+        buf.reserve(frame_len.saturating_sub(buf.len()).min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
     let end = buf.get(frame_len.saturating_sub(1)).copied().unwrap_or(0);

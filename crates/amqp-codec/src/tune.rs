@@ -59,7 +59,12 @@ pub fn negotiate_heartbeat(requested: Option<u16>, offered: u16) -> u16 {
 }
 
 /// What a client answers with tune-ok, given the server's offer and what it asks for.
-pub fn client_tune_ok(offer: Tune, channel_max: u16, frame_max: u32, heartbeat: Option<u16>) -> Tune {
+pub fn client_tune_ok(
+    offer: Tune,
+    channel_max: u16,
+    frame_max: u32,
+    heartbeat: Option<u16>,
+) -> Tune {
     Tune {
         channel_max: negotiate_limit(channel_max, offer.channel_max),
         frame_max: negotiate_limit(frame_max, offer.frame_max),

@@ -309,7 +309,10 @@ impl FieldTable {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
-        let index = self.0.iter().position(|(k, _)| k.as_bytes() == key.as_bytes())?;
+        let index = self
+            .0
+            .iter()
+            .position(|(k, _)| k.as_bytes() == key.as_bytes())?;
         Some(self.0.remove(index).1)
     }
 
@@ -336,12 +339,27 @@ impl FieldTable {
     /// Whether both tables hold the same keys with the same values, in any order.
     ///
     /// `==` compares in wire order; this is the comparison a peer that re-orders keys needs.
+    /// A key the wire repeated counts as often as it appears: each entry is matched with a
+    /// distinct entry of `other`.
     pub fn same_entries(&self, other: &FieldTable) -> bool {
-        self.len() == other.len() && self.iter().all(|(k, v)| other.get_bytes(k.as_bytes()) == Some(v))
-    }
-
-    fn get_bytes(&self, key: &[u8]) -> Option<&FieldValue> {
-        self.0.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, v)| v)
+        if self.len() != other.len() {
+            return false;
+        }
+        let mut matched = vec![false; other.len()];
+        self.0.iter().all(|entry| {
+            let free = other
+                .0
+                .iter()
+                .zip(matched.iter_mut())
+                .find(|(candidate, used)| !**used && *candidate == entry);
+            match free {
+                Some((_, used)) => {
+                    *used = true;
+                    true
+                }
+                None => false,
+            }
+        })
     }
 }
 

@@ -8,7 +8,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::bytes::complete::take;
-use nom::number::complete::{be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8};
+use nom::number::complete::{
+    be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8,
+};
 use nom::IResult;
 
 use crate::error::{DecodeError, EncodeError};
@@ -53,7 +55,10 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn run<O>(&mut self, mut parser: impl FnMut(&'a [u8]) -> IResult<&'a [u8], O>) -> Result<O, DecodeError> {
+    fn run<O>(
+        &mut self,
+        mut parser: impl FnMut(&'a [u8]) -> IResult<&'a [u8], O>,
+    ) -> Result<O, DecodeError> {
         match parser(self.input) {
             Ok((rest, value)) => {
                 self.input = rest;
@@ -177,20 +182,32 @@ pub(crate) fn bit(octet: u8, index: u32) -> bool {
 
 /// Packs up to eight bit fields into one octet, the first field in the least significant bit.
 pub(crate) fn pack_bits(bits: &[bool]) -> u8 {
-    bits.iter()
-        .enumerate()
-        .fold(0u8, |octet, (index, &set)| if set { octet | 1u8.checked_shl(index as u32).unwrap_or(0) } else { octet })
+    bits.iter().enumerate().fold(0u8, |octet, (index, &set)| {
+        if set {
+            octet | 1u8.checked_shl(index as u32).unwrap_or(0)
+        } else {
+            octet
+        }
+    })
 }
 
 pub(crate) fn put_short_string(buf: &mut BytesMut, value: &ShortString) -> Result<(), EncodeError> {
-    let len = u8::try_from(value.len()).map_err(|_| EncodeError::ShortStringTooLong(value.len()))?;
+    let len =
+        u8::try_from(value.len()).map_err(|_| EncodeError::ShortStringTooLong(value.len()))?;
     buf.put_u8(len);
     buf.put_slice(value.as_bytes());
     Ok(())
 }
 
-pub(crate) fn put_long_bytes(buf: &mut BytesMut, value: &[u8], what: &'static str) -> Result<(), EncodeError> {
-    let len = u32::try_from(value.len()).map_err(|_| EncodeError::TooLong { what, len: value.len() })?;
+pub(crate) fn put_long_bytes(
+    buf: &mut BytesMut,
+    value: &[u8],
+    what: &'static str,
+) -> Result<(), EncodeError> {
+    let len = u32::try_from(value.len()).map_err(|_| EncodeError::TooLong {
+        what,
+        len: value.len(),
+    })?;
     buf.put_u32(len);
     buf.put_slice(value);
     Ok(())
@@ -250,7 +267,11 @@ fn put_sized(
     Ok(())
 }
 
-fn put_field_value(buf: &mut BytesMut, value: &FieldValue, depth: usize) -> Result<(), EncodeError> {
+fn put_field_value(
+    buf: &mut BytesMut,
+    value: &FieldValue,
+    depth: usize,
+) -> Result<(), EncodeError> {
     let nested = depth.saturating_add(1);
     buf.put_u8(value.type_letter());
     match value {
@@ -292,7 +313,8 @@ pub(crate) fn long_string_len(value: &LongString) -> usize {
 /// Encoded size of a field table, its four-octet size included.
 pub(crate) fn table_len(table: &FieldTable) -> usize {
     table.iter().fold(4usize, |sum, (key, value)| {
-        sum.saturating_add(short_string_len(key)).saturating_add(field_value_len(value))
+        sum.saturating_add(short_string_len(key))
+            .saturating_add(field_value_len(value))
     })
 }
 
@@ -301,11 +323,15 @@ fn field_value_len(value: &FieldValue) -> usize {
         FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
         FieldValue::I16(_) | FieldValue::U16(_) => 2,
         FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
-        FieldValue::I64(_) | FieldValue::U64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => 8,
+        FieldValue::I64(_) | FieldValue::U64(_) | FieldValue::F64(_) | FieldValue::Timestamp(_) => {
+            8
+        }
         FieldValue::Decimal(_) => 5,
         FieldValue::LongString(v) => long_string_len(v),
         FieldValue::ByteArray(v) => v.len().saturating_add(4),
-        FieldValue::Array(v) => v.iter().fold(4usize, |sum, value| sum.saturating_add(field_value_len(value))),
+        FieldValue::Array(v) => v.iter().fold(4usize, |sum, value| {
+            sum.saturating_add(field_value_len(value))
+        }),
         FieldValue::Table(v) => table_len(v),
         FieldValue::Void => 0,
     };

@@ -1,1 +1,29 @@
-//! Tools for looking at AMQP 0-9-1 bytes; see the binaries in `src/bin`.
+//! # amqp-tools: looking at AMQP 0-9-1 bytes
+//!
+//! Command-line tools for people learning or debugging AMQP 0-9-1. Each tool is a thin binary
+//! in `src/bin` over a library module here, so its logic is tested without a process.
+//!
+//! ```text
+//!  amqp-dump (src/bin)          args, files, stdin/stdout, exit status
+//!       │
+//!  dump::run                    bytes in chunks ⇄ frames ⇄ one line each
+//!       │
+//!  amqp_codec::{decode, describe}
+//! ```
+//!
+//! ## Layout
+//! - [`dump`]: `amqp-dump`, an AMQP byte stream (raw or hex) printed one frame per line, as
+//!   text or JSON.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+#![warn(missing_docs)]
+
+pub mod dump;
