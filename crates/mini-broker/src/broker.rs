@@ -25,11 +25,21 @@ pub struct Broker {
     pub connections: crate::registry::Registry,
     /// When the broker started.
     pub started: Instant,
+    /// The memory alarm: true while queued messages exceed the high watermark. Connections
+    /// watch it to send connection.blocked / unblocked and to stop reading from publishers.
+    pub alarm: tokio::sync::watch::Sender<bool>,
+    /// The high watermark in bytes of queued message bodies.
+    memory_high_watermark: AtomicU64,
 }
 
 impl Broker {
     /// A broker with the configured vhosts, each with its standard exchanges.
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        let watermark = if config.memory_high_watermark == 0 {
+            default_memory_high_watermark()
+        } else {
+            config.memory_high_watermark
+        };
         let vhosts = config
             .vhosts
             .iter()
@@ -41,7 +51,48 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             connections: crate::registry::Registry::default(),
             started: Instant::now(),
+            alarm: tokio::sync::watch::channel(false).0,
+            memory_high_watermark: AtomicU64::new(watermark),
         })
+    }
+
+    /// The memory high watermark in bytes.
+    pub fn memory_high_watermark(&self) -> u64 {
+        self.memory_high_watermark.load(Ordering::Relaxed)
+    }
+
+    /// Changes the high watermark (as `rabbitmqctl set_vm_memory_high_watermark` does) and
+    /// re-evaluates the alarm.
+    pub fn set_memory_high_watermark(&self, bytes: u64) {
+        self.memory_high_watermark.store(bytes, Ordering::Relaxed);
+        self.check_memory();
+    }
+
+    /// Bytes of message bodies held in queues (ready and unacked).
+    pub fn memory_used(&self) -> u64 {
+        self.vhosts()
+            .iter()
+            .flat_map(|vhost| vhost.read().queues.values().cloned().collect::<Vec<_>>())
+            .map(|queue| queue.state().ready_bytes as u64)
+            .sum()
+    }
+
+    /// Raises or clears the memory alarm from the current usage. Returns the alarm state.
+    pub fn check_memory(&self) -> bool {
+        let used = self.memory_used();
+        let alarm = used > self.memory_high_watermark();
+        if *self.alarm.borrow() != alarm {
+            if alarm {
+                tracing::warn!(
+                    "memory alarm set: {used} bytes queued, above the high watermark of {} bytes; publishers are blocked",
+                    self.memory_high_watermark()
+                );
+            } else {
+                tracing::info!("memory alarm cleared: {used} bytes queued");
+            }
+            self.alarm.send_replace(alarm);
+        }
+        alarm
     }
 
     /// A fresh connection id.
@@ -84,6 +135,19 @@ impl Broker {
             .iter()
             .any(|u| u.name == username && u.tags.iter().any(|t| t == "administrator"))
     }
+}
+
+/// RabbitMQ's default vm_memory_high_watermark: 40% of the machine's memory.
+fn default_memory_high_watermark() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(4 * 1024 * 1024);
+    total_kib * 1024 / 10 * 4
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {

@@ -115,6 +115,12 @@ pub struct ServerConnection {
     cancel_notify: bool,
     /// Client capability: connection.close 403 on bad credentials instead of a silent close.
     auth_failure_close: bool,
+    /// Client capability: connection.blocked / unblocked notifications.
+    blocked_notify: bool,
+    /// Whether this connection has published (the memory alarm blocks publishers only).
+    has_published: bool,
+    /// Whether connection.blocked was sent and not yet followed by unblocked.
+    blocked_sent: bool,
     /// Exclusive queues this connection owns (deleted with it).
     exclusive_queues: Vec<Arc<Queue>>,
     last_received: Instant,
@@ -158,6 +164,9 @@ impl ServerConnection {
             info: None,
             cancel_notify: false,
             auth_failure_close: false,
+            blocked_notify: false,
+            has_published: false,
+            blocked_sent: false,
             exclusive_queues: Vec::new(),
             last_received: now,
             last_sent_mark: 0,
@@ -166,6 +175,11 @@ impl ServerConnection {
             closing_since: None,
             route_buf: Vec::new(),
         }
+    }
+
+    /// The broker this connection belongs to.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
     }
 
     /// The connection's id.
@@ -288,6 +302,41 @@ impl ServerConnection {
             ServerState::Open | ServerState::Closed => None,
             _ => Some(self.started + HANDSHAKE_TIMEOUT),
         }
+    }
+
+    /// The memory alarm changed: tell the client (connection.blocked / unblocked), if it
+    /// asked to be told. Returns whether reading from the socket must pause: RabbitMQ stops
+    /// reading from connections that publish while the alarm is on.
+    pub fn alarm_changed(&mut self, alarm: bool) -> bool {
+        if self.state != ServerState::Open {
+            return false;
+        }
+        if self.blocked_notify && alarm != self.blocked_sent {
+            if alarm {
+                self.outbox.send_method(
+                    0,
+                    ConnectionBlocked {
+                        reason: ShortString::from_static("low on memory"),
+                    },
+                );
+            } else {
+                self.outbox.send_method(0, ConnectionUnblocked);
+            }
+            self.blocked_sent = alarm;
+        }
+        alarm && self.has_published
+    }
+
+    /// Whether the connection has published: while the alarm is on, such a connection is
+    /// not read from.
+    pub fn has_published(&self) -> bool {
+        self.has_published
+    }
+
+    /// The reader stopped reading on purpose (memory alarm): silence is not the client's
+    /// fault, so it does not count as missed heartbeats.
+    pub fn reading_paused(&mut self, now: Instant) {
+        self.last_received = now;
     }
 
     /// Closes the connection from the broker's side (shutdown, management API): 320.
@@ -431,6 +480,7 @@ impl ServerConnection {
             let enabled = |name| matches!(capabilities.get(name), Some(FieldValue::Bool(true)));
             self.cancel_notify = enabled("consumer_cancel_notify");
             self.auth_failure_close = enabled("authentication_failure_close");
+            self.blocked_notify = enabled("connection.blocked");
         }
         let mechanism = start_ok.mechanism.to_str_lossy().into_owned();
         let credentials = match mechanism.as_str() {
@@ -946,6 +996,7 @@ impl ServerConnection {
                 if publish.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
+                self.has_published = true;
                 let channel = self.channel(id)?;
                 if let Some(tx) = &mut channel.tx {
                     // Checked now, applied on commit.

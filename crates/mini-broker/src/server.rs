@@ -90,6 +90,8 @@ async fn handle(
     });
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut alarm = broker_alarm(&connection);
+    let mut reading_paused = false;
     let mut shutting_down = *shutdown.borrow();
     if shutting_down {
         connection.force_close(
@@ -110,14 +112,30 @@ async fn handle(
             }
         };
         tokio::select! {
-            read = reader.read_buf(&mut buf) => match read {
+            read = reader.read_buf(&mut buf), if !reading_paused => match read {
                 Ok(0) | Err(_) => {
                     connection.handle_eof();
                     break;
                 }
-                Ok(_) => connection.handle_input(&mut buf, Instant::now()),
+                Ok(_) => {
+                    connection.handle_input(&mut buf, Instant::now());
+                    // Tell a newly opened connection of an alarm already on; stop reading
+                    // from a publisher that just published under the alarm.
+                    reading_paused = connection.alarm_changed(*alarm.borrow());
+                }
             },
-            _ = sleep_until(deadline) => connection.handle_timeout(Instant::now()),
+            changed = alarm.changed() => {
+                if changed.is_ok() {
+                    let on = *alarm.borrow_and_update();
+                    reading_paused = connection.alarm_changed(on);
+                }
+            }
+            _ = sleep_until(deadline) => {
+                if reading_paused {
+                    connection.reading_paused(Instant::now());
+                }
+                connection.handle_timeout(Instant::now());
+            }
             _ = forced => {
                 let reason = info
                     .as_ref()
@@ -139,6 +157,11 @@ async fn handle(
     outbox.close();
     let _ = writer_task.await;
     Ok(())
+}
+
+/// A receiver of the broker's memory alarm.
+fn broker_alarm(connection: &ServerConnection) -> watch::Receiver<bool> {
+    connection.broker().alarm.subscribe()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
