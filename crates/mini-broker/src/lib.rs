@@ -111,6 +111,7 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
         }
         let now = Instant::now();
+        broker.check_memory();
         for vhost in broker.vhosts() {
             let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
             for queue in queues {
