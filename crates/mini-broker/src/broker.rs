@@ -11,9 +11,18 @@ use std::time::{Duration, Instant};
 use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::config::BrokerConfig;
+use crate::delivery::lock;
 use crate::error::{exchange_resource, queue_resource, AmqpError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{integer_argument, string_argument, Overflow, Queue, QueueSettings, QueueType};
+use crate::message::{MessageContent, QueuedMessage};
+use crate::queue::{
+    integer_argument, string_argument, Overflow, Queue, QueueDeclaration, QueueSettings, QueueType,
+};
+use crate::store::definitions::{
+    table_from_json, table_to_json, BindingDefinition, ExchangeDefinition, QueueDefinition,
+    VHostDefinitions,
+};
+use crate::store::{Recovered, Store};
 
 /// The whole broker: what every connection shares.
 pub struct Broker {
@@ -30,21 +39,50 @@ pub struct Broker {
     pub alarm: tokio::sync::watch::Sender<bool>,
     /// The high watermark in bytes of queued message bodies.
     memory_high_watermark: AtomicU64,
+    store: Option<Arc<Store>>,
 }
 
 impl Broker {
-    /// A broker with the configured vhosts, each with its standard exchanges.
+    /// A broker with the configured vhosts, each with its standard exchanges, keeping
+    /// nothing on disk.
     pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        Broker::with_store(config, None)
+    }
+
+    /// A broker whose durable definitions and persistent messages live in `store`; what the
+    /// store recovered is put back first: definitions, then messages in publish order.
+    pub fn with_store(
+        config: BrokerConfig,
+        store: Option<(Arc<Store>, Vec<Recovered>)>,
+    ) -> Arc<Broker> {
         let watermark = if config.memory_high_watermark == 0 {
             default_memory_high_watermark()
         } else {
             config.memory_high_watermark
         };
-        let vhosts = config
+        let (store, recovered) = match store {
+            Some((store, recovered)) => (Some(store), recovered),
+            None => (None, Vec::new()),
+        };
+        let vhosts: HashMap<String, Arc<VHost>> = config
             .vhosts
             .iter()
-            .map(|name| (name.clone(), Arc::new(VHost::new(name))))
+            .map(|name| {
+                (
+                    name.clone(),
+                    Arc::new(VHost::with_store(name, store.clone())),
+                )
+            })
             .collect();
+        if let Some(store) = &store {
+            let definitions = lock(&store.definitions).clone();
+            for (name, vhost) in &vhosts {
+                if let Some(saved) = definitions.vhosts.get(name) {
+                    vhost.restore(saved);
+                }
+            }
+            restore_messages(&vhosts, store, recovered);
+        }
         Arc::new(Broker {
             config,
             vhosts: RwLock::new(vhosts),
@@ -53,6 +91,7 @@ impl Broker {
             started: Instant::now(),
             alarm: tokio::sync::watch::channel(false).0,
             memory_high_watermark: AtomicU64::new(watermark),
+            store,
         })
     }
 
@@ -93,6 +132,11 @@ impl Broker {
             self.alarm.send_replace(alarm);
         }
         alarm
+    }
+
+    /// The durable store, when the broker has a data directory.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     /// A fresh connection id.
@@ -137,6 +181,50 @@ impl Broker {
     }
 }
 
+/// Puts recovered messages back in their queues, in publish order, marked redelivered when
+/// they had been delivered before the restart. Messages whose queue is gone are dropped.
+fn restore_messages(
+    vhosts: &HashMap<String, Arc<VHost>>,
+    store: &Arc<Store>,
+    recovered: Vec<Recovered>,
+) {
+    let mut restored = 0usize;
+    for Recovered { record } in recovered {
+        let vhost = vhosts.get(&*String::from_utf8_lossy(&record.vhost));
+        let queue = vhost.and_then(|v| v.queue(&ShortString::new(record.queue.clone())));
+        let properties = decode_header(&record.header);
+        let (Some(queue), Some(properties)) = (queue, properties) else {
+            store.ack(record.id);
+            continue;
+        };
+        let content = Arc::new(MessageContent {
+            exchange: ShortString::new(record.exchange),
+            routing_key: ShortString::new(record.routing_key),
+            properties,
+            body: record.body,
+        });
+        queue.restore(QueuedMessage {
+            content,
+            redelivered: record.delivered,
+            expires_at: queue.settings.message_ttl.map(|ttl| Instant::now() + ttl),
+            persist_id: Some(record.id),
+        });
+        restored += 1;
+    }
+    if restored > 0 {
+        tracing::info!("restored {restored} persistent messages to their queues");
+    }
+}
+
+/// The properties of a stored content header frame.
+fn decode_header(header: &[u8]) -> Option<amqp_codec::BasicProperties> {
+    let mut buf = bytes::BytesMut::from(header);
+    match amqp_codec::decode(&mut buf, &amqp_codec::Limits::with_frame_max(0)) {
+        Ok(Some(amqp_codec::Frame::Header(_, header))) => Some(header.properties),
+        _ => None,
+    }
+}
+
 /// RabbitMQ's default vm_memory_high_watermark: 40% of the machine's memory.
 fn default_memory_high_watermark() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
@@ -164,6 +252,8 @@ pub struct VHost {
     /// Its name ("/" by default).
     pub name: String,
     state: RwLock<VHostState>,
+    /// Where durable definitions and persistent messages go, if anywhere.
+    pub store: Option<Arc<Store>>,
 }
 
 /// The exchanges and queues of a vhost.
@@ -211,8 +301,13 @@ pub struct ExchangeFlags {
 }
 
 impl VHost {
-    /// A vhost with the standard exchanges every RabbitMQ vhost has.
+    /// A vhost with the standard exchanges every RabbitMQ vhost has, kept in memory only.
     pub fn new(name: &str) -> VHost {
+        VHost::with_store(name, None)
+    }
+
+    /// A vhost with the standard exchanges, keeping its durable parts in `store`.
+    pub fn with_store(name: &str, store: Option<Arc<Store>>) -> VHost {
         let mut exchanges = HashMap::new();
         for (exchange, kind, internal) in [
             ("", ExchangeKind::Direct, false),
@@ -234,6 +329,129 @@ impl VHost {
                 exchanges,
                 queues: HashMap::new(),
             }),
+            store,
+        }
+    }
+
+    /// Saves the durable definitions, if this vhost has a store.
+    fn persist(&self) {
+        if let Some(store) = &self.store {
+            store.save_definitions(&self.name, self.definitions());
+        }
+    }
+
+    /// The durable exchanges, queues and bindings, as they are saved.
+    pub fn definitions(&self) -> VHostDefinitions {
+        let state = self.read();
+        let durable_queue = |name: &ShortString| {
+            state
+                .queues
+                .get(name)
+                .is_some_and(|q| q.durable && q.exclusive_owner.is_none())
+        };
+        let durable_exchange =
+            |name: &ShortString| state.exchanges.get(name).is_some_and(|e| e.durable);
+        let standard = |name: &ShortString| name.is_empty() || name.as_bytes().starts_with(b"amq.");
+        let mut definitions = VHostDefinitions::default();
+        let mut exchanges: Vec<&Exchange> = state.exchanges.values().collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        for exchange in exchanges {
+            if exchange.durable && !standard(&exchange.name) {
+                definitions.exchanges.push(ExchangeDefinition {
+                    name: exchange.name.to_string(),
+                    kind: exchange.kind.name().to_owned(),
+                    auto_delete: exchange.auto_delete,
+                    internal: exchange.internal,
+                    arguments: table_to_json(&exchange.arguments),
+                });
+            }
+            if !exchange.durable {
+                continue;
+            }
+            for binding in exchange.bindings() {
+                let durable_destination = match &binding.destination {
+                    Destination::Queue(name) => durable_queue(name),
+                    Destination::Exchange(name) => durable_exchange(name),
+                };
+                if durable_destination {
+                    definitions.bindings.push(BindingDefinition {
+                        source: exchange.name.to_string(),
+                        destination: binding.destination.name().to_string(),
+                        destination_type: binding.destination.kind_name().to_owned(),
+                        routing_key: binding.routing_key.to_string(),
+                        arguments: table_to_json(&binding.arguments),
+                    });
+                }
+            }
+        }
+        let mut queues: Vec<&Arc<Queue>> = state.queues.values().collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        for queue in queues {
+            if durable_queue(&queue.name) {
+                definitions.queues.push(QueueDefinition {
+                    name: queue.name.to_string(),
+                    auto_delete: queue.auto_delete,
+                    arguments: table_to_json(&queue.arguments),
+                });
+            }
+        }
+        definitions
+    }
+
+    /// Declares what was saved, without saving it again.
+    fn restore(&self, saved: &VHostDefinitions) {
+        let mut state = self.write();
+        for e in &saved.exchanges {
+            let Some(kind) = ExchangeKind::parse(&e.kind) else {
+                continue;
+            };
+            let name = ShortString::from(e.name.as_str());
+            let arguments = table_from_json(&e.arguments).unwrap_or_default();
+            state.exchanges.insert(
+                name.clone(),
+                Exchange::new(name, kind, true, e.auto_delete, e.internal, arguments),
+            );
+        }
+        for q in &saved.queues {
+            let name = ShortString::from(q.name.as_str());
+            let arguments = table_from_json(&q.arguments).unwrap_or_default();
+            let flags = QueueFlags {
+                durable: true,
+                auto_delete: q.auto_delete,
+                ..Default::default()
+            };
+            let Ok(settings) = self.queue_settings(&name, flags, &arguments) else {
+                continue;
+            };
+            let queue = Queue::new(
+                QueueDeclaration {
+                    name: name.clone(),
+                    vhost: self.name.clone(),
+                    durable: true,
+                    auto_delete: q.auto_delete,
+                    exclusive_owner: None,
+                    arguments,
+                    settings,
+                },
+                self.store.clone(),
+            );
+            state.queues.insert(name, Arc::new(queue));
+        }
+        for b in &saved.bindings {
+            let destination = match b.destination_type.as_str() {
+                "exchange" => Destination::Exchange(b.destination.as_str().into()),
+                _ => Destination::Queue(b.destination.as_str().into()),
+            };
+            if let Some(exchange) = state
+                .exchanges
+                .get_mut(&ShortString::from(b.source.as_str()))
+            {
+                exchange.bind(Binding {
+                    destination,
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: table_from_json(&b.arguments).unwrap_or_default(),
+                });
+            }
         }
     }
 
@@ -328,19 +546,25 @@ impl VHost {
         let settings = self.queue_settings(&name, flags, arguments)?;
         let owner = flags.exclusive.then_some(connection);
         let queue = Arc::new(Queue::new(
-            name.clone(),
-            self.name.clone(),
-            flags.durable,
-            flags.auto_delete,
-            owner,
-            arguments.clone(),
-            settings,
+            QueueDeclaration {
+                name: name.clone(),
+                vhost: self.name.clone(),
+                durable: flags.durable,
+                auto_delete: flags.auto_delete,
+                exclusive_owner: owner,
+                arguments: arguments.clone(),
+                settings,
+            },
+            self.store.clone(),
         ));
         let mut state = self.write();
         // Two connections may race to create it: the first one wins, the second gets it.
         let queue = state.queues.entry(name.clone()).or_insert(queue).clone();
         // Every queue is bound to the default exchange by its name (implicitly).
         drop(state);
+        if queue.durable {
+            self.persist();
+        }
         Ok(DeclaredQueue {
             queue,
             message_count: 0,
@@ -491,6 +715,8 @@ impl VHost {
             routing_key: routing_key.clone(),
             arguments: arguments.clone(),
         });
+        drop(state);
+        self.persist();
         Ok(())
     }
 
@@ -521,6 +747,8 @@ impl VHost {
         if auto_delete {
             state.exchanges.remove(exchange);
         }
+        drop(state);
+        self.persist();
         Ok(())
     }
 
@@ -581,6 +809,9 @@ impl VHost {
             state.exchanges.remove(&name);
         }
         drop(state);
+        if queue.durable {
+            self.persist();
+        }
         let (count, consumers) = queue.delete();
         (count as u32, consumers)
     }
@@ -660,6 +891,10 @@ impl VHost {
                 arguments.clone(),
             ),
         );
+        drop(state);
+        if flags.durable {
+            self.persist();
+        }
         Ok(())
     }
 
@@ -688,6 +923,8 @@ impl VHost {
         for exchange in state.exchanges.values_mut() {
             exchange.unbind_destination(&destination);
         }
+        drop(state);
+        self.persist();
         Ok(())
     }
 
@@ -724,6 +961,8 @@ impl VHost {
                 state.exchanges.remove(source);
             }
         }
+        drop(state);
+        self.persist();
         Ok(())
     }
 

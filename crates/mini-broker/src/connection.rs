@@ -36,6 +36,8 @@ use crate::error::{queue_resource, AmqpError};
 use crate::message::{MessageContent, QueuedMessage};
 use crate::queue::{DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
+use crate::store::log::PublishRecord;
+use crate::store::Confirm;
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1216,6 +1218,7 @@ impl ServerConnection {
                 content: message.clone(),
                 redelivered: false,
                 expires_at: None,
+                persist_id: None,
             };
             let method = Method::BasicReturn(BasicReturn {
                 reply_code: ReplyCode::NO_ROUTE.0,
@@ -1226,29 +1229,55 @@ impl ServerConnection {
             self.outbox.send_content(id, &method, &returned);
         }
         let mut rejected = false;
+        let mut header = None;
+        let mut stored_in = None;
         for queue in &queues {
             let ttl = match (queue.settings.message_ttl, per_message_ttl) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let persist_id = match persist(queue, &message, &mut header) {
+                Ok(persist_id) => persist_id,
+                Err(()) => {
+                    // The disk failed: refuse (nack) rather than accept what cannot be kept.
+                    rejected = true;
+                    continue;
+                }
+            };
+            if persist_id.is_some() {
+                stored_in = queue.store.clone();
+            }
             let queued = QueuedMessage {
                 content: message.clone(),
                 redelivered: false,
                 expires_at: ttl.map(|ttl| now + ttl),
+                persist_id,
             };
             let mut dead = DeadLetters::new();
             if queue.publish(queued, &mut dead) == Enqueued::Rejected {
                 rejected = true;
+                if let (Some(store), Some(id)) = (&queue.store, persist_id) {
+                    store.ack(id);
+                }
             }
             dead_letter(vhost, queue, dead);
         }
         queues.clear();
         self.route_buf = queues;
+        let outbox = self.outbox.clone();
         let channel = self.channel(id)?;
         if let Some(seq) = channel.confirm_seq.as_mut() {
             let delivery_tag = *seq;
             *seq += 1;
-            if rejected {
+            if let Some(store) = stored_in {
+                // Confirmed only once on disk: the store's writer sends it after the fsync.
+                store.confirm(Confirm {
+                    outbox,
+                    channel: id,
+                    delivery_tag,
+                    nack: rejected,
+                });
+            } else if rejected {
                 self.outbox.send_method(
                     id,
                     BasicNack {
@@ -1278,6 +1307,13 @@ impl ServerConnection {
         let link = self.channel(id)?.link.clone();
         match fetched {
             Some((message, remaining)) => {
+                if let (Some(store), Some(id)) = (&queue.store, message.persist_id) {
+                    if get.no_ack {
+                        store.ack(id);
+                    } else if !message.redelivered {
+                        store.delivered(id);
+                    }
+                }
                 let tag = link.record_get(&queue, &message, get.no_ack);
                 if !get.no_ack {
                     queue.count_unacked(1);
@@ -1365,6 +1401,9 @@ fn settle(
             })
             .count();
         let queue = first.queue.clone();
+        if dead_reason.is_none() {
+            queue.forget_stored(deliveries[index..index + run].iter().map(|d| &d.message));
+        }
         let mut dead = DeadLetters::new();
         if let Some(reason) = dead_reason {
             for d in &deliveries[index..index + run] {
@@ -1406,6 +1445,7 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
     if dead.is_empty() {
         return;
     }
+    queue.forget_stored(dead.iter().map(|(message, _)| message));
     let Some(exchange) = queue.settings.dead_letter_exchange.clone() else {
         return;
     };
@@ -1453,15 +1493,67 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
                 // A message expiring back into its own queue would cycle forever.
                 continue;
             }
+            let mut header = None;
+            let Ok(persist_id) = persist(target, &dead_content, &mut header) else {
+                continue;
+            };
             let queued = QueuedMessage {
                 content: dead_content.clone(),
                 redelivered: false,
                 expires_at: target.settings.message_ttl.map(|ttl| now + ttl),
+                persist_id,
             };
             let mut more = DeadLetters::new();
             target.publish(queued, &mut more);
         }
     }
+}
+
+/// Logs a persistent message entering a durable queue; returns its store id (None when
+/// nothing needs storing), or Err when the store has failed. `header` caches the encoded
+/// content header across the queues of one publish.
+fn persist(
+    queue: &Queue,
+    content: &MessageContent,
+    header: &mut Option<bytes::Bytes>,
+) -> Result<Option<u64>, ()> {
+    let Some(store) = &queue.store else {
+        return Ok(None);
+    };
+    if !content.is_persistent() {
+        return Ok(None);
+    }
+    if store.has_failed() {
+        return Err(());
+    }
+    let header = header
+        .get_or_insert_with(|| {
+            let mut buf = BytesMut::new();
+            let frame = Frame::Header(
+                0,
+                amqp_codec::ContentHeader::basic(
+                    content.body.len() as u64,
+                    content.properties.clone(),
+                ),
+            );
+            if let Err(err) = frame.encode(&mut buf, 0) {
+                tracing::error!("cannot encode a content header for the store: {err}");
+            }
+            buf.freeze()
+        })
+        .clone();
+    let id = store.next_id();
+    store.publish(PublishRecord {
+        id,
+        delivered: false,
+        vhost: bytes::Bytes::copy_from_slice(queue.vhost.as_bytes()),
+        queue: queue.name.bytes().clone(),
+        exchange: content.exchange.bytes().clone(),
+        routing_key: content.routing_key.bytes().clone(),
+        header,
+        body: content.body.clone(),
+    });
+    Ok(Some(id))
 }
 
 /// Adds (or counts up) the `x-death` entry for this queue and reason, and the

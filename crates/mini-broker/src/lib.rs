@@ -28,6 +28,7 @@ pub mod message;
 pub mod queue;
 pub mod registry;
 pub mod server;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,10 @@ pub struct BrokerOptions {
     pub listen: SocketAddr,
     /// The configuration.
     pub config: BrokerConfig,
+    /// Where durable definitions and persistent messages are kept; None keeps nothing.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Start even when a message log segment in the middle is corrupt (its rest is lost).
+    pub skip_corrupt: bool,
 }
 
 impl Default for BrokerOptions {
@@ -53,6 +58,8 @@ impl Default for BrokerOptions {
         BrokerOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
             config: BrokerConfig::default(),
+            data_dir: None,
+            skip_corrupt: false,
         }
     }
 }
@@ -73,7 +80,8 @@ impl RunningBroker {
         format!("amqp://guest:guest@{}/%2f", self.amqp_addr)
     }
 
-    /// Closes every connection with 320 CONNECTION_FORCED and stops listening.
+    /// Closes every connection with 320 CONNECTION_FORCED, stops listening, and makes sure
+    /// everything the store was given is on disk.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
@@ -82,14 +90,25 @@ impl RunningBroker {
         while !self.broker.connections.all().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(store) = self.broker.store().cloned() {
+            let _ = tokio::task::spawn_blocking(move || store.sync()).await;
+        }
     }
 }
 
 /// Starts a broker in this tokio runtime.
 pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
+    let store = match &options.data_dir {
+        Some(dir) => {
+            let mut store_options = store::StoreOptions::new(dir);
+            store_options.skip_corrupt = options.skip_corrupt;
+            Some(store::Store::open(store_options).map_err(std::io::Error::other)?)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(options.listen).await?;
     let amqp_addr = listener.local_addr()?;
-    let broker = Broker::new(options.config);
+    let broker = Broker::with_store(options.config, store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(housekeeping(broker.clone(), shutdown_rx.clone()));
     let server = tokio::spawn(server::serve(listener, broker.clone(), shutdown_rx));

@@ -1,7 +1,7 @@
 //! `mini-broker`: run the broker in the foreground.
 //!
 //! ```text
-//! mini-broker [--listen 127.0.0.1:5672] [--config FILE]
+//! mini-broker [--listen 127.0.0.1:5672] [--config FILE] [--data-dir mini-broker-data]
 //! RUST_LOG=debug mini-broker      # more logging
 //! ```
 //! SIGINT or SIGTERM closes every connection with 320 CONNECTION_FORCED and exits.
@@ -22,6 +22,12 @@ struct Args {
     /// TOML configuration file (users, vhosts, limits).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where durable queues, exchanges, bindings and persistent messages are kept.
+    #[arg(long, default_value = "mini-broker-data")]
+    data_dir: PathBuf,
+    /// Start even if a message log segment in the middle is corrupt, losing the rest of it.
+    #[arg(long)]
+    skip_corrupt: bool,
 }
 
 #[tokio::main]
@@ -47,12 +53,18 @@ async fn main() {
     let running = match mini_broker::start(BrokerOptions {
         listen: args.listen,
         config,
+        data_dir: Some(args.data_dir.clone()),
+        skip_corrupt: args.skip_corrupt,
     })
     .await
     {
         Ok(running) => running,
         Err(err) => {
-            eprintln!("mini-broker: cannot listen on {}: {err}", args.listen);
+            eprintln!(
+                "mini-broker: cannot start (listening on {}, data in {}): {err}",
+                args.listen,
+                args.data_dir.display()
+            );
             std::process::exit(1);
         }
     };

@@ -40,4 +40,6 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// When it expires (per-queue x-message-ttl or per-message expiration), if ever.
     pub expires_at: Option<Instant>,
+    /// The store's id, for a persistent message in a durable queue (it is on disk).
+    pub persist_id: Option<u64>,
 }

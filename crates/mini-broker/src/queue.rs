@@ -14,6 +14,7 @@ use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::delivery::{lock, ChannelLink, Unacked};
 use crate::message::QueuedMessage;
+use crate::store::Store;
 
 /// RabbitMQ's queue types; quorum queues are accepted with their restrictions (durable, not
 /// exclusive, no global qos) and behave as classic queues on this single node.
@@ -162,7 +163,28 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// The arguments the broker acts on.
     pub settings: QueueSettings,
+    /// Where its persistent messages are logged (durable queues, when the broker has a
+    /// data directory).
+    pub store: Option<Arc<Store>>,
     state: Mutex<QueueState>,
+}
+
+/// What a queue is declared with.
+pub struct QueueDeclaration {
+    /// Its name.
+    pub name: ShortString,
+    /// Its vhost.
+    pub vhost: String,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The owning connection of an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    /// The arguments as given.
+    pub arguments: FieldTable,
+    /// The arguments the broker acts on.
+    pub settings: QueueSettings,
 }
 
 /// Messages a queue gives up: dead-lettered (to be routed to the dead-letter exchange) with
@@ -179,16 +201,17 @@ pub enum Enqueued {
 }
 
 impl Queue {
-    /// A new, empty queue.
-    pub fn new(
-        name: ShortString,
-        vhost: String,
-        durable: bool,
-        auto_delete: bool,
-        exclusive_owner: Option<u64>,
-        arguments: FieldTable,
-        settings: QueueSettings,
-    ) -> Queue {
+    /// A new, empty queue. Only a durable queue keeps its persistent messages in `store`.
+    pub fn new(declaration: QueueDeclaration, store: Option<Arc<Store>>) -> Queue {
+        let QueueDeclaration {
+            name,
+            vhost,
+            durable,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            settings,
+        } = declaration;
         Queue {
             name,
             vhost,
@@ -197,6 +220,7 @@ impl Queue {
             exclusive_owner,
             arguments,
             settings,
+            store: if durable { store } else { None },
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
@@ -289,11 +313,19 @@ impl Queue {
                 let Some(message) = undelivered.take() else {
                     break;
                 };
+                let (persist_id, redelivered) = (message.persist_id, message.redelivered);
                 match consumer
                     .link
                     .deliver(self, &consumer.tag, consumer.no_ack, message)
                 {
                     Ok(()) => {
+                        if let (Some(store), Some(id)) = (&self.store, persist_id) {
+                            if consumer.no_ack {
+                                store.ack(id);
+                            } else if !redelivered {
+                                store.delivered(id);
+                            }
+                        }
                         if !consumer.no_ack {
                             consumer.unacked += 1;
                             state.unacked += 1;
@@ -369,6 +401,14 @@ impl Queue {
         self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
     }
 
+    /// Puts a message recovered from the store at the tail (at startup, before any
+    /// consumer).
+    pub fn restore(&self, message: QueuedMessage) {
+        let mut state = self.state();
+        state.ready_bytes += message.content.size();
+        state.ready.push_back(message);
+    }
+
     /// Takes one ready message for basic.get.
     pub fn get(self: &Arc<Self>, dead: &mut DeadLetters) -> Option<(QueuedMessage, usize)> {
         let mut state = self.state();
@@ -415,6 +455,7 @@ impl Queue {
     ) {
         let mut state = self.state();
         if state.deleted {
+            self.forget_stored(messages.iter().map(|u| &u.message));
             return;
         }
         for unacked in messages.into_iter().rev() {
@@ -440,9 +481,19 @@ impl Queue {
     pub fn purge(&self) -> usize {
         let mut state = self.state();
         let count = state.ready.len();
+        self.forget_stored(state.ready.iter());
         state.ready.clear();
         state.ready_bytes = 0;
         count
+    }
+
+    /// Tells the store these messages are gone for good.
+    pub fn forget_stored<'a>(&self, messages: impl Iterator<Item = &'a QueuedMessage>) {
+        if let Some(store) = &self.store {
+            for id in messages.filter_map(|m| m.persist_id) {
+                store.ack(id);
+            }
+        }
     }
 
     /// Marks the queue deleted; returns its ready count and its consumers (to be told with
@@ -451,6 +502,7 @@ impl Queue {
         let mut state = self.state();
         state.deleted = true;
         let count = state.ready.len();
+        self.forget_stored(state.ready.iter());
         state.ready.clear();
         state.ready_bytes = 0;
         (count, std::mem::take(&mut state.consumers))
