@@ -69,3 +69,38 @@ pub fn unique(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// `url` with one more query parameter (`heartbeat=5`), whether or not it has a query already.
+pub fn with_query(url: &str, parameter: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{parameter}")
+}
+
+/// Runs `rabbitmqctl` with `args` and returns its standard output, or None (after saying so)
+/// when there is no `rabbitmqctl` on this machine (a remote `AMQP_URL`): tests that steer the
+/// broker are then skipped, or fail when `REQUIRE_RABBITMQ=1`.
+///
+/// # Panics
+/// When `rabbitmqctl` runs and fails, or is missing while `REQUIRE_RABBITMQ=1`.
+pub fn rabbitmqctl(test: &str, args: &[&str]) -> Option<String> {
+    match std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+    {
+        Ok(output) if output.status.success() => {
+            Some(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        Ok(output) => panic!(
+            "{test}: rabbitmqctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(err) if std::env::var("REQUIRE_RABBITMQ").as_deref() == Ok("1") => {
+            panic!("{test}: REQUIRE_RABBITMQ=1 but rabbitmqctl cannot run: {err}")
+        }
+        Err(err) => {
+            eprintln!("SKIPPED {test}: rabbitmqctl cannot run ({err}); it needs a local RabbitMQ");
+            None
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -69,9 +69,28 @@ pub struct DeclaredQueue {
     pub consumer_count: u32,
 }
 
-struct ChannelShared {
+/// What a channel's handles share with each other and with the connection task.
+pub(crate) struct ChannelShared {
     confirm_mode: AtomicBool,
     blocked_publish_timeout: Mutex<Option<Duration>>,
+    /// Why the channel ended, once it has (set by the connection task): every later request
+    /// fails at once with it, publishes and acks included, which get no reply to fail.
+    closed: OnceLock<Error>,
+}
+
+impl ChannelShared {
+    pub(crate) fn new() -> Arc<ChannelShared> {
+        Arc::new(ChannelShared {
+            confirm_mode: AtomicBool::new(false),
+            blocked_publish_timeout: Mutex::new(None),
+            closed: OnceLock::new(),
+        })
+    }
+
+    /// Records why the channel ended; the first reason stays.
+    pub(crate) fn set_closed(&self, reason: Error) {
+        let _ = self.closed.set(reason);
+    }
 }
 
 /// A channel on a [`Connection`]. Clones share the channel.
@@ -109,14 +128,15 @@ impl Future for PublishConfirm {
 }
 
 impl Channel {
-    pub(crate) fn new(id: ChannelId, connection: Connection) -> Channel {
+    pub(crate) fn new(
+        id: ChannelId,
+        connection: Connection,
+        shared: Arc<ChannelShared>,
+    ) -> Channel {
         Channel {
             id,
             connection,
-            shared: Arc::new(ChannelShared {
-                confirm_mode: AtomicBool::new(false),
-                blocked_publish_timeout: Mutex::new(None),
-            }),
+            shared,
         }
     }
 
@@ -130,7 +150,16 @@ impl Channel {
         &self.connection
     }
 
+    /// Fails with why the channel ended, if it has.
+    fn check_open(&self) -> Result<(), Error> {
+        match self.shared.closed.get() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+
     async fn call(&self, method: Method) -> Result<Command, Error> {
+        self.check_open()?;
         let (reply, rx) = oneshot::channel();
         self.connection
             .send(Request::Call {
@@ -139,11 +168,18 @@ impl Channel {
                 reply,
             })
             .await?;
-        rx.await
-            .map_err(|_| self.connection.shared.closed_error())?
+        let result = rx
+            .await
+            .map_err(|_| self.connection.shared.closed_error())?;
+        if let Err(err @ Error::ChannelClosed(_)) = &result {
+            // The task records it too; this makes it visible before the call returns.
+            self.shared.set_closed(err.clone());
+        }
+        result
     }
 
     async fn send(&self, method: Method) -> Result<(), Error> {
+        self.check_open()?;
         self.connection
             .send(Request::Send {
                 channel: self.id,
@@ -386,6 +422,7 @@ impl Channel {
         body: impl Into<Bytes>,
         mandatory: bool,
     ) -> Result<PublishConfirm, Error> {
+        self.check_open()?;
         self.wait_unblocked().await?;
         let (confirm, rx) = if self.shared.confirm_mode.load(Ordering::Relaxed) {
             let (tx, rx) = oneshot::channel();
@@ -474,6 +511,7 @@ impl Channel {
         arguments: FieldTable,
         buffer: usize,
     ) -> Result<Consumer, Error> {
+        self.check_open()?;
         let (reply, rx) = oneshot::channel();
         let method = BasicConsume {
             queue: queue.into(),
@@ -586,6 +624,7 @@ impl Channel {
     /// Receives the mandatory messages the broker returns as unroutable (basic.return), for
     /// publishes on this channel. A return arrives before the publish's confirm.
     pub async fn returns(&self, buffer: usize) -> Result<mpsc::Receiver<Returned>, Error> {
+        self.check_open()?;
         let (sender, receiver) = mpsc::channel(buffer.max(1));
         self.connection
             .send(Request::Returns {
@@ -609,6 +648,7 @@ impl Channel {
     /// Waits until every publish so far is confirmed; true if all were acked, false if any
     /// was nacked.
     pub async fn wait_for_confirms(&self) -> Result<bool, Error> {
+        self.check_open()?;
         let (reply, rx) = oneshot::channel();
         self.connection
             .send(Request::WaitForConfirms {
@@ -635,8 +675,14 @@ impl Channel {
         self.call(TxRollback.into()).await.map(drop)
     }
 
-    /// Closes the channel (channel.close 200, waiting for close-ok).
+    /// Closes the channel (channel.close 200, waiting for close-ok). Closing it again is a
+    /// no-op; a channel the server closed answers with the server's reason.
     pub async fn close(&self) -> Result<(), Error> {
+        match self.shared.closed.get() {
+            Some(Error::ChannelClosedLocally) => return Ok(()),
+            Some(reason) => return Err(reason.clone()),
+            None => {}
+        }
         let (reply, rx) = oneshot::channel();
         self.connection
             .send(Request::CloseChannel {
@@ -645,8 +691,9 @@ impl Channel {
             })
             .await?;
         rx.await
-            .map_err(|_| self.connection.shared.closed_error())?
-            .map(drop)
+            .map_err(|_| self.connection.shared.closed_error())??;
+        self.shared.set_closed(Error::ChannelClosedLocally);
+        Ok(())
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::channel::Channel;
+use crate::channel::{Channel, ChannelShared};
 use crate::consumer::{Consumer, Delivery, Returned};
 use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event};
 use crate::error::Error;
@@ -55,7 +55,10 @@ pub enum Confirmation {
 // Publish carries its properties inline: boxing them would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Request {
-    OpenChannel(oneshot::Sender<Result<ChannelId, Error>>),
+    OpenChannel {
+        shared: Arc<ChannelShared>,
+        reply: oneshot::Sender<Result<ChannelId, Error>>,
+    },
     Call {
         channel: ChannelId,
         method: Method,
@@ -105,7 +108,16 @@ pub(crate) enum Request {
 /// What the core hands back with a reply: where the reply goes.
 pub(crate) enum Token {
     Reply(oneshot::Sender<Result<Command, Error>>),
-    OpenChannel(ChannelId, oneshot::Sender<Result<ChannelId, Error>>),
+    OpenChannel {
+        id: ChannelId,
+        shared: Arc<ChannelShared>,
+        reply: oneshot::Sender<Result<ChannelId, Error>>,
+    },
+    /// basic.cancel: its cancel-ok ends the consumer's stream.
+    Cancel {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<Command, Error>>,
+    },
     Consume {
         channel: ChannelId,
         buffer: usize,
@@ -180,6 +192,7 @@ impl Connection {
         let task = ConnectionTask {
             core: ConnectionCore::new(config, Instant::now()),
             socket,
+            read_buf: BytesMut::with_capacity(128 * 1024),
             requests: request_rx,
             blocked: blocked_tx,
             blocked_rx,
@@ -188,6 +201,7 @@ impl Connection {
             consumers: HashMap::new(),
             confirms: HashMap::new(),
             returns: HashMap::new(),
+            channels: HashMap::new(),
             stalled: None,
         };
         tokio::spawn(task.run());
@@ -200,16 +214,26 @@ impl Connection {
     /// Opens a new channel (channel.open).
     pub async fn create_channel(&self) -> Result<Channel, Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::OpenChannel(reply)).await?;
+        let shared = ChannelShared::new();
+        self.send(Request::OpenChannel {
+            shared: shared.clone(),
+            reply,
+        })
+        .await?;
         let id = rx.await.map_err(|_| self.shared.closed_error())??;
-        Ok(Channel::new(id, self.clone()))
+        Ok(Channel::new(id, self.clone(), shared))
     }
 
     /// Closes the connection (connection.close 200, waiting for close-ok). Every channel
     /// closes with it; their pending calls fail with [`Error::ConnectionClosedLocally`].
+    /// Closing a connection this side already closed is a no-op; one the server closed (or
+    /// lost) answers with why it ended.
     pub async fn close(&self) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Close { reply }).await?;
+        match self.send(Request::Close { reply }).await {
+            Ok(()) | Err(Error::ConnectionClosedLocally) => {}
+            Err(err) => return Err(err),
+        }
         match rx.await {
             Ok(Ok(_)) | Err(_) => Ok(()),
             Ok(Err(Error::ConnectionClosedLocally)) => Ok(()),
@@ -350,6 +374,7 @@ struct Stalled {
 struct ConnectionTask {
     core: ConnectionCore<Token>,
     socket: TcpStream,
+    read_buf: BytesMut,
     requests: mpsc::Receiver<Request>,
     blocked: watch::Sender<bool>,
     blocked_rx: watch::Receiver<bool>,
@@ -358,12 +383,13 @@ struct ConnectionTask {
     consumers: HashMap<(ChannelId, ShortString), mpsc::Sender<Result<Delivery, Error>>>,
     confirms: HashMap<ChannelId, ConfirmState>,
     returns: HashMap<ChannelId, mpsc::Sender<Returned>>,
+    /// The open channels' shared state, to tell their handles when they end.
+    channels: HashMap<ChannelId, Arc<ChannelShared>>,
     stalled: Option<Stalled>,
 }
 
 impl ConnectionTask {
     async fn run(mut self) {
-        let mut read_buf = BytesMut::with_capacity(128 * 1024);
         loop {
             if !self.dispatch_events() {
                 break;
@@ -387,12 +413,8 @@ impl ConnectionTask {
                         }
                     }
                 }
-                read = self.socket.read_buf(&mut read_buf), if self.stalled.is_none() => {
-                    match read {
-                        Ok(0) => self.core.handle_eof(None),
-                        Ok(_) => self.core.handle_input(&mut read_buf, Instant::now()),
-                        Err(err) => self.core.handle_eof(Some(err)),
-                    }
+                read = self.socket.read_buf(&mut self.read_buf), if self.stalled.is_none() => {
+                    self.handle_read(read);
                 }
                 request = self.requests.recv() => {
                     match request {
@@ -415,21 +437,52 @@ impl ConnectionTask {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => {
-                    if self.stalled.is_some() {
-                        self.core.reading_paused(Instant::now());
-                    }
-                    self.core.handle_timeout(Instant::now());
-                }
+                _ = sleep_until(deadline) => self.handle_deadline(),
             }
         }
         self.finish();
     }
 
-    /// Writes whatever the core produced.
+    /// Feeds what a read brought to the core.
+    fn handle_read(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(0) => self.core.handle_eof(None),
+            Ok(_) => self.core.handle_input(&mut self.read_buf, Instant::now()),
+            Err(err) => self.core.handle_eof(Some(err)),
+        }
+    }
+
+    fn handle_deadline(&mut self) {
+        if self.stalled.is_some() {
+            self.core.reading_paused(Instant::now());
+        }
+        self.core.handle_timeout(Instant::now());
+    }
+
+    /// Writes whatever the core produced. While a write waits for the socket (the server
+    /// reads slowly, or not at all), the socket is still read and the timers still run: a
+    /// live server's heartbeats keep counting, and a dead one is declared dead instead of
+    /// leaving the task stuck in the write forever.
     async fn flush(&mut self) -> std::io::Result<()> {
         while let Some(out) = self.core.take_output(Instant::now()) {
-            self.socket.write_all(&out).await?;
+            let mut written = 0;
+            while written < out.len() {
+                if self.core.state() == ConnectionState::Closed {
+                    return Ok(());
+                }
+                let deadline = self.core.poll_timeout();
+                let (mut reader, mut writer) = self.socket.split();
+                tokio::select! {
+                    write = writer.write(&out[written..]) => match write? {
+                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                        n => written += n,
+                    },
+                    read = reader.read_buf(&mut self.read_buf), if self.stalled.is_none() => {
+                        self.handle_read(read);
+                    }
+                    _ = sleep_until(deadline) => self.handle_deadline(),
+                }
+            }
         }
         Ok(())
     }
@@ -450,10 +503,13 @@ impl ConnectionTask {
             let _ = ready.send(Err(reason.clone()));
         }
         for (_, sender) in self.consumers.drain() {
-            let _ = sender.try_send(Err(reason.clone()));
+            end_consumer(sender, reason.clone());
         }
         for (_, mut confirms) in self.confirms.drain() {
             confirms.fail(&reason);
+        }
+        for (_, channel) in self.channels.drain() {
+            channel.set_closed(reason.clone());
         }
         self.requests.close();
         while let Ok(request) = self.requests.try_recv() {
@@ -528,8 +584,7 @@ impl ConnectionTask {
                     consumer_tag,
                 } => {
                     if let Some(sender) = self.consumers.remove(&(channel, consumer_tag.clone())) {
-                        let _ = sender
-                            .try_send(Err(Error::ConsumerCancelled(consumer_tag.to_string())));
+                        end_consumer(sender, Error::ConsumerCancelled(consumer_tag.to_string()));
                     }
                 }
                 Event::ChannelClosed { channel, error } => {
@@ -542,13 +597,16 @@ impl ConnectionTask {
                         .collect();
                     for key in keys {
                         if let Some(sender) = self.consumers.remove(&key) {
-                            let _ = sender.try_send(Err(err.clone()));
+                            end_consumer(sender, err.clone());
                         }
                     }
                     if let Some(mut confirms) = self.confirms.remove(&channel) {
                         confirms.fail(&err);
                     }
                     self.returns.remove(&channel);
+                    if let Some(shared) = self.channels.remove(&channel) {
+                        shared.set_closed(err);
+                    }
                 }
                 Event::Blocked { .. } => {
                     let _ = self.blocked.send(true);
@@ -575,8 +633,22 @@ impl ConnectionTask {
             Token::Reply(reply) => {
                 let _ = reply.send(result);
             }
-            Token::OpenChannel(id, reply) => {
+            Token::OpenChannel { id, shared, reply } => {
+                if result.is_ok() {
+                    self.channels.insert(id, shared);
+                }
                 let _ = reply.send(result.map(|_| id));
+            }
+            Token::Cancel { channel, reply } => {
+                if let Ok(Command {
+                    method: Method::BasicCancelOk(ok),
+                    ..
+                }) = &result
+                {
+                    // Dropping the sender ends the stream after the deliveries before it.
+                    self.consumers.remove(&(channel, ok.consumer_tag.clone()));
+                }
+                let _ = reply.send(result);
             }
             Token::Consume {
                 channel,
@@ -607,16 +679,22 @@ impl ConnectionTask {
 
     fn handle_request(&mut self, request: Request) {
         match request {
-            Request::OpenChannel(reply) => {
-                let _ = self.core.open_channel(|id| Token::OpenChannel(id, reply));
+            Request::OpenChannel { shared, reply } => {
+                let _ = self
+                    .core
+                    .open_channel(|id| Token::OpenChannel { id, shared, reply });
             }
             Request::Call {
                 channel,
                 method,
                 reply,
             } => {
+                let token = match method {
+                    Method::BasicCancel(_) => Token::Cancel { channel, reply },
+                    _ => Token::Reply(reply),
+                };
                 // A refusal comes back as an event with the token, like any reply.
-                let _ = self.core.call(channel, method, Token::Reply(reply));
+                let _ = self.core.call(channel, method, token);
             }
             Request::Consume {
                 channel,
@@ -699,10 +777,21 @@ impl ConnectionTask {
     }
 }
 
+/// Ends a consumer's stream with `err` as its last item. When its buffer is full, a task of
+/// its own hands the error over after the deliveries ahead of it: the connection task never
+/// waits for a consumer, and the error is not lost.
+fn end_consumer(sender: mpsc::Sender<Result<Delivery, Error>>, err: Error) {
+    if let Err(mpsc::error::TrySendError::Full(last)) = sender.try_send(Err(err)) {
+        tokio::spawn(async move {
+            let _ = sender.send(last).await;
+        });
+    }
+}
+
 /// Ends a request that never reached the core.
 fn fail_request(request: Request, err: &Error) {
     match request {
-        Request::OpenChannel(reply) => {
+        Request::OpenChannel { reply, .. } => {
             let _ = reply.send(Err(err.clone()));
         }
         Request::Call { reply, .. }

@@ -5,7 +5,16 @@ use std::collections::VecDeque;
 use amqp_codec::spec::METHODS;
 use amqp_codec::{ContentAssembler, Method};
 
-use crate::error::Error;
+/// The names of the methods that answer `request` (`["declare-ok"]`), none if it has no reply.
+pub(super) fn responses(request: &Method) -> &'static [&'static str] {
+    match request {
+        // The spec XML gives basic.recover no response and does not mark it synchronous, yet
+        // its text says basic.recover-ok (synchronous) acknowledges it, and RabbitMQ sends
+        // one; waiting for nothing would leave the recover-ok unmatched.
+        Method::BasicRecover(_) => &["recover-ok"],
+        _ => request.info().responses,
+    }
+}
 
 /// Where a channel is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +44,6 @@ pub(super) struct ChannelCore<T> {
     next_confirm_seq: Option<u64>,
     /// The token of our own channel.close.
     pub(super) close_token: Option<T>,
-    /// Why the channel can no longer be used, if the server closed it.
-    pub(super) close_error: Option<Error>,
 }
 
 impl<T> ChannelCore<T> {
@@ -47,17 +54,17 @@ impl<T> ChannelCore<T> {
             pending: VecDeque::new(),
             next_confirm_seq: None,
             close_token: None,
-            close_error: None,
         }
     }
 
     /// Records that `request` was sent and `token` waits for the reply the spec names.
     pub(super) fn expect_reply(&mut self, request: &Method, token: T) {
         let info = request.info();
+        let responses = responses(request);
         let mut reply_ids = [None, None];
         let replies = METHODS
             .iter()
-            .filter(|m| m.class_id == info.class_id && info.responses.contains(&m.method));
+            .filter(|m| m.class_id == info.class_id && responses.contains(&m.method));
         for (slot, reply) in reply_ids.iter_mut().zip(replies) {
             *slot = Some(reply.method_id);
         }

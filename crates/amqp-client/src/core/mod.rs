@@ -35,7 +35,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::error::{Error, ServerClose};
 use crate::uri::{AmqpUri, AuthMechanism};
-use channel::{ChannelCore, ChannelState};
+use channel::{responses, ChannelCore, ChannelState};
 
 /// What the client asks of the server, from the URI and the program.
 #[derive(Debug, Clone)]
@@ -211,6 +211,9 @@ pub struct ConnectionCore<T> {
     output: BytesMut,
     events: VecDeque<Event<T>>,
     channels: BTreeMap<ChannelId, ChannelCore<T>>,
+    /// Channels the server closed, with its reason: requests that were already on their way
+    /// fail with it rather than a vague "closed". The numbers are reused last.
+    closed_channels: BTreeMap<ChannelId, Error>,
     /// Requests on channel 0 (connection.close, connection.update-secret) and their tokens.
     connection_pending: VecDeque<(u16, T)>,
     last_received: Instant,
@@ -239,6 +242,7 @@ impl<T> ConnectionCore<T> {
             output,
             events: VecDeque::new(),
             channels: BTreeMap::new(),
+            closed_channels: BTreeMap::new(),
             connection_pending: VecDeque::new(),
             last_received: now,
             last_sent: now,
@@ -332,10 +336,16 @@ impl<T> ConnectionCore<T> {
         self.last_received = now;
     }
 
-    /// The next time [`handle_timeout`](Self::handle_timeout) must run, if any.
+    /// The next time [`handle_timeout`](Self::handle_timeout) must run, if any. While output
+    /// waits to be taken, no heartbeat is due (the output goes first), only the silence check.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let interval = self.heartbeat_interval()?;
-        Some((self.last_sent + interval / 2).min(self.last_received + interval * 2))
+        let silence = self.last_received + interval * 2;
+        if self.output.is_empty() {
+            Some((self.last_sent + interval / 2).min(silence))
+        } else {
+            Some(silence)
+        }
     }
 
     fn heartbeat_interval(&self) -> Option<Duration> {
@@ -370,19 +380,25 @@ impl<T> ConnectionCore<T> {
 
     // ---- requests -----------------------------------------------------------------------
 
-    /// Opens a channel on the lowest free number. `token` is made from the number chosen and
-    /// comes back with channel.open-ok (or with the error, if no channel could be opened).
+    /// Opens a channel on the lowest free number, preferring numbers the server did not just
+    /// close (a request still on its way to a closed channel must not reach its successor).
+    /// `token` is made from the number chosen and comes back with channel.open-ok (or with
+    /// the error, if no channel could be opened).
     pub fn open_channel(&mut self, token: impl FnOnce(ChannelId) -> T) -> Result<ChannelId, Error> {
         let max = self.tune.max_channel();
         let free = self.check_open().and_then(|()| {
-            (1..=max)
-                .find(|id| !self.channels.contains_key(id))
-                .ok_or(Error::NoFreeChannel(max))
+            let mut free = (1..=max).filter(|id| !self.channels.contains_key(id));
+            let lowest = free.next().ok_or(Error::NoFreeChannel(max))?;
+            Ok(std::iter::once(lowest)
+                .chain(free)
+                .find(|id| !self.closed_channels.contains_key(id))
+                .unwrap_or(lowest))
         });
         let id = match free.and_then(|id| self.write_method(id, ChannelOpen.into()).map(|()| id)) {
             Ok(id) => id,
             Err(err) => return self.reject(token(0), err),
         };
+        self.closed_channels.remove(&id);
         let mut channel = ChannelCore::new();
         channel.expect_reply(&Method::ChannelOpen(ChannelOpen), token(id));
         self.channels.insert(id, channel);
@@ -407,7 +423,7 @@ impl<T> ConnectionCore<T> {
             return self.reject(token, err);
         }
         self.note_outgoing(channel, &method);
-        let expects_reply = !method.info().responses.is_empty() && !has_no_wait(&method);
+        let expects_reply = !responses(&method).is_empty() && !has_no_wait(&method);
         let key = Method::clone(&method);
         if let Err(err) = self.write_method(channel, method) {
             return self.reject(token, err);
@@ -550,8 +566,12 @@ impl<T> ConnectionCore<T> {
         self.check_open()?;
         match self.channels.get(&channel) {
             Some(c) if c.state == ChannelState::Open => Ok(()),
-            Some(c) => Err(c.close_error.clone().unwrap_or(Error::ChannelClosedLocally)),
-            None => Err(Error::ChannelClosedLocally),
+            Some(_) => Err(Error::ChannelClosedLocally),
+            None => Err(self
+                .closed_channels
+                .get(&channel)
+                .cloned()
+                .unwrap_or(Error::ChannelClosedLocally)),
         }
     }
 
@@ -925,6 +945,7 @@ impl<T> ConnectionCore<T> {
                         });
                     }
                 }
+                self.closed_channels.insert(id, err.clone());
                 self.events.push_back(Event::ChannelClosed {
                     channel: id,
                     error: Some(err),

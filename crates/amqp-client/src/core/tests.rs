@@ -329,6 +329,32 @@ fn call_reply_is_matched_to_its_token() {
 }
 
 #[test]
+fn basic_recover_waits_for_recover_ok_though_the_spec_xml_names_no_reply() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    pair.client
+        .call(ch, BasicRecover { requeue: true }.into(), 7)
+        .unwrap();
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(ch, BasicRecover { requeue: true }.into())]
+    );
+    assert!(pair.events().is_empty(), "nothing before recover-ok");
+    pair.server_sends(Frame::Method(ch, BasicRecoverOk.into()));
+    assert!(matches!(
+        pair.events().as_slice(),
+        [Event::Reply {
+            token: 7,
+            result: Ok(Command {
+                method: Method::BasicRecoverOk(_),
+                ..
+            }),
+        }]
+    ));
+    assert_eq!(pair.client.state(), ConnectionState::Open);
+}
+
+#[test]
 fn basic_get_is_answered_by_get_ok_with_content_or_get_empty() {
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
@@ -430,20 +456,25 @@ fn channel_error_fails_pending_calls_and_leaves_the_connection_usable() {
         }
         other => panic!("{other:?}"),
     }
+    // A call that was on its way when the close came fails with the server's reason.
     assert!(matches!(
         pair.client.call(ch, declare("x"), 11),
-        Err(Error::ChannelClosedLocally)
+        Err(Error::ChannelClosed(close)) if close.code == ReplyCode::PRECONDITION_FAILED
     ));
     assert!(
         matches!(
             pair.events().as_slice(),
             [Event::Reply {
                 token: 11,
-                result: Err(Error::ChannelClosedLocally)
+                result: Err(Error::ChannelClosed(_))
             }]
         ),
         "a refused call still hands its token back"
     );
+    assert!(matches!(
+        pair.client.send(ch, BasicAck::default().into()),
+        Err(Error::ChannelClosed(close)) if close.code == ReplyCode::PRECONDITION_FAILED
+    ));
     // The other channel and the connection carry on.
     pair.client.call(other, declare("x"), 12).unwrap();
     assert_eq!(
@@ -451,8 +482,37 @@ fn channel_error_fails_pending_calls_and_leaves_the_connection_usable() {
         vec![Frame::Method(other, declare("x"))]
     );
     assert_eq!(pair.client.state(), ConnectionState::Open);
-    // The freed channel number is reused.
-    assert_eq!(pair.client.open_channel(|_| 13).unwrap(), ch);
+}
+
+#[test]
+fn server_closed_channel_number_is_reused_only_when_no_other_is_free() {
+    let mut pair = Pair::new("amqp://guest:guest@localhost/%2f?channel_max=3");
+    pair.handshake(Tune::RABBITMQ_DEFAULTS);
+    let closed = pair.open_channel(1);
+    let close = ChannelClose {
+        reply_code: 404,
+        reply_text: "NOT_FOUND - no exchange 'x' in vhost '/'".into(),
+        class_id: 60,
+        method_id: 40,
+    };
+    pair.server_sends(Frame::Method(closed, close.into()));
+    pair.server_reads();
+    pair.events();
+    // Numbers 2 and 3 come first; a request still addressed to 1 keeps failing with 404.
+    assert_eq!(pair.open_channel(2), 2);
+    assert_eq!(pair.open_channel(3), 3);
+    assert!(matches!(
+        pair.client.call(closed, declare("x"), 4),
+        Err(Error::ChannelClosed(close)) if close.code == ReplyCode::NOT_FOUND
+    ));
+    pair.events();
+    // Only when nothing else is free is 1 reused, and then it is a new, open channel.
+    assert_eq!(pair.open_channel(5), closed);
+    pair.client.call(closed, declare("y"), 6).unwrap();
+    assert_eq!(
+        pair.server_reads(),
+        vec![Frame::Method(closed, declare("y"))]
+    );
 }
 
 #[test]
@@ -771,6 +831,29 @@ fn heartbeat_is_sent_after_half_an_idle_interval() {
     assert!(pair.server_reads().is_empty());
     pair.advance(Duration::from_secs(1));
     assert_eq!(pair.server_reads(), vec![Frame::Heartbeat]);
+}
+
+#[test]
+fn pending_output_leaves_only_the_silence_deadline() {
+    let mut pair = Pair::open();
+    pair.server_reads();
+    let start = pair.now;
+    // A heartbeat is due but not taken (the socket is not accepting writes).
+    pair.now += Duration::from_secs(30);
+    pair.client.handle_timeout(pair.now);
+    assert!(pair.client.has_output());
+    // Only the silence check remains to wake for, not a heartbeat already in the past.
+    assert_eq!(
+        pair.client.poll_timeout(),
+        Some(start + Duration::from_secs(120))
+    );
+    pair.now = start + Duration::from_secs(120);
+    pair.client.handle_timeout(pair.now);
+    assert_eq!(pair.client.state(), ConnectionState::Closed);
+    assert!(matches!(
+        pair.client.close_reason(),
+        Some(Error::HeartbeatTimeout(120))
+    ));
 }
 
 #[test]
