@@ -50,10 +50,16 @@ pub fn roundtrip(frame: &Frame, limits: &Limits) {
             return;
         }
     }
-    assert_eq!(out.len(), frame.encoded_len(), "encoded size differs from the prediction");
+    assert_eq!(
+        out.len(),
+        frame.encoded_len(),
+        "encoded size differs from the prediction"
+    );
     let relaxed = Limits {
         frame_max: 0,
-        max_table_depth: limits.max_table_depth.max(crate::frame::DEFAULT_MAX_TABLE_DEPTH),
+        max_table_depth: limits
+            .max_table_depth
+            .max(crate::frame::DEFAULT_MAX_TABLE_DEPTH),
     };
     let again = decode(&mut out, &relaxed);
     match again {
