@@ -17,14 +17,19 @@
 //!   [`queue`]: messages, consumers, round-robin dispatch with prefetch.
 //! - [`delivery`]: outboxes and channel links, the path from a queue to a socket.
 //! - [`config`], [`error`], [`registry`] (live connections), [`message`].
+//! - [`mgmt`]: the management HTTP API (RabbitMQ's, for `rabbitmqadmin`); [`metrics`]:
+//!   Prometheus text on its `/metrics`; [`ctl`]: `mini-broker ctl`, rabbitmqctl's listings.
 
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod metrics;
+pub mod mgmt;
 pub mod queue;
 pub mod registry;
 pub mod server;
@@ -51,6 +56,9 @@ pub struct BrokerOptions {
     pub data_dir: Option<std::path::PathBuf>,
     /// Start even when a message log segment in the middle is corrupt (its rest is lost).
     pub skip_corrupt: bool,
+    /// The management HTTP API listener (RabbitMQ: 15672); None serves no API. Port 0 picks
+    /// a free port.
+    pub mgmt_listen: Option<SocketAddr>,
 }
 
 impl Default for BrokerOptions {
@@ -60,6 +68,7 @@ impl Default for BrokerOptions {
             config: BrokerConfig::default(),
             data_dir: None,
             skip_corrupt: false,
+            mgmt_listen: None,
         }
     }
 }
@@ -68,6 +77,8 @@ impl Default for BrokerOptions {
 pub struct RunningBroker {
     /// The AMQP address it listens on.
     pub amqp_addr: SocketAddr,
+    /// The management API's address, when it serves one.
+    pub mgmt_addr: Option<SocketAddr>,
     /// The shared state.
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
@@ -108,13 +119,32 @@ pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
     };
     let listener = TcpListener::bind(options.listen).await?;
     let amqp_addr = listener.local_addr()?;
+    let mgmt_listener = match options.mgmt_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let broker = Broker::with_store(options.config, store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(housekeeping(broker.clone(), shutdown_rx.clone()));
+    let mgmt_addr = match mgmt_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            tokio::spawn(mgmt::serve(
+                listener,
+                broker.clone(),
+                amqp_addr,
+                shutdown_rx.clone(),
+            ));
+            tracing::info!("mini-broker management API on http://{addr}/api/");
+            Some(addr)
+        }
+        None => None,
+    };
     let server = tokio::spawn(server::serve(listener, broker.clone(), shutdown_rx));
     tracing::info!("mini-broker listening for AMQP 0-9-1 on {amqp_addr}");
     Ok(RunningBroker {
         amqp_addr,
+        mgmt_addr,
         broker,
         shutdown,
         server,

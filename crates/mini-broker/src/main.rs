@@ -1,15 +1,18 @@
 //! `mini-broker`: run the broker in the foreground.
 //!
 //! ```text
-//! mini-broker [--listen 127.0.0.1:5672] [--config FILE] [--data-dir mini-broker-data]
+//! mini-broker [--listen 127.0.0.1:5672] [--mgmt-listen 127.0.0.1:15672] [--config FILE]
+//!             [--data-dir mini-broker-data]
 //! RUST_LOG=debug mini-broker      # more logging
+//! mini-broker ctl [--mgmt 127.0.0.1:15672] list_queues name messages_ready   # rabbitmqctl's listings
+//! rabbitmqadmin -P 15672 list queues                                          # RabbitMQ's own tool
 //! ```
 //! SIGINT or SIGTERM closes every connection with 320 CONNECTION_FORCED and exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mini_broker::{BrokerConfig, BrokerOptions};
 
 /// A single-node AMQP 0-9-1 broker that speaks like RabbitMQ.
@@ -19,6 +22,10 @@ struct Args {
     /// Address for AMQP clients.
     #[arg(long, default_value = "127.0.0.1:5672")]
     listen: SocketAddr,
+    /// Address for the management HTTP API (RabbitMQ's, for rabbitmqadmin) and /metrics
+    /// [default: 127.0.0.1:15672, skipped with a warning when that port is taken].
+    #[arg(long)]
+    mgmt_listen: Option<SocketAddr>,
     /// TOML configuration file (users, vhosts, limits).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -28,6 +35,20 @@ struct Args {
     /// Start even if a message log segment in the middle is corrupt, losing the rest of it.
     #[arg(long)]
     skip_corrupt: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// rabbitmqctl's listings (list_queues, list_exchanges, list_bindings, list_connections,
+    /// list_channels, list_consumers, list_vhosts) from a running broker's management API:
+    /// ctl [--mgmt ADDR] [--user U] [--password P] [-p VHOST] [-q] [-s] COMMAND [COLUMN...]
+    Ctl {
+        /// Options, the command and its columns.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -40,6 +61,9 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Command::Ctl { args }) = &args.command {
+        std::process::exit(mini_broker::ctl::run(args));
+    }
     let config = match &args.config {
         Some(path) => match BrokerConfig::from_file(path) {
             Ok(config) => config,
@@ -55,6 +79,7 @@ async fn main() {
         config,
         data_dir: Some(args.data_dir.clone()),
         skip_corrupt: args.skip_corrupt,
+        mgmt_listen: args.mgmt_listen.or_else(default_mgmt_listen),
     })
     .await
     {
@@ -71,6 +96,19 @@ async fn main() {
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+}
+
+/// RabbitMQ's management port, when it is free: a broker started without `--mgmt-listen`
+/// next to another one (or next to RabbitMQ) still starts, without the API.
+fn default_mgmt_listen() -> Option<SocketAddr> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 15672));
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Some(addr),
+        Err(err) => {
+            tracing::warn!("no management API: cannot listen on {addr} ({err}); use --mgmt-listen");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {
