@@ -1,0 +1,4 @@
+//! See fuzz/README.md, and amqp_codec::fuzzing::decode_frames for what this target checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| amqp_codec::fuzzing::decode_frames(data));
