@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use amqp_codec::trace::Tracer;
 use amqp_codec::tune::Tune;
 use amqp_codec::{
     BasicProperties, ChannelId, Command, FieldTable, LongString, Method, ShortString,
@@ -186,12 +187,18 @@ impl Connection {
     async fn connect(config: ConnectionConfig) -> Result<Connection, Error> {
         let socket = TcpStream::connect(config.uri.socket_address()).await?;
         socket.set_nodelay(true)?;
+        // AMQP_TRACE=1: every frame on stderr. Off, it is an empty Option.
+        let tracer = match socket.peer_addr() {
+            Ok(peer) => Tracer::new("client", peer),
+            Err(_) => Tracer::new("client", config.uri.socket_address()),
+        };
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (blocked_tx, blocked_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = ConnectionTask {
             core: ConnectionCore::new(config, Instant::now()),
             socket,
+            tracer,
             read_buf: BytesMut::with_capacity(128 * 1024),
             requests: request_rx,
             blocked: blocked_tx,
@@ -374,6 +381,8 @@ struct Stalled {
 struct ConnectionTask {
     core: ConnectionCore<Token>,
     socket: TcpStream,
+    /// Prints the frames read and written when `AMQP_TRACE` is set.
+    tracer: Tracer,
     read_buf: BytesMut,
     requests: mpsc::Receiver<Request>,
     blocked: watch::Sender<bool>,
@@ -447,7 +456,10 @@ impl ConnectionTask {
     fn handle_read(&mut self, read: std::io::Result<usize>) {
         match read {
             Ok(0) => self.core.handle_eof(None),
-            Ok(_) => self.core.handle_input(&mut self.read_buf, Instant::now()),
+            Ok(n) => {
+                self.tracer.received(tail(&self.read_buf, n));
+                self.core.handle_input(&mut self.read_buf, Instant::now())
+            }
             Err(err) => self.core.handle_eof(Some(err)),
         }
     }
@@ -475,7 +487,10 @@ impl ConnectionTask {
                 tokio::select! {
                     write = writer.write(&out[written..]) => match write? {
                         0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                        n => written += n,
+                        n => {
+                            self.tracer.sent(out.get(written..written + n).unwrap_or_default());
+                            written += n;
+                        }
                     },
                     read = reader.read_buf(&mut self.read_buf), if self.stalled.is_none() => {
                         self.handle_read(read);
@@ -813,6 +828,11 @@ fn fail_request(request: Request, err: &Error) {
         }
         Request::Send { .. } | Request::Returns { .. } => {}
     }
+}
+
+/// The last `n` octets of `buf`: those a read just appended.
+fn tail(buf: &[u8], n: usize) -> &[u8] {
+    buf.get(buf.len().saturating_sub(n)..).unwrap_or_default()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

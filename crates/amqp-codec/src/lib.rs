@@ -26,6 +26,7 @@
 //! - [`types`]: short and long strings, field tables and values.
 //! - [`describe`]: the one-line text and JSON renderings of a frame that `amqp-dump`, the
 //!   frame tracer and the sniffer print.
+//! - [`trace`]: `AMQP_TRACE=1`: every frame a connection sends and receives, on stderr.
 //! - [`sasl`]: PLAIN and AMQPLAIN responses, shared by the client and the broker.
 //! - [`tune`]: connection.tune negotiation, shared by the client and the broker.
 //! - [`constants`], [`error`]: reply codes, frame types, and errors that know their reply code.
@@ -82,6 +83,7 @@ pub mod sasl;
 pub mod spec;
 #[cfg(feature = "tokio-codec")]
 pub mod tokio;
+pub mod trace;
 pub mod tune;
 pub mod types;
 mod wire;

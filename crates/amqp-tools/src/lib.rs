@@ -4,16 +4,18 @@
 //! in `src/bin` over a library module here, so its logic is tested without a process.
 //!
 //! ```text
-//!  amqp-dump (src/bin)          args, files, stdin/stdout, exit status
-//!       │
-//!  dump::run                    bytes in chunks ⇄ frames ⇄ one line each
-//!       │
-//!  amqp_codec::{decode, describe}
+//!  amqp-dump, amqp-sniff (src/bin)     args, files, sockets, stdin/stdout, exit status
+//!       │             │
+//!  dump::run     sniff::run            bytes in chunks ⇄ frames ⇄ one line each
+//!       │             │
+//!  amqp_codec::{decode, describe, trace}
 //! ```
 //!
 //! ## Layout
 //! - [`dump`]: `amqp-dump`, an AMQP byte stream (raw or hex) printed one frame per line, as
 //!   text or JSON.
+//! - [`sniff`]: `amqp-sniff`, a transparent proxy in front of a broker that prints every frame
+//!   of every connection going through it.
 
 #![cfg_attr(
     not(test),
@@ -27,3 +29,4 @@
 #![warn(missing_docs)]
 
 pub mod dump;
+pub mod sniff;

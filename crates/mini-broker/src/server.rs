@@ -61,6 +61,9 @@ async fn handle(
     let outbox = Arc::new(Outbox::new(broker.config.frame_max));
     let mut connection = ServerConnection::new(broker, peer, local, outbox.clone(), Instant::now());
     tracing::debug!(%peer, id = connection.id(), "accepted connection");
+    // AMQP_TRACE=1: every frame on stderr; off, both halves are empty Options.
+    let (mut trace_in, mut trace_out) =
+        amqp_codec::trace::Tracer::with_id("broker", connection.id(), peer).split();
 
     let writer_outbox = outbox.clone();
     let writer_task = tokio::spawn(async move {
@@ -77,6 +80,7 @@ async fn handle(
                 writer_outbox.close();
                 break;
             }
+            trace_out.trace(&chunk);
             writer_outbox.record_written(chunk.len());
             // Queues that stopped delivering while the outbox was full may go on.
             if !writer_outbox.is_full() {
@@ -117,7 +121,8 @@ async fn handle(
                     connection.handle_eof();
                     break;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    trace_in.trace_tail(&buf, n);
                     connection.handle_input(&mut buf, Instant::now());
                     // Tell a newly opened connection of an alarm already on; stop reading
                     // from a publisher that just published under the alarm.
