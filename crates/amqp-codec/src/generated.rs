@@ -2535,7 +2535,7 @@ impl From<BasicRecoverAsync> for Method {
     }
 }
 
-/// `basic.recover` (60.110).
+/// `basic.recover` (60.110), answered by `basic.recover-ok`.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct BasicRecover {
@@ -4525,9 +4525,9 @@ pub static METHODS: [MethodInfo; 64] = [
         class_id: 60,
         method: "recover",
         method_id: 110,
-        synchronous: false,
+        synchronous: true,
         content: false,
-        responses: &[],
+        responses: &["recover-ok"],
         sent_by_client: true,
         sent_by_server: false,
         fields: &[

@@ -6,14 +6,9 @@ use amqp_codec::spec::METHODS;
 use amqp_codec::{ContentAssembler, Method};
 
 /// The names of the methods that answer `request` (`["declare-ok"]`), none if it has no reply.
+/// (basic.recover's recover-ok comes from the codec's errata to the spec XML.)
 pub(super) fn responses(request: &Method) -> &'static [&'static str] {
-    match request {
-        // The spec XML gives basic.recover no response and does not mark it synchronous, yet
-        // its text says basic.recover-ok (synchronous) acknowledges it, and RabbitMQ sends
-        // one; waiting for nothing would leave the recover-ok unmatched.
-        Method::BasicRecover(_) => &["recover-ok"],
-        _ => request.info().responses,
-    }
+    request.info().responses
 }
 
 /// Where a channel is in its life.
