@@ -65,7 +65,8 @@ impl Delivery {
         }
     }
 
-    fn channel(&self) -> Result<&Channel, Error> {
+    /// The channel the message came on: replies (RPC) and acks go through it.
+    pub fn channel(&self) -> Result<&Channel, Error> {
         self.channel.as_ref().ok_or(Error::ChannelClosedLocally)
     }
 

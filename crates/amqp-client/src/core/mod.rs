@@ -660,8 +660,10 @@ impl<T> ConnectionCore<T> {
             Frame::Heartbeat => {}
             Frame::ProtocolHeader(header) => {
                 let [_, major, minor, revision] = header.version;
+                // A server answers a protocol header with its own only to refuse the
+                // connection (spec 4.2.2): it does not take ours, whatever it speaks.
                 self.terminate(Error::UnexpectedFrame(format!(
-                    "the server answered with protocol header {major}-{minor}-{revision}: it does not speak AMQP 0-9-1"
+                    "the server refused the connection, answering with its own protocol header (AMQP {major}-{minor}-{revision})"
                 )));
             }
             Frame::Method(0, method) => self.handle_connection_method(method),
