@@ -20,8 +20,8 @@
 //! ```text
 //!   src/bin/*.rs   the programs: what the tutorial shows, nothing else
 //!        │
-//!   this library   --uri / AMQP_URL, connect with a timeout, one-line errors and exit
-//!        │         codes, Ctrl+C, consuming until interrupted, line-flushed output
+//!   this library   --uri / AMQP_URL, --trace, connect with a timeout, one-line errors and
+//!        │         exit codes, Ctrl+C, consuming until interrupted, line-flushed output
 //!   amqp-client
 //! ```
 
@@ -45,12 +45,16 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long closing the connections may take when the program ends or is interrupted.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The broker option every program takes.
+/// The broker options every program takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// The broker's amqp:// URI.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_URL)]
     pub uri: String,
+    /// Print every AMQP frame sent and received on stderr, one line each, as AMQP_TRACE=1
+    /// does (the lines show the password of the login).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 /// Why a program failed: printed as one line, `error: ...`, on stderr.
@@ -178,8 +182,13 @@ async fn close_connections() {
 
 /// Opens a connection to the broker (connection.start/tune/open), within
 /// [`CONNECTION_TIMEOUT`] unless the URI sets `connection_timeout`. The connection is named
-/// after the program, as `rabbitmqctl list_connections client_properties` shows.
+/// after the program, as `rabbitmqctl list_connections client_properties` shows. With
+/// `--trace`, every frame of this connection (and of the program's later ones) is printed
+/// on stderr.
 pub async fn connect(broker: &BrokerArgs) -> Result<Connection> {
+    if broker.trace {
+        amqp_codec::trace::enable(amqp_codec::trace::Format::Text);
+    }
     let cannot = |why: String| {
         Failure(format!(
             "cannot connect to {}: {why}",

@@ -43,3 +43,29 @@ fn demo_work_queues_two_workers_do_all_five_tasks() {
         finished.stdout
     );
 }
+
+/// `demo --trace`: the frames of both sides, the programs' and the broker's, on stderr.
+#[test]
+fn demo_with_trace_prints_frames_of_clients_and_broker() {
+    let mut command = Command::new(DEMO);
+    command.args(["--trace", "work-queues", "--ms-per-dot", "20"]);
+    let mut demo = Program::spawn(command);
+    let finished = finish(&mut demo);
+    if !finished.status.success() {
+        demo.fail(&format!("exited with {}", finished.status));
+    }
+    let published = |role: &str, direction: &str| {
+        finished
+            .stderr
+            .lines()
+            .filter(|line| {
+                line.contains(role)
+                    && line.contains(&format!(" {direction} "))
+                    && line.contains(" basic.publish ")
+            })
+            .count()
+    };
+    // Five tasks, each sent by a new_task connection and received by the broker.
+    assert_eq!(published("client#", "->"), 5, "{}", finished.stderr);
+    assert_eq!(published("broker#", "<-"), 5, "{}", finished.stderr);
+}

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run -p tutorial-bins --bin demo -- work-queues
 //! cargo run -p tutorial-bins --bin demo -- work-queues --ms-per-dot 200   # faster
+//! cargo run -p tutorial-bins --bin demo -- --trace work-queues            # and every frame
 //! ```
 //!
 //! `work-queues` (tutorial 2): two workers, then five tasks from "First message." (one
@@ -28,6 +29,10 @@ use tutorial_bins::{say, text, BrokerArgs, Failure};
 /// Runs a tutorial in one process, broker included.
 #[derive(clap::Parser)]
 struct Args {
+    /// Print every AMQP frame on stderr, one line each: the programs' (`client#N`) and the
+    /// broker's (`broker#N`) side of each connection.
+    #[arg(long, global = true)]
+    trace: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -57,18 +62,23 @@ fn main() -> std::process::ExitCode {
 
 async fn demo(args: Args) -> tutorial_bins::Result<()> {
     match args.scenario {
-        Scenario::WorkQueues { ms_per_dot } => work_queues(Duration::from_millis(ms_per_dot)).await,
+        Scenario::WorkQueues { ms_per_dot } => {
+            work_queues(Duration::from_millis(ms_per_dot), args.trace).await
+        }
     }
 }
 
-async fn work_queues(per_dot: Duration) -> tutorial_bins::Result<()> {
+async fn work_queues(per_dot: Duration, trace: bool) -> tutorial_bins::Result<()> {
     let broker = mini_broker::start(BrokerOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Default::default()
     })
     .await
     .map_err(|err| Failure::new(format!("cannot start mini-broker: {err}")))?;
-    let url = BrokerArgs { uri: broker.url() };
+    let url = BrokerArgs {
+        uri: broker.url(),
+        trace,
+    };
     say!(
         "mini-broker: listening on {} (in this process)",
         broker.amqp_addr

@@ -5,7 +5,19 @@
 //! terminal 2:  cargo run -p tutorial-bins --bin send
 //!               [x] Sent 'Hello World!'
 //! ```
-//! Add `-- --uri amqp://...` (or set `AMQP_URL`) for a broker other than localhost.
+//! Add `-- --uri amqp://...` (or set `AMQP_URL`) for a broker other than localhost, and
+//! `--trace` to see every frame on stderr.
+//!
+//! `--durable` makes the mistake of tutorial 2's "Message durability": declaring `hello`
+//! durable once it exists non-durable. The broker refuses to change a queue and closes the
+//! channel, and `send` says so and exits with 1:
+//!
+//! ```text
+//! cargo run -p tutorial-bins --bin send
+//! cargo run -p tutorial-bins --bin send -- --durable
+//! error: channel closed by the server: 406: PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'hello' in vhost '/': received 'true' but current is 'false' (after queue.declare)
+//! ```
+//! The tutorial's fix is a new queue, `task_queue`, durable from the start.
 //!
 //! AMQP methods: connection.open, channel.open, queue.declare `hello`, basic.publish to
 //! the default exchange with routing key `hello`, connection.close.
@@ -18,6 +30,10 @@ use tutorial_bins::{say, BrokerArgs};
 struct Args {
     #[command(flatten)]
     broker: BrokerArgs,
+    /// Declare `hello` durable: fails with 406 PRECONDITION_FAILED when `hello` exists
+    /// non-durable (the tutorial's mistake).
+    #[arg(long)]
+    durable: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,8 +44,12 @@ async fn send(args: Args) -> tutorial_bins::Result<()> {
     let connection = tutorial_bins::connect(&args.broker).await?;
     let channel = connection.create_channel().await?;
 
+    let options = QueueDeclareOptions {
+        durable: args.durable,
+        ..Default::default()
+    };
     channel
-        .queue_declare("hello", QueueDeclareOptions::default(), FieldTable::new())
+        .queue_declare("hello", options, FieldTable::new())
         .await?;
 
     channel

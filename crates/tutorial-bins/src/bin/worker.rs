@@ -12,6 +12,19 @@
 //! Kill a worker in the middle of a long task: the broker gives the task to the other one,
 //! which prints it with `(redelivered)`. `--ms-per-dot 100` makes the work faster.
 //!
+//! The tutorial's "forgotten acknowledgment" mistake, on purpose: `--forget-ack` works as
+//! usual but never sends basic.ack. The broker keeps every task it handed out as
+//! unacknowledged, and with prefetch 1 gives this worker nothing more; once the worker
+//! exits, the tasks are ready again:
+//!
+//! ```text
+//! cargo run -p tutorial-bins --bin worker -- --forget-ack --prefetch 0
+//! rabbitmqctl list_queues name messages_ready messages_unacknowledged
+//! cargo run -p mini-broker -- ctl list_queues name messages_ready messages_unacknowledged
+//! ```
+//!
+//! `--trace` prints every frame on stderr.
+//!
 //! AMQP methods: queue.declare `task_queue` durable, basic.qos prefetch_count 1 (no new task
 //! before the last one is acked: busy workers are skipped), basic.consume with manual
 //! acknowledgement, basic.ack after the work is done.
@@ -29,6 +42,16 @@ struct Args {
     /// How long each '.' of a task takes.
     #[arg(long, default_value_t = 1000)]
     ms_per_dot: u64,
+    /// How many unacknowledged tasks the broker may hand this worker (basic.qos
+    /// prefetch_count); 0 sends no basic.qos: no limit, as before the tutorial's
+    /// "Fair dispatch".
+    #[arg(long, default_value_t = 1)]
+    prefetch: u16,
+    /// Never acknowledge a task: reproduces the tutorial's "forgotten acknowledgment"
+    /// mistake. The tasks stay unacknowledged (`list_queues name messages_ready
+    /// messages_unacknowledged`) until this worker exits, then the broker requeues them.
+    #[arg(long)]
+    forget_ack: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,7 +69,9 @@ async fn worker(args: Args) -> tutorial_bins::Result<()> {
     channel
         .queue_declare("task_queue", durable, FieldTable::new())
         .await?;
-    channel.basic_qos(1, false).await?;
+    if args.prefetch > 0 {
+        channel.basic_qos(args.prefetch, false).await?;
+    }
 
     let manual_ack = BasicConsumeOptions::default();
     let consumer = channel
@@ -55,6 +80,7 @@ async fn worker(args: Args) -> tutorial_bins::Result<()> {
 
     say!(" [*] Waiting for messages. To exit press CTRL+C");
     let per_dot = Duration::from_millis(args.ms_per_dot);
+    let forget_ack = args.forget_ack;
     tutorial_bins::start_consuming(consumer, |delivery| async move {
         let body = text(&delivery.body);
         let again = if delivery.redelivered {
@@ -66,7 +92,9 @@ async fn worker(args: Args) -> tutorial_bins::Result<()> {
         let dots = body.matches('.').count() as u32;
         tokio::time::sleep(per_dot * dots).await;
         say!(" [x] Done");
-        delivery.ack().await?;
+        if !forget_ack {
+            delivery.ack().await?;
+        }
         Ok(())
     })
     .await

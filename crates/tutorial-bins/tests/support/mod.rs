@@ -5,11 +5,14 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod work_queues;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,35 +33,71 @@ pub const RPC_CLIENT: &str = env!("CARGO_BIN_EXE_rpc_client");
 pub const PUBLISHER_CONFIRMS: &str = env!("CARGO_BIN_EXE_publisher_confirms");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_demo");
 
+/// RabbitMQ's tutorial 2 in Python (pika), as the tutorial writes it.
+pub const PIKA_NEW_TASK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/new_task.py");
+pub const PIKA_WORKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/worker.py");
+
 /// How long a program may take to print an expected line, or to finish.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A mini-broker running in this test process, on a free port.
+/// A mini-broker running in this test process, on a free port, with its management API
+/// (for `mini-broker ctl`) on another.
 pub struct MiniBroker {
     pub url: String,
     pub addr: SocketAddr,
+    pub mgmt_addr: SocketAddr,
+    /// Where it keeps durable queues and persistent messages, if anywhere.
+    data_dir: Option<PathBuf>,
     runtime: Option<tokio::runtime::Runtime>,
     broker: Option<mini_broker::RunningBroker>,
 }
 
 impl MiniBroker {
+    /// A broker that keeps nothing on disk.
     pub fn start() -> MiniBroker {
+        MiniBroker::launch(None)
+    }
+
+    /// A broker that keeps durable queues and persistent messages in `data_dir`, and finds
+    /// them there again after [`MiniBroker::restart`].
+    pub fn start_in(data_dir: &Path) -> MiniBroker {
+        MiniBroker::launch(Some(data_dir.to_owned()))
+    }
+
+    fn launch(data_dir: Option<PathBuf>) -> MiniBroker {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let broker = runtime
-            .block_on(mini_broker::start(mini_broker::BrokerOptions {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                ..Default::default()
-            }))
+            .block_on(mini_broker::start(MiniBroker::options(
+                any_port,
+                any_port,
+                data_dir.clone(),
+            )))
             .expect("mini-broker starts");
         MiniBroker {
             url: broker.url(),
             addr: broker.amqp_addr,
+            mgmt_addr: broker.mgmt_addr.expect("management API address"),
+            data_dir,
             runtime: Some(runtime),
             broker: Some(broker),
+        }
+    }
+
+    fn options(
+        listen: SocketAddr,
+        mgmt_listen: SocketAddr,
+        data_dir: Option<PathBuf>,
+    ) -> mini_broker::BrokerOptions {
+        mini_broker::BrokerOptions {
+            listen,
+            mgmt_listen: Some(mgmt_listen),
+            data_dir,
+            ..Default::default()
         }
     }
 
@@ -67,6 +106,32 @@ impl MiniBroker {
         if let (Some(runtime), Some(broker)) = (&self.runtime, self.broker.take()) {
             runtime.block_on(broker.shutdown());
         }
+    }
+
+    /// Stops the broker (320 CONNECTION_FORCED to every connection, everything on disk) and
+    /// starts it again on the same addresses with the same data directory: what a restart
+    /// of the RabbitMQ service does to its clients.
+    pub fn restart(&mut self) {
+        self.shutdown();
+        let runtime = self.runtime.as_ref().expect("runtime");
+        let options = MiniBroker::options(self.addr, self.mgmt_addr, self.data_dir.clone());
+        let broker = runtime
+            .block_on(mini_broker::start(options))
+            .expect("mini-broker starts again on the same addresses");
+        self.broker = Some(broker);
+    }
+
+    /// `mini-broker ctl --mgmt <its API> <args...>`: what the command prints, or a panic
+    /// with what it printed on stderr. It runs in this process, through the same code as
+    /// the `mini-broker ctl` command (the binary belongs to another package).
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--mgmt".to_owned(), self.mgmt_addr.to_string()];
+        all.extend(args.iter().map(|arg| arg.to_string()));
+        let options = mini_broker::ctl::parse_args(&all).expect("ctl arguments");
+        let (mut out, mut err) = (String::new(), String::new());
+        let code = mini_broker::ctl::execute(&options, &mut out, &mut err);
+        assert_eq!(code, 0, "mini-broker ctl {args:?} failed: {out}{err}");
+        out
     }
 }
 
@@ -78,10 +143,130 @@ impl Drop for MiniBroker {
     }
 }
 
+/// A directory of its own under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A broker the tests run against, and how to see its queues as the tutorial does, with
+/// `list_queues name messages_ready messages_unacknowledged`.
+pub enum Broker<'a> {
+    /// A mini-broker of this process, its queues listed by `mini-broker ctl`.
+    Mini(&'a MiniBroker),
+    /// The RabbitMQ of this machine, its queues listed by `rabbitmqctl`; `test` names the
+    /// test in messages.
+    RabbitMq { url: String, test: &'a str },
+}
+
+/// How many messages of a queue are ready and how many are delivered but not acknowledged,
+/// as `list_queues name messages_ready messages_unacknowledged` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: u64,
+    pub unacked: u64,
+}
+
+impl QueueCounts {
+    /// Nothing ready, nothing waiting for an ack.
+    pub const EMPTY: QueueCounts = QueueCounts {
+        ready: 0,
+        unacked: 0,
+    };
+}
+
+impl Broker<'_> {
+    /// The broker's amqp:// URL.
+    pub fn url(&self) -> &str {
+        match self {
+            Broker::Mini(broker) => &broker.url,
+            Broker::RabbitMq { url, .. } => url,
+        }
+    }
+
+    /// The tutorial's command, `list_queues name messages_ready messages_unacknowledged`:
+    /// everything it prints.
+    pub fn list_queues(&self) -> String {
+        let args = [
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ];
+        match self {
+            Broker::Mini(broker) => broker.ctl(&args),
+            Broker::RabbitMq { test, .. } => integration_tests::rabbitmqctl(test, &args)
+                .unwrap_or_else(|| panic!("{test}: rabbitmqctl is needed here")),
+        }
+    }
+
+    /// Waits until `list_queues` shows `queue` with these counts (the broker updates them
+    /// when it gets round to it: an ack sent a moment ago, a dead consumer's messages
+    /// requeued). Panics with the last listing when it does not within [`PATIENCE`].
+    pub fn expect_counts(&self, queue: &str, expected: QueueCounts) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let listing = self.list_queues();
+            if queue_counts(&listing, queue) == Some(expected) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "list_queues should show {queue} with {expected:?} within {PATIENCE:?}, \
+                     it shows:\n{listing}"
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The counts of `queue` in what `list_queues name messages_ready messages_unacknowledged`
+/// printed: the row whose first column is the name. None when there is no such row.
+pub fn queue_counts(listing: &str, queue: &str) -> Option<QueueCounts> {
+    listing.lines().find_map(|line| {
+        let columns: Vec<&str> = line.split('\t').collect();
+        match columns[..] {
+            [name, ready, unacked] if name == queue => Some(QueueCounts {
+                ready: ready.trim().parse().ok()?,
+                unacked: unacked.trim().parse().ok()?,
+            }),
+            _ => None,
+        }
+    })
+}
+
 /// The RabbitMQ URL, or None after saying the test is skipped (a failure when
 /// `REQUIRE_RABBITMQ=1`).
 pub fn rabbitmq(test: &str) -> Option<String> {
     block_on(integration_tests::rabbitmq_url(test))
+}
+
+/// The RabbitMQ of this machine, as [`rabbitmq`] finds it, with `rabbitmqctl` to list its
+/// queues, and a lock held by at most one test of this test binary at a time: the
+/// tutorials' queues have fixed names (`hello`, `task_queue`), so the tests that use them
+/// on the one RabbitMQ take turns. (cargo runs test binaries one after the other; the
+/// tests of one binary run in parallel.)
+pub fn rabbitmq_alone(test: &str) -> Option<(Broker<'_>, MutexGuard<'static, ()>)> {
+    static RABBITMQ: Mutex<()> = Mutex::new(());
+    let url = rabbitmq(test)?;
+    integration_tests::rabbitmqctl(test, &["list_vhosts"])?;
+    // A test that failed holding the lock poisons it; the next one may go on all the same.
+    let guard = RABBITMQ
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Some((Broker::RabbitMq { url, test }, guard))
 }
 
 /// Runs a future on a fresh single-threaded runtime.
@@ -91,6 +276,26 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(future)
+}
+
+/// Whether Python 3 can import pika. When not, says the test is skipped, or fails when
+/// `REQUIRE_RABBITMQ=1` (CI installs pika).
+pub fn pika(test: &str) -> bool {
+    let imported = Command::new("python3")
+        .args(["-c", "import pika"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if imported {
+        return true;
+    }
+    if std::env::var("REQUIRE_RABBITMQ").as_deref() == Ok("1") {
+        panic!("{test}: REQUIRE_RABBITMQ=1 but python3 cannot import pika (pip install pika)");
+    }
+    eprintln!("SKIPPED {test}: python3 cannot import pika (pip install pika; REQUIRE_RABBITMQ=1 makes this a failure)");
+    false
 }
 
 /// How many messages are ready in `queue`, or None when it does not exist.
@@ -141,6 +346,19 @@ impl Program {
     pub fn start(binary: &str, uri: &str, args: &[&str]) -> Program {
         let mut command = Command::new(binary);
         command.arg("--uri").arg(uri).args(args);
+        Program::spawn(command)
+    }
+
+    /// Starts `python3 -u <script> <args...>` with `AMQP_URL=<uri>` (pika's output unbuffered,
+    /// so that each line arrives when printed).
+    pub fn python(script: &str, uri: &str, args: &[&str], env: &[(&str, &str)]) -> Program {
+        let mut command = Command::new("python3");
+        command
+            .arg("-u")
+            .arg(script)
+            .args(args)
+            .env("AMQP_URL", uri)
+            .envs(env.iter().copied());
         Program::spawn(command)
     }
 
