@@ -12,12 +12,12 @@ use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::config::BrokerConfig;
 use crate::delivery::lock;
-use crate::error::{exchange_resource, queue_resource, AmqpError};
+use crate::error::{
+    exchange_resource, field_type_name, field_value_text, queue_resource, AmqpError,
+};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{MessageContent, QueuedMessage};
-use crate::queue::{
-    integer_argument, string_argument, Overflow, Queue, QueueDeclaration, QueueSettings, QueueType,
-};
+use crate::queue::{integer_argument, Overflow, Queue, QueueDeclaration, QueueSettings, QueueType};
 use crate::store::definitions::{
     table_from_json, table_to_json, BindingDefinition, ExchangeDefinition, QueueDefinition,
     VHostDefinitions,
@@ -206,7 +206,10 @@ fn restore_messages(
         queue.restore(QueuedMessage {
             content,
             redelivered: record.delivered,
-            expires_at: queue.settings.message_ttl.map(|ttl| Instant::now() + ttl),
+            expires_at: queue
+                .settings
+                .message_ttl
+                .and_then(|ttl| Instant::now().checked_add(ttl)),
             persist_id: Some(record.id),
         });
         restored += 1;
@@ -420,8 +423,17 @@ impl VHost {
                 auto_delete: q.auto_delete,
                 ..Default::default()
             };
-            let Ok(settings) = self.queue_settings(&name, flags, &arguments) else {
-                continue;
+            // A queue saved by a broker that accepted arguments this one refuses is still
+            // restored (its messages are in the log), with the arguments it understands.
+            let settings = match self.queue_settings(&name, flags, &arguments) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    tracing::warn!("restoring queue '{name}' despite its arguments: {error}");
+                    QueueSettings {
+                        queue_type: queue_type_argument(&arguments).unwrap_or(QueueType::Classic),
+                        ..QueueSettings::default()
+                    }
+                }
             };
             let queue = Queue::new(
                 QueueDeclaration {
@@ -507,7 +519,10 @@ impl VHost {
 
     // ---- queues -------------------------------------------------------------------------
 
-    /// queue.declare (spec 1.7.2.1), with RabbitMQ's checks and texts.
+    /// queue.declare (spec 1.7.2.1), with RabbitMQ's checks and texts, in RabbitMQ's order:
+    /// the reserved prefix, then (for an existing queue) exclusivity, `durable`,
+    /// `auto_delete` and the arguments; (for a new one) the arguments' validity, then the
+    /// queue type's own rules.
     pub fn declare_queue(
         &self,
         connection: u64,
@@ -515,30 +530,31 @@ impl VHost {
         flags: QueueFlags,
         arguments: &FieldTable,
     ) -> Result<DeclaredQueue, AmqpError> {
-        if !flags.passive && name.as_bytes().starts_with(b"amq.") {
+        if flags.passive {
+            let existing = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+            self.check_exclusive(&existing, connection)?;
+            return Ok(declared(existing));
+        }
+        if name.as_bytes().starts_with(b"amq.") {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        // RabbitMQ: an exclusive queue is never durable, whatever the declaration says.
+        let flags = QueueFlags {
+            durable: flags.durable && !flags.exclusive,
+            ..flags
+        };
         if let Some(existing) = self.queue(name) {
-            self.check_exclusive(&existing, connection)?;
-            if !flags.passive {
-                self.check_equivalent(&existing, flags, arguments)?;
-            }
-            let state = existing.state();
-            let (message_count, consumer_count) =
-                (state.ready.len() as u32, state.consumers.len() as u32);
-            drop(state);
-            return Ok(DeclaredQueue {
-                queue: existing,
-                message_count,
-                consumer_count,
-            });
-        }
-        if flags.passive {
-            return Err(self.no_queue(name));
+            self.check_equivalent(&existing, connection, flags, arguments)?;
+            return Ok(declared(existing));
         }
         let name = if name.is_empty() {
+            if queue_type_argument(arguments) == Some(QueueType::Quorum) {
+                return Err(AmqpError::precondition_failed(
+                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
+                ));
+            }
             generated_queue_name()
         } else {
             name.clone()
@@ -565,20 +581,29 @@ impl VHost {
         if queue.durable {
             self.persist();
         }
-        Ok(DeclaredQueue {
-            queue,
-            message_count: 0,
-            consumer_count: 0,
-        })
+        Ok(declared(queue))
     }
 
+    /// RabbitMQ's `assert_equivalence` of a redeclared queue: exclusivity (strict: the
+    /// exclusive flag must match and the owner be this connection), `durable`, `auto_delete`,
+    /// then the queue type's arguments, in its order.
     fn check_equivalent(
         &self,
         queue: &Queue,
+        connection: u64,
         flags: QueueFlags,
         arguments: &FieldTable,
     ) -> Result<(), AmqpError> {
         let resource = queue_resource(&queue.name.to_str_lossy(), &self.name);
+        let owner_matches = match queue.exclusive_owner {
+            Some(owner) => flags.exclusive && owner == connection,
+            None => !flags.exclusive,
+        };
+        if !owner_matches {
+            return Err(AmqpError::resource_locked(format!(
+                "cannot obtain exclusive access to locked {resource}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+            )));
+        }
         let flag = |name: &str, received: bool, current: bool| {
             if received == current {
                 Ok(())
@@ -590,25 +615,24 @@ impl VHost {
         };
         flag("durable", flags.durable, queue.durable)?;
         flag("auto_delete", flags.auto_delete, queue.auto_delete)?;
-        if flags.exclusive != queue.exclusive_owner.is_some() {
-            return Err(AmqpError::resource_locked(format!(
-                "cannot obtain exclusive access to locked {resource}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
-            )));
-        }
-        for key in EQUIVALENCE_ARGUMENTS {
-            let received = arguments.get(key);
-            let current = queue.arguments.get(key);
-            if !argument_equivalent(key, received, current) {
-                return Err(AmqpError::precondition_failed(format!(
-                    "inequivalent arg '{key}' for {resource}: received {} but current is {}",
-                    describe_argument(received),
-                    describe_argument(current)
-                )));
-            }
+        let keys: &[&str] = match queue.settings.queue_type {
+            QueueType::Classic => &CLASSIC_QUEUE_ARGUMENTS,
+            QueueType::Quorum => &QUORUM_QUEUE_ARGUMENTS,
+        };
+        for key in keys {
+            check_argument_equivalence(key, arguments.get(key), queue.arguments.get(key)).map_err(
+                |text| {
+                    AmqpError::precondition_failed(format!(
+                        "inequivalent arg '{key}' for {resource}: {text}"
+                    ))
+                },
+            )?;
         }
         Ok(())
     }
 
+    /// Checks the arguments of a new queue as RabbitMQ does (in its order, with its texts)
+    /// and keeps what the broker acts on.
     fn queue_settings(
         &self,
         name: &ShortString,
@@ -616,70 +640,66 @@ impl VHost {
         arguments: &FieldTable,
     ) -> Result<QueueSettings, AmqpError> {
         let resource = queue_resource(&name.to_str_lossy(), &self.name);
-        let invalid = |key: &str, value: &FieldValue| {
-            AmqpError::precondition_failed(format!(
-                "invalid arg '{key}' for {resource}: {}",
-                describe_argument(Some(value))
-            ))
-        };
-        let mut settings = QueueSettings::default();
-        for (key, value) in arguments.iter() {
-            let key_text = key.to_str_lossy();
-            let non_negative = || {
-                integer_argument(value)
-                    .filter(|v| *v >= 0)
-                    .ok_or_else(|| invalid(&key_text, value))
-            };
-            match key.as_bytes() {
-                b"x-queue-type" => {
-                    settings.queue_type =
-                        match string_argument(value).as_ref().map(|s| s.as_bytes()) {
-                            Some(b"classic") => QueueType::Classic,
-                            Some(b"quorum") => QueueType::Quorum,
-                            _ => return Err(invalid(&key_text, value)),
-                        }
-                }
-                b"x-message-ttl" => {
-                    settings.message_ttl = Some(Duration::from_millis(non_negative()? as u64))
-                }
-                b"x-expires" => {
-                    let ms = non_negative()?;
-                    if ms == 0 {
-                        return Err(invalid(&key_text, value));
-                    }
-                    settings.expires = Some(Duration::from_millis(ms as u64));
-                }
-                b"x-max-length" => settings.max_length = Some(non_negative()? as usize),
-                b"x-max-length-bytes" => settings.max_length_bytes = Some(non_negative()? as usize),
-                b"x-overflow" => {
-                    settings.overflow = match string_argument(value).as_ref().map(|s| s.as_bytes())
-                    {
-                        Some(b"drop-head") => Overflow::DropHead,
-                        Some(b"reject-publish") | Some(b"reject-publish-dlx") => {
-                            Overflow::RejectPublish
-                        }
-                        _ => return Err(invalid(&key_text, value)),
-                    }
-                }
-                b"x-dead-letter-exchange" => {
-                    settings.dead_letter_exchange =
-                        Some(string_argument(value).ok_or_else(|| invalid(&key_text, value))?)
-                }
-                b"x-dead-letter-routing-key" => {
-                    settings.dead_letter_routing_key =
-                        Some(string_argument(value).ok_or_else(|| invalid(&key_text, value))?)
-                }
-                // Other arguments are kept and shown, as RabbitMQ keeps unknown ones.
-                _ => {}
+        for (key, check) in DECLARE_ARGUMENT_CHECKS {
+            if let Some(value) = arguments.get(key) {
+                check(value, arguments).map_err(|reason| {
+                    AmqpError::precondition_failed(format!(
+                        "invalid arg '{key}' for {resource}: {reason}"
+                    ))
+                })?;
             }
         }
+        // The checks passed: every value below has the type its check wants.
+        let mut settings = QueueSettings::default();
+        let millis = |key: &str| {
+            arguments
+                .get(key)
+                .and_then(integer_argument)
+                .map(|ms| Duration::from_millis(ms.max(0) as u64))
+        };
+        let count = |key: &str| {
+            arguments
+                .get(key)
+                .and_then(integer_argument)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let string = |key: &str| match arguments.get(key) {
+            Some(FieldValue::LongString(s)) => Some(ShortString::new(s.bytes().clone())),
+            _ => None,
+        };
+        settings.queue_type = queue_type_argument(arguments).unwrap_or(QueueType::Classic);
+        settings.message_ttl = millis("x-message-ttl");
+        settings.expires = millis("x-expires");
+        settings.max_length = count("x-max-length");
+        settings.max_length_bytes = count("x-max-length-bytes");
+        settings.max_priority = arguments
+            .get("x-max-priority")
+            .and_then(integer_argument)
+            .and_then(|p| u8::try_from(p).ok());
+        if let Some(overflow) = string("x-overflow") {
+            settings.overflow = match overflow.as_bytes() {
+                b"drop-head" => Overflow::DropHead,
+                _ => Overflow::RejectPublish,
+            };
+        }
+        settings.dead_letter_exchange = string("x-dead-letter-exchange");
+        settings.dead_letter_routing_key = string("x-dead-letter-routing-key");
         if settings.queue_type == QueueType::Quorum {
-            let property = if !flags.durable {
-                Some("non-durable")
+            // rabbit_quorum_queue:declare: arguments it refuses, then auto-delete,
+            // exclusive and non-durable, in that order.
+            for key in ["x-queue-mode", "x-max-priority"] {
+                if arguments.contains_key(key) {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
+                    )));
+                }
+            }
+            let property = if flags.auto_delete {
+                Some("auto-delete")
             } else if flags.exclusive {
                 Some("exclusive-owner")
-            } else if flags.auto_delete {
-                Some("auto-delete")
+            } else if !flags.durable {
+                Some("non-durable")
             } else {
                 None
             };
@@ -688,11 +708,15 @@ impl VHost {
                     "invalid property '{property}' for {resource}"
                 )));
             }
+            // Priorities are a classic queue feature.
+            settings.max_priority = None;
         }
         Ok(settings)
     }
 
-    /// queue.bind (spec 1.7.2.3).
+    /// queue.bind (spec 1.7.2.3), checked in RabbitMQ's order: the default exchange (403),
+    /// the exchange then the queue (404), the binding's arguments (406), then exclusivity
+    /// (405). Binding twice is not an error.
     pub fn bind_queue(
         &self,
         connection: u64,
@@ -704,23 +728,37 @@ impl VHost {
         if exchange.is_empty() {
             return Err(default_exchange_refusal());
         }
-        let q = self.usable_queue(queue, connection)?;
         let mut state = self.write();
         let source = state
             .exchanges
-            .get_mut(exchange)
+            .get(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
-        source.bind(Binding {
+        let kind = source.kind;
+        let q = state
+            .queues
+            .get(queue)
+            .cloned()
+            .ok_or_else(|| self.no_queue(queue))?;
+        validate_binding(kind, arguments)?;
+        self.check_exclusive(&q, connection)?;
+        let binding = Binding {
             destination: Destination::Queue(q.name.clone()),
             routing_key: routing_key.clone(),
             arguments: arguments.clone(),
-        });
+        };
+        if let Some(source) = state.exchanges.get_mut(exchange) {
+            source.bind(binding);
+        }
         drop(state);
-        self.persist();
+        if q.durable {
+            self.persist();
+        }
         Ok(())
     }
 
-    /// queue.unbind (spec 1.7.2.5). Removing a binding that does not exist is not an error.
+    /// queue.unbind (spec 1.7.2.5). As in RabbitMQ, a missing exchange, a missing queue or
+    /// a binding that does not exist are not errors; removing an existing binding of
+    /// another connection's exclusive queue is (405).
     pub fn unbind_queue(
         &self,
         connection: u64,
@@ -732,17 +770,23 @@ impl VHost {
         if exchange.is_empty() {
             return Err(default_exchange_refusal());
         }
-        let q = self.usable_queue(queue, connection)?;
         let mut state = self.write();
-        let source = state
-            .exchanges
-            .get_mut(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
-        source.unbind(&Binding {
+        let Some(q) = state.queues.get(queue).cloned() else {
+            return Ok(());
+        };
+        let Some(source) = state.exchanges.get_mut(exchange) else {
+            return Ok(());
+        };
+        let binding = Binding {
             destination: Destination::Queue(q.name.clone()),
             routing_key: routing_key.clone(),
             arguments: arguments.clone(),
-        });
+        };
+        if !source.has_binding(&binding) {
+            return Ok(());
+        }
+        self.check_exclusive(&q, connection)?;
+        source.unbind(&binding);
         let auto_delete = source.auto_delete && source.bindings().is_empty();
         if auto_delete {
             state.exchanges.remove(exchange);
@@ -778,7 +822,7 @@ impl VHost {
             }
             if if_empty && !state.ready.is_empty() {
                 return Err(AmqpError::precondition_failed(format!(
-                    "{resource} is not empty"
+                    "{resource} not empty"
                 )));
             }
         }
@@ -818,7 +862,10 @@ impl VHost {
 
     // ---- exchanges ----------------------------------------------------------------------
 
-    /// exchange.declare (spec 1.6.2.1), with RabbitMQ's checks and texts.
+    /// exchange.declare (spec 1.6.2.1), checked in RabbitMQ's order: the type (503, before
+    /// anything else), the default exchange (403), then for an existing exchange its
+    /// equivalence (406), for a new one the reserved `amq.` prefix (403). A passive declare
+    /// checks only the default exchange and existence (the type is not compared).
     pub fn declare_exchange(
         &self,
         name: &ShortString,
@@ -826,27 +873,25 @@ impl VHost {
         flags: ExchangeFlags,
         arguments: &FieldTable,
     ) -> Result<(), AmqpError> {
-        let resource = exchange_resource(&name.to_str_lossy(), &self.name);
         if flags.passive {
+            if name.is_empty() {
+                return Err(default_exchange_refusal());
+            }
             return if self.read().exchanges.contains_key(name) {
                 Ok(())
             } else {
                 Err(self.no_exchange(name))
             };
         }
-        if name.is_empty() {
-            return Err(default_exchange_refusal());
-        }
-        if name.as_bytes().starts_with(b"amq.") {
-            return Err(AmqpError::access_refused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
-            )));
-        }
         let Some(parsed) = ExchangeKind::parse(&kind.to_str_lossy()) else {
             return Err(AmqpError::command_invalid(format!(
                 "unknown exchange type '{kind}'"
             )));
         };
+        if name.is_empty() {
+            return Err(default_exchange_refusal());
+        }
+        let resource = exchange_resource(&name.to_str_lossy(), &self.name);
         let mut state = self.write();
         if let Some(existing) = state.exchanges.get(name) {
             let mismatch = |arg: &str, received: &str, current: &str| {
@@ -878,7 +923,22 @@ impl VHost {
                     &existing.internal.to_string(),
                 );
             }
-            return Ok(());
+            const KEY: &str = "alternate-exchange";
+            return check_argument_equivalence(
+                KEY,
+                arguments.get(KEY),
+                existing.arguments.get(KEY),
+            )
+            .map_err(|text| {
+                AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{KEY}' for {resource}: {text}"
+                ))
+            });
+        }
+        if name.as_bytes().starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         state.exchanges.insert(
             name.clone(),
@@ -898,14 +958,16 @@ impl VHost {
         Ok(())
     }
 
-    /// exchange.delete (spec 1.6.2.3). Deleting one that does not exist is not an error.
+    /// exchange.delete (spec 1.6.2.3). Deleting one that does not exist is not an error;
+    /// deleting the default exchange or an `amq.` one is (403), whether it exists or not.
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
         if name.is_empty() {
             return Err(default_exchange_refusal());
         }
         if name.as_bytes().starts_with(b"amq.") {
             return Err(AmqpError::access_refused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
+                "deletion of system {} not allowed",
+                exchange_resource(&name.to_str_lossy(), &self.name)
             )));
         }
         let mut state = self.write();
@@ -928,7 +990,9 @@ impl VHost {
         Ok(())
     }
 
-    /// exchange.bind / exchange.unbind (RabbitMQ's exchange-to-exchange bindings).
+    /// exchange.bind / exchange.unbind (RabbitMQ's exchange-to-exchange bindings). Binding
+    /// checks the source before the destination (404) and the binding's arguments (406);
+    /// unbinding what does not exist is not an error.
     pub fn bind_exchange(
         &self,
         destination: &ShortString,
@@ -941,17 +1005,26 @@ impl VHost {
             return Err(default_exchange_refusal());
         }
         let mut state = self.write();
-        if !state.exchanges.contains_key(destination) {
-            return Err(self.no_exchange(destination));
-        }
-        let exchange = state
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| self.no_exchange(source))?;
+        let found = (
+            state.exchanges.get(source).map(|x| x.kind),
+            state.exchanges.contains_key(destination),
+        );
+        let kind = match found {
+            (Some(kind), true) => kind,
+            _ if !bind => return Ok(()),
+            (None, _) => return Err(self.no_exchange(source)),
+            (Some(_), false) => return Err(self.no_exchange(destination)),
+        };
         let binding = Binding {
             destination: Destination::Exchange(destination.clone()),
             routing_key: routing_key.clone(),
             arguments: arguments.clone(),
+        };
+        if bind {
+            validate_binding(kind, arguments)?;
+        }
+        let Some(exchange) = state.exchanges.get_mut(source) else {
+            return Ok(());
         };
         if bind {
             exchange.bind(binding);
@@ -969,8 +1042,8 @@ impl VHost {
     // ---- routing ------------------------------------------------------------------------
 
     /// The queues a message published to `exchange` with `routing_key` goes to, each once,
-    /// following exchange-to-exchange bindings. 404 if the exchange does not exist; 403 if
-    /// it is internal and `from_client`.
+    /// following exchange-to-exchange bindings and alternate exchanges. 404 if the exchange
+    /// does not exist; 403 if it is internal and `from_client`.
     pub fn route(
         &self,
         exchange: &ShortString,
@@ -979,11 +1052,37 @@ impl VHost {
         from_client: bool,
         out: &mut Vec<Arc<Queue>>,
     ) -> Result<(), AmqpError> {
+        self.route_keys(
+            exchange,
+            std::slice::from_ref(routing_key),
+            headers,
+            from_client,
+            out,
+        )
+    }
+
+    /// [`route`](Self::route) for a message with several routing keys (its own and those of
+    /// its `CC` and `BCC` headers, RabbitMQ's sender-selected distribution).
+    ///
+    /// As RabbitMQ does, an exchange that matches nothing for the message passes it to its
+    /// `alternate-exchange`, if it has one.
+    pub fn route_keys(
+        &self,
+        exchange: &ShortString,
+        routing_keys: &[ShortString],
+        headers: Option<&FieldTable>,
+        from_client: bool,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Result<(), AmqpError> {
         let state = self.read();
         if exchange.is_empty() {
             // The default exchange: every queue is bound by its own name.
-            if let Some(queue) = state.queues.get(routing_key) {
-                out.push(queue.clone());
+            for key in routing_keys {
+                if let Some(queue) = state.queues.get(key) {
+                    if !out.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                        out.push(queue.clone());
+                    }
+                }
             }
             return Ok(());
         }
@@ -1000,23 +1099,62 @@ impl VHost {
         let mut pending = vec![first];
         let mut visited: Vec<&ShortString> = vec![&first.name];
         while let Some(exchange) = pending.pop() {
-            exchange.route(routing_key, headers, |destination| match destination {
-                Destination::Queue(name) => {
-                    if let Some(queue) = state.queues.get(name) {
-                        if !out.iter().any(|q| Arc::ptr_eq(q, queue)) {
-                            out.push(queue.clone());
+            let mut matched = false;
+            for key in routing_keys {
+                exchange.route(key, headers, |destination| {
+                    matched = true;
+                    match destination {
+                        Destination::Queue(name) => {
+                            if let Some(queue) = state.queues.get(name) {
+                                if !out.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                                    out.push(queue.clone());
+                                }
+                            }
+                        }
+                        Destination::Exchange(name) => {
+                            if let Some(next) = state.exchanges.get(name) {
+                                if !visited.contains(&&next.name) {
+                                    visited.push(&next.name);
+                                    pending.push(next);
+                                }
+                            }
                         }
                     }
+                });
+            }
+            if !matched {
+                let alternate = match exchange.arguments.get("alternate-exchange") {
+                    Some(FieldValue::LongString(name)) => state
+                        .exchanges
+                        .get(&ShortString::new(name.bytes().clone()))
+                        .filter(|x| !visited.contains(&&x.name)),
+                    _ => None,
+                };
+                if let Some(alternate) = alternate {
+                    visited.push(&alternate.name);
+                    pending.push(alternate);
                 }
-                Destination::Exchange(name) => {
-                    if let Some(next) = state.exchanges.get(name) {
-                        if !visited.contains(&&next.name) {
-                            visited.push(&next.name);
-                            pending.push(next);
-                        }
-                    }
-                }
-            });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a client may publish to `exchange`: it exists (404) and is not internal
+    /// (403). The default exchange always takes publishes.
+    pub fn check_publish(&self, exchange: &ShortString) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        let state = self.read();
+        let found = state
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        if found.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal {}",
+                exchange_resource(&exchange.to_str_lossy(), &self.name)
+            )));
         }
         Ok(())
     }
@@ -1027,70 +1165,271 @@ impl VHost {
     }
 }
 
-/// The arguments whose values must agree when a queue is redeclared, as RabbitMQ checks.
-const EQUIVALENCE_ARGUMENTS: [&str; 9] = [
+/// The arguments RabbitMQ 3.10 compares when a classic queue is redeclared, in its order
+/// (rabbit_classic_queue's `queue_arguments`).
+const CLASSIC_QUEUE_ARGUMENTS: [&str; 14] = [
+    "x-expires",
+    "x-message-ttl",
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+];
+
+/// The same for quorum queues (rabbit_quorum_queue's `queue_arguments`).
+const QUORUM_QUEUE_ARGUMENTS: [&str; 14] = [
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
     "x-expires",
     "x-max-length",
     "x-max-length-bytes",
-    "x-message-ttl",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
     "x-overflow",
+    "x-single-active-consumer",
     "x-queue-type",
-    "x-max-priority",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
 ];
 
-/// Whether two values of a queue argument are equivalent. A missing `x-queue-type` equals
-/// `classic`, as RabbitMQ treats it.
-fn argument_equivalent(
+/// A declaration's answer for an existing queue: its ready messages and consumers.
+fn declared(queue: Arc<Queue>) -> DeclaredQueue {
+    let state = queue.state();
+    let (message_count, consumer_count) = (state.ready.len() as u32, state.consumers.len() as u32);
+    drop(state);
+    DeclaredQueue {
+        queue,
+        message_count,
+        consumer_count,
+    }
+}
+
+/// The queue type an `x-queue-type` argument asks for, if it names one this broker has.
+fn queue_type_argument(arguments: &FieldTable) -> Option<QueueType> {
+    match arguments.get("x-queue-type") {
+        Some(FieldValue::LongString(s)) => match s.as_bytes() {
+            b"classic" => Some(QueueType::Classic),
+            b"quorum" => Some(QueueType::Quorum),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// RabbitMQ's `assert_args_equivalence` of one argument; Err is the text after the key:
+/// `received '2000' but current is '1000'` when both have it (values only), or
+/// `received the value '10' of type 'signedint' but current is none` when one lacks it.
+/// Integers of different widths with the same value are equivalent; a missing
+/// `x-queue-type` is `classic`.
+fn check_argument_equivalence(
     key: &str,
     received: Option<&FieldValue>,
     current: Option<&FieldValue>,
-) -> bool {
+) -> Result<(), String> {
     let classic = FieldValue::LongString("classic".into());
-    let normalise = |v: Option<&FieldValue>| -> Option<FieldValue> {
-        match (key, v) {
-            ("x-queue-type", None) => Some(classic.clone()),
-            (_, Some(v)) => Some(match integer_argument(v) {
-                Some(n) => FieldValue::I64(n),
-                None => match v {
-                    FieldValue::ByteArray(b) => FieldValue::LongString(b.clone().into()),
-                    other => other.clone(),
-                },
-            }),
-            (_, None) => None,
-        }
+    let (received, current) = match (key, received, current) {
+        ("x-queue-type", None, Some(c)) if *c == classic => return Ok(()),
+        ("x-queue-type", Some(r), None) if *r == classic => return Ok(()),
+        other => (other.1, other.2),
     };
-    normalise(received) == normalise(current)
+    match (received, current) {
+        (None, None) => Ok(()),
+        (Some(r), Some(c)) => {
+            let same = match (integer_argument(r), integer_argument(c)) {
+                (Some(a), Some(b)) => a == b,
+                _ => r == c,
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(format!(
+                    "received '{}' but current is '{}'",
+                    field_value_text(r),
+                    field_value_text(c)
+                ))
+            }
+        }
+        (r, c) => Err(format!(
+            "received {} but current is {}",
+            describe_argument(r),
+            describe_argument(c)
+        )),
+    }
 }
 
 /// How RabbitMQ describes an argument value in an error text:
 /// `the value '1000' of type 'signedint'`, or `none`.
 pub fn describe_argument(value: Option<&FieldValue>) -> String {
-    let Some(value) = value else {
-        return "none".to_owned();
-    };
-    let (text, kind) = match value {
-        FieldValue::Bool(v) => (v.to_string(), "bool"),
-        FieldValue::I8(v) => (v.to_string(), "byte"),
-        FieldValue::U8(v) => (v.to_string(), "unsignedbyte"),
-        FieldValue::I16(v) => (v.to_string(), "short"),
-        FieldValue::U16(v) => (v.to_string(), "unsignedshort"),
-        FieldValue::I32(v) => (v.to_string(), "signedint"),
-        FieldValue::U32(v) => (v.to_string(), "unsignedint"),
-        FieldValue::I64(v) => (v.to_string(), "long"),
-        FieldValue::U64(v) => (v.to_string(), "long"),
-        FieldValue::F32(v) => (v.to_string(), "float"),
-        FieldValue::F64(v) => (v.to_string(), "double"),
-        FieldValue::Decimal(d) => (format!("{}e-{}", d.value, d.scale), "decimal"),
-        FieldValue::LongString(s) => (s.to_string(), "longstr"),
-        FieldValue::ByteArray(b) => (String::from_utf8_lossy(b).into_owned(), "binary"),
-        FieldValue::Array(_) => ("[...]".to_owned(), "array"),
-        FieldValue::Timestamp(t) => (t.to_string(), "timestamp"),
-        FieldValue::Table(_) => ("[...]".to_owned(), "table"),
-        FieldValue::Void => ("undefined".to_owned(), "void"),
-    };
-    format!("the value '{text}' of type '{kind}'")
+    match value {
+        None => "none".to_owned(),
+        Some(value) => format!(
+            "the value '{}' of type '{}'",
+            field_value_text(value),
+            field_type_name(value)
+        ),
+    }
+}
+
+/// A check of one queue argument: Ok, or the reason as RabbitMQ prints its error term.
+type ArgumentCheck = fn(&FieldValue, &FieldTable) -> Result<(), String>;
+
+/// RabbitMQ 3.10's `declare_args`: the queue arguments it validates, in its order.
+const DECLARE_ARGUMENT_CHECKS: [(&str, ArgumentCheck); 13] = [
+    ("x-expires", check_expires),
+    ("x-message-ttl", check_message_ttl),
+    ("x-dead-letter-exchange", check_dead_letter_exchange),
+    ("x-dead-letter-routing-key", check_dead_letter_routing_key),
+    ("x-max-length", check_non_negative),
+    ("x-max-length-bytes", check_non_negative),
+    ("x-max-in-memory-length", check_non_negative),
+    ("x-max-in-memory-bytes", check_non_negative),
+    ("x-max-priority", check_max_priority),
+    ("x-overflow", check_overflow),
+    ("x-queue-mode", check_queue_mode),
+    ("x-single-active-consumer", check_single_active_consumer),
+    ("x-queue-type", check_queue_type),
+];
+
+/// An integer argument, or RabbitMQ's `"expected integer, got longstr"`.
+fn check_integer(value: &FieldValue) -> Result<i64, String> {
+    integer_argument(value).ok_or_else(|| {
+        format!(
+            "\"expected integer, got {}\"",
+            crate::error::field_type_name(value)
+        )
+    })
+}
+
+/// RabbitMQ 3.10's `check_expiry`: not negative (there is no upper bound).
+fn check_expiry(n: i64) -> Result<(), String> {
+    if n < 0 {
+        Err(format!("{{value_negative,{n}}}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_expires(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match check_integer(value)? {
+        0 => Err("{value_zero,0}".to_owned()),
+        n => check_expiry(n),
+    }
+}
+
+fn check_message_ttl(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    check_expiry(check_integer(value)?)
+}
+
+fn check_non_negative(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match check_integer(value)? {
+        n if n < 0 => Err(format!("{{value_negative,{n}}}")),
+        _ => Ok(()),
+    }
+}
+
+fn check_max_priority(value: &FieldValue, arguments: &FieldTable) -> Result<(), String> {
+    check_non_negative(value, arguments)?;
+    match check_integer(value)? {
+        n if n > 255 => Err(format!("{{max_value_exceeded,{n}}}")),
+        _ => Ok(()),
+    }
+}
+
+fn unacceptable_type(value: &FieldValue) -> String {
+    format!(
+        "{{unacceptable_type,{}}}",
+        crate::error::field_type_name(value)
+    )
+}
+
+fn check_dead_letter_exchange(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::LongString(_) => Ok(()),
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+fn check_dead_letter_routing_key(value: &FieldValue, arguments: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::LongString(_) if arguments.contains_key("x-dead-letter-exchange") => Ok(()),
+        FieldValue::LongString(_) => Err("routing_key_but_no_dlx_defined".to_owned()),
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+fn check_overflow(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::LongString(s) => match s.as_bytes() {
+            b"drop-head" | b"reject-publish" | b"reject-publish-dlx" => Ok(()),
+            _ => Err("invalid_overflow".to_owned()),
+        },
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+fn check_queue_mode(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::LongString(s) => match s.as_bytes() {
+            b"default" | b"lazy" => Ok(()),
+            _ => Err("invalid_queue_mode".to_owned()),
+        },
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+fn check_single_active_consumer(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::Bool(_) => Ok(()),
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+/// `x-queue-type`: classic or quorum. (RabbitMQ 3.10 also has `stream`, which this broker
+/// does not implement: it answers as RabbitMQ answers an unknown type.)
+fn check_queue_type(value: &FieldValue, _: &FieldTable) -> Result<(), String> {
+    match value {
+        FieldValue::LongString(s) => match s.as_bytes() {
+            b"classic" | b"quorum" => Ok(()),
+            other => Err(format!(
+                "\"unsupported queue type '{}'\"",
+                String::from_utf8_lossy(other)
+            )),
+        },
+        other => Err(unacceptable_type(other)),
+    }
+}
+
+/// RabbitMQ's check of a new binding's arguments: a headers exchange's `x-match` must be
+/// a long string naming a mode it knows.
+fn validate_binding(kind: ExchangeKind, arguments: &FieldTable) -> Result<(), AmqpError> {
+    if kind != ExchangeKind::Headers {
+        return Ok(());
+    }
+    match arguments.get("x-match") {
+        None => Ok(()),
+        Some(FieldValue::LongString(mode)) => match mode.as_bytes() {
+            b"all" | b"any" | b"all-with-x" | b"any-with-x" => Ok(()),
+            other => Err(AmqpError::precondition_failed(format!(
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                crate::error::erlang_binary_p(other)
+            ))),
+        },
+        Some(other) => Err(AmqpError::precondition_failed(format!(
+            "Invalid x-match field type {} (value {}); expected longstr",
+            field_type_name(other),
+            crate::error::erlang_term(other)
+        ))),
+    }
 }
 
 fn default_exchange_refusal() -> AmqpError {

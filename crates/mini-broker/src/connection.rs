@@ -9,30 +9,37 @@
 //! ```text
 //!  AwaitingProtocolHeader ─AMQP 0-9-1─► AwaitingStartOk ─PLAIN/AMQPLAIN ok─► AwaitingTuneOk
 //!    ─tune-ok─► AwaitingOpen ─open─► Open ─close/close-ok─► Closed
-//!                    any error: connection.close sent ─► Closing ─close-ok or timeout─► Closed
+//!          error once open (or opening): connection.close ─► Closing ─close-ok/timeout─► Closed
+//!          error during the handshake, frame error: SilentClose ─3 s─► Closed
 //! ```
 //!
 //! Errors follow the spec's classes: a soft error (403, 404, 405, 406) closes the channel
 //! (channel.close, then channel.close-ok from the client); a hard error closes the
-//! connection. Malformed frames get 501/502/503/505. Nothing a client sends can panic the
-//! broker or disturb another connection.
+//! connection. Where RabbitMQ 3.10 departs from that, this broker departs with it, because
+//! clients are written against RabbitMQ: a client it does not trust yet (a refused login
+//! without `authentication_failure_close`, a bad tune-ok, an unknown mechanism) gets no
+//! close frame, just a socket closed three seconds later; a frame error is reported and
+//! followed by the same delay; an unknown class or method id closes the socket at once.
+//! Reply texts are RabbitMQ's, Erlang terms included (`{frame_too_large,5000,4088}`).
+//! Nothing a client sends can panic the broker or disturb another connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use amqp_codec::frame::decode_payload;
 use amqp_codec::methods::*;
 use amqp_codec::tune::Tune;
 use amqp_codec::{
-    decode, ChannelId, Command, ContentAssembler, FieldTable, FieldValue, Frame, Limits, Method,
-    ReplyCode, ShortString,
+    ChannelId, Command, ContentAssembler, ContentHeader, DecodeError, FieldArray, FieldTable,
+    FieldValue, Frame, FrameType, Limits, Method, ReplyCode, ShortString,
 };
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::broker::{generated_queue_name, Broker, ExchangeFlags, QueueFlags, VHost};
 use crate::delivery::{lock, ChannelLink, Outbox, Unacked};
-use crate::error::{queue_resource, AmqpError};
+use crate::error::{erlang_binary_p, erlang_binary_w, queue_resource, AmqpError};
 use crate::message::{MessageContent, QueuedMessage};
 use crate::queue::{DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
@@ -54,6 +61,9 @@ pub enum ServerState {
     Open,
     /// connection.close sent, waiting for close-ok.
     Closing,
+    /// Refused without a word (a failed handshake, a frame error): nothing more is read and
+    /// the socket closes [`SILENT_CLOSE_DELAY`] later, as RabbitMQ does.
+    SilentClose,
     /// Done: the socket should be closed once the outbox is flushed.
     Closed,
 }
@@ -62,6 +72,9 @@ pub enum ServerState {
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client has to finish the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// RabbitMQ's `SILENT_CLOSE_DELAY`: how long it waits before closing the socket of a client
+/// it refuses without a close frame ("we don't trust the client at this point").
+pub const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 
 /// A channel's transaction buffer: what tx.commit applies.
 #[derive(Default)]
@@ -82,10 +95,20 @@ enum TxAck {
     },
 }
 
+/// What a channel's content assembly waits for (rabbit_command_assembler's states), with
+/// the class and method id of the content-carrying method being assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Method,
+    Header(u16, u16),
+    Body(u16, u16),
+}
+
 /// One open channel.
 struct ServerChannel {
     link: Arc<ChannelLink>,
     assembler: ContentAssembler,
+    expect: Expect,
     /// We sent channel.close and wait for close-ok.
     closing: bool,
     /// Consumers on this channel: tag to queue.
@@ -94,6 +117,12 @@ struct ServerChannel {
     prefetch_count: u16,
     /// Publisher confirms: the sequence number of the next publish.
     confirm_seq: Option<u64>,
+    /// Whether some confirm of this channel went to the store (which sends it after the
+    /// fsync): then a refused publish is nacked through the store too, in order.
+    confirms_in_store: bool,
+    /// The queue the channel declared last: what `""` means in bind, consume, get, purge
+    /// and delete (RabbitMQ's `most_recently_declared_queue`).
+    last_declared_queue: ShortString,
     /// Transaction mode and its buffer.
     tx: Option<Transaction>,
 }
@@ -152,11 +181,12 @@ impl ServerConnection {
             local,
             state: ServerState::AwaitingProtocolHeader,
             outbox,
-            // Before tune-ok, accept frames up to the size we will offer.
+            // Only the table nesting limit matters here: read_frame checks frame sizes.
             limits: Limits::with_frame_max(131_072),
+            // Until tune-ok, RabbitMQ reads frames of up to its initial_frame_max, 4096.
             tune: Tune {
                 channel_max: 0,
-                frame_max: 0,
+                frame_max: amqp_codec::FRAME_MIN_SIZE,
                 heartbeat: 0,
             },
             channels: HashMap::new(),
@@ -206,34 +236,38 @@ impl ServerConnection {
         if !input.is_empty() {
             self.last_received = now;
         }
-        while !matches!(self.state, ServerState::Closed) {
-            if self.state == ServerState::AwaitingProtocolHeader
-                && !input.is_empty()
-                && input.first() != Some(&b'A')
-            {
-                // Not AMQP at all: answer with the header we speak and hang up (spec 4.2.2).
-                self.refuse_protocol();
-                return;
-            }
-            match decode(input, &self.limits) {
-                Ok(Some(frame)) => self.handle_frame(frame, now),
-                Ok(None) => break,
-                Err(err) => {
-                    if self.state == ServerState::AwaitingProtocolHeader {
-                        self.refuse_protocol();
-                        return;
-                    }
-                    tracing::warn!(connection = self.id, peer = %self.peer, "malformed frame: {err}");
-                    self.connection_error(
-                        AmqpError::new(err.reply_code(), err.to_string()),
-                        0,
-                        0,
-                        now,
-                    );
-                    // The stream is out of step: nothing more can be read from it.
+        loop {
+            match self.state {
+                ServerState::Closed => return,
+                ServerState::SilentClose => {
+                    // RabbitMQ's reader sleeps before it closes: nothing more is read.
                     input.clear();
-                    self.state = ServerState::Closed;
-                    break;
+                    return;
+                }
+                ServerState::AwaitingProtocolHeader => {
+                    // RabbitMQ reads eight octets before it judges the header.
+                    let Some(header) = input.first_chunk::<8>().copied() else {
+                        return;
+                    };
+                    let _ = input.split_to(8);
+                    self.on_protocol_header(header);
+                    continue;
+                }
+                _ => {}
+            }
+            match read_frame(input, self.tune.frame_max) {
+                Ok(None) => return,
+                Ok(Some(frame)) => self.handle_raw_frame(frame, now),
+                Err(fault) => {
+                    // Out of step with the client (RabbitMQ's fatal_frame_error): say why,
+                    // then close the socket after the silent-close delay, reading nothing.
+                    input.clear();
+                    tracing::warn!(connection = self.id, peer = %self.peer, "{}", fault.text);
+                    if matches!(self.state, ServerState::Open | ServerState::AwaitingOpen) {
+                        self.connection_error(fault, 0, 0, now);
+                    }
+                    self.silent_close(now);
+                    return;
                 }
             }
         }
@@ -254,6 +288,14 @@ impl ServerConnection {
                 if self
                     .closing_since
                     .is_some_and(|since| now.duration_since(since) >= CLOSE_TIMEOUT)
+                {
+                    self.state = ServerState::Closed;
+                }
+            }
+            ServerState::SilentClose => {
+                if self
+                    .closing_since
+                    .is_some_and(|since| now.duration_since(since) >= SILENT_CLOSE_DELAY)
                 {
                     self.state = ServerState::Closed;
                 }
@@ -297,6 +339,7 @@ impl ServerConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             ServerState::Closing => self.closing_since.map(|since| since + CLOSE_TIMEOUT),
+            ServerState::SilentClose => self.closing_since.map(|since| since + SILENT_CLOSE_DELAY),
             ServerState::Open if self.tune.heartbeat > 0 => {
                 let interval = Duration::from_secs(u64::from(self.tune.heartbeat));
                 Some((self.last_sent + interval / 2).min(self.last_received + interval * 2))
@@ -343,13 +386,18 @@ impl ServerConnection {
 
     /// Closes the connection from the broker's side (shutdown, management API): 320.
     pub fn force_close(&mut self, reason: &str, now: Instant) {
-        if matches!(self.state, ServerState::Closed | ServerState::Closing) {
+        if matches!(
+            self.state,
+            ServerState::Closed | ServerState::Closing | ServerState::SilentClose
+        ) {
             return;
         }
         let error = AmqpError::new(ReplyCode::CONNECTION_FORCED, reason);
         self.connection_error(error, 0, 0, now);
     }
 
+    /// Answers a protocol header we do not speak with the one we do, and hangs up
+    /// (spec 4.2.2).
     fn refuse_protocol(&mut self) {
         self.outbox.send(&Frame::ProtocolHeader(
             amqp_codec::ProtocolHeader::AMQP_0_9_1,
@@ -357,50 +405,105 @@ impl ServerConnection {
         self.state = ServerState::Closed;
     }
 
+    /// RabbitMQ's answer to a client it does not trust yet (a refused handshake, a frame
+    /// error): no close frame; the socket is closed [`SILENT_CLOSE_DELAY`] later, and nothing
+    /// more is read meanwhile.
+    fn silent_close(&mut self, now: Instant) {
+        if self.state != ServerState::Closed {
+            self.state = ServerState::SilentClose;
+            self.closing_since = Some(now);
+        }
+        self.cleanup();
+    }
+
     // ---- frames -------------------------------------------------------------------------
 
-    fn handle_frame(&mut self, frame: Frame, now: Instant) {
-        match (self.state, frame) {
-            (ServerState::AwaitingProtocolHeader, Frame::ProtocolHeader(header)) => {
-                if header.is_0_9_1() {
-                    self.send_start();
-                    self.state = ServerState::AwaitingStartOk;
-                } else {
-                    self.refuse_protocol();
+    fn on_protocol_header(&mut self, header: [u8; 8]) {
+        match header {
+            // 0-9-1, and 0-9 (RabbitMQ serves it as 0-9-1; connection.start says 0-9).
+            [b'A', b'M', b'Q', b'P', 0, 0, 9, 1] | [b'A', b'M', b'Q', b'P', 1, 1, 0, 9] => {
+                self.send_start();
+                self.state = ServerState::AwaitingStartOk;
+            }
+            _ => self.refuse_protocol(),
+        }
+    }
+
+    /// One frame whose framing is sound, handled as RabbitMQ's reader does: by the state,
+    /// the channel and what the frame turns out to be.
+    fn handle_raw_frame(&mut self, raw: RawFrame, now: Instant) {
+        if matches!(self.state, ServerState::Closing) {
+            // Closing: only connection.close and close-ok on channel 0 count.
+            if raw.channel == 0 && raw.kind == FrameType::METHOD.0 {
+                match decode_payload(FrameType(raw.kind), 0, raw.payload, &self.limits) {
+                    Ok(Frame::Method(_, Method::ConnectionClose(_))) => {
+                        self.outbox.send_method(0, ConnectionCloseOk);
+                    }
+                    Ok(Frame::Method(_, Method::ConnectionCloseOk(_))) => {
+                        self.state = ServerState::Closed;
+                        self.cleanup();
+                    }
+                    _ => {}
                 }
             }
-            (_, Frame::ProtocolHeader(_)) => self.connection_error(
-                AmqpError::command_invalid("protocol header inside a connection"),
-                0,
-                0,
-                now,
-            ),
-            (_, Frame::Heartbeat) => {}
-            (
-                ServerState::Closing,
-                Frame::Method(0, Method::ConnectionCloseOk(_) | Method::ConnectionClose(_)),
-            ) => {
-                // Either the answer to our close, or a close that crossed it: done.
+            return;
+        }
+        let frame = match analyze_frame(&raw, &self.limits) {
+            Analyzed::Frame(frame) => frame,
+            Analyzed::Unknown => {
+                let error = AmqpError::new(
+                    ReplyCode::FRAME_ERROR,
+                    format!("{}: unknown_frame", frame_description(&raw)),
+                );
+                return self.fail(error, 0, 0, now);
+            }
+            Analyzed::UnknownMethod => {
+                // RabbitMQ's reader crashes on an unknown class or method id: the socket is
+                // closed at once, without a close frame.
+                tracing::warn!(connection = self.id, peer = %self.peer, "unknown method in a frame: closing");
                 self.state = ServerState::Closed;
                 self.cleanup();
+                return;
             }
-            (ServerState::Closing, _) => {}
-            (_, Frame::Method(0, method)) => self.handle_connection_method(method, now),
-            (ServerState::Open, frame) => self.handle_channel_frame(frame, now),
-            (_, frame) => {
-                let what = match &frame {
-                    Frame::Method(_, m) => m.name(),
-                    _ => "a content frame",
-                };
-                self.connection_error(
-                    AmqpError::new(
-                        ReplyCode::UNEXPECTED_FRAME,
-                        format!("{what} before the connection is open"),
-                    ),
-                    0,
-                    0,
-                    now,
+            Analyzed::Undecodable(class_id, method_id, arguments) => {
+                let error = AmqpError::new(
+                    ReplyCode::FRAME_ERROR,
+                    format!("cannot decode {}", erlang_binary_w(&arguments)),
                 );
+                return self.fail(error, class_id, method_id, now);
+            }
+            Analyzed::BadProperties(error) => {
+                let error = AmqpError::new(error.reply_code(), error.to_string());
+                return self.fail(error, BasicPublish::CLASS_ID, BasicPublish::METHOD_ID, now);
+            }
+        };
+        match (raw.channel, frame) {
+            (_, ChannelFrame::Heartbeat) if raw.channel == 0 => {}
+            (0, ChannelFrame::Method(method)) => self.handle_connection_method(method, now),
+            (0, _) => self.unexpected_frame(&raw, now),
+            (_, _) if self.state != ServerState::Open => self.unexpected_frame(&raw, now),
+            (_, ChannelFrame::Heartbeat) => self.unexpected_frame(&raw, now),
+            (id, frame) => self.handle_channel_frame(id, frame, now),
+        }
+    }
+
+    /// RabbitMQ's `unexpected_frame`: 505 `type T, all octets = <<...>>`.
+    fn unexpected_frame(&mut self, raw: &RawFrame, now: Instant) {
+        let error = AmqpError::new(ReplyCode::UNEXPECTED_FRAME, frame_description(raw));
+        self.fail(error, 0, 0, now);
+    }
+
+    /// A connection error, answered as RabbitMQ answers it in the current state: with
+    /// connection.close once open (and while opening), silently during the handshake.
+    fn fail(&mut self, error: AmqpError, class_id: u16, method_id: u16, now: Instant) {
+        match self.state {
+            ServerState::Open | ServerState::AwaitingOpen => {
+                self.connection_error(error, class_id, method_id, now)
+            }
+            ServerState::Closing | ServerState::SilentClose | ServerState::Closed => {}
+            _ => {
+                tracing::info!(connection = self.id, peer = %self.peer, "handshake refused: {error}");
+                self.silent_close(now);
             }
         }
     }
@@ -451,28 +554,27 @@ impl ServerConnection {
                 self.on_tune_ok(tune_ok)
             }
             (ServerState::AwaitingOpen, Method::ConnectionOpen(open)) => self.on_open(open),
-            (_, Method::ConnectionClose(_)) => {
-                self.outbox.send_method(0, ConnectionCloseOk);
+            (ServerState::Open, Method::ConnectionClose(_)) => {
+                // Release everything first (exclusive queues, unacked messages), so that
+                // whoever hears close-ok sees the connection's effects complete.
                 self.state = ServerState::Closed;
                 self.cleanup();
+                self.outbox.send_method(0, ConnectionCloseOk);
                 Ok(())
             }
             (ServerState::Open, Method::ConnectionUpdateSecret(_)) => {
                 self.outbox.send_method(0, ConnectionUpdateSecretOk);
                 Ok(())
             }
-            (ServerState::Open, Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_)) => {
-                Err(AmqpError::command_invalid(
-                    "connection.blocked is sent by the server, not the client",
-                ))
-            }
-            (_, method) => Err(AmqpError::command_invalid(format!(
-                "unexpected {} on channel 0",
-                method.name()
+            // RabbitMQ: any other method on channel 0 (channel.open, a second tune-ok, a
+            // close during the handshake) is a channel error naming the connection's state.
+            (state, _) => Err(AmqpError::channel_error(format!(
+                "unexpected method in connection state {}",
+                rabbitmq_state_name(state)
             ))),
         };
         if let Err(error) = result {
-            self.connection_error(error, class_id, method_id, now);
+            self.fail(error, class_id, method_id, now);
         }
     }
 
@@ -488,33 +590,38 @@ impl ServerConnection {
         let credentials = match mechanism.as_str() {
             "PLAIN" => amqp_codec::sasl::parse_plain(start_ok.response.as_bytes()),
             "AMQPLAIN" => amqp_codec::sasl::parse_amqplain(start_ok.response.as_bytes()),
-            _ => None,
+            _ => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{mechanism}'"
+                )))
+            }
         };
-        let authenticated = credentials
-            .as_ref()
-            .is_some_and(|(user, password)| self.broker.authenticate(user, password));
-        if !authenticated {
+        let Some((user, password)) = credentials else {
+            return Err(AmqpError::new(
+                ReplyCode::SYNTAX_ERROR,
+                format!("{mechanism}: malformed response"),
+            ));
+        };
+        if !self.broker.authenticate(&user, &password) {
             tracing::warn!(
                 connection = self.id,
                 peer = %self.peer,
-                "login refused using authentication mechanism {mechanism}"
+                "{mechanism} login refused: user '{user}' - invalid credentials"
             );
             if self.auth_failure_close {
+                // The client asked to be told (authentication_failure_close): a close that
+                // names no method, then the socket closes when the client answers.
                 let error = AmqpError::access_refused(format!(
                     "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                 ));
-                self.connection_error(
-                    error,
-                    ConnectionStartOk::CLASS_ID,
-                    ConnectionStartOk::METHOD_ID,
-                    now,
-                );
-            } else {
-                self.state = ServerState::Closed;
+                self.connection_error(error, 0, 0, now);
+                return Ok(());
             }
-            return Ok(());
+            return Err(AmqpError::access_refused(format!(
+                "{mechanism} login refused: user '{user}' - invalid credentials"
+            )));
         }
-        self.user = credentials.map(|(user, _)| user).unwrap_or_default();
+        self.user = user;
         let config = &self.broker.config;
         self.outbox.send_method(
             0,
@@ -528,32 +635,37 @@ impl ServerConnection {
         Ok(())
     }
 
+    /// connection.tune-ok, checked as RabbitMQ's `validate_negotiated_integer_value` does:
+    /// a value below the minimum, or 0 ("no limit") or above what the server offered when
+    /// the server offered a limit, is refused (silently, as all handshake errors are).
     fn on_tune_ok(&mut self, tune_ok: ConnectionTuneOk) -> Result<(), AmqpError> {
         let config = &self.broker.config;
-        let offered_frame_max = config.frame_max;
-        if tune_ok.frame_max != 0 && tune_ok.frame_max < amqp_codec::FRAME_MIN_SIZE {
-            return Err(AmqpError::not_allowed(format!(
-                "frame_max={} < {} min size",
-                tune_ok.frame_max,
-                amqp_codec::FRAME_MIN_SIZE
-            )));
-        }
-        if offered_frame_max != 0
-            && (tune_ok.frame_max == 0 || tune_ok.frame_max > offered_frame_max)
-        {
-            return Err(AmqpError::not_allowed(format!(
-                "frame_max={} > {} max size",
-                tune_ok.frame_max, offered_frame_max
-            )));
-        }
-        if config.channel_max != 0
-            && (tune_ok.channel_max == 0 || tune_ok.channel_max > config.channel_max)
-        {
-            return Err(AmqpError::not_allowed(format!(
-                "channel_max={} > {} max size",
-                tune_ok.channel_max, config.channel_max
-            )));
-        }
+        let negotiate = |field: &str, min: u32, server: u32, client: u32| {
+            let detail = if client == 0 { " (no limit)" } else { "" };
+            if client != 0 && client < min {
+                Err(AmqpError::not_allowed(format!(
+                    "negotiated {field} = {client}{detail} is lower than the minimum allowed value ({min})"
+                )))
+            } else if server != 0 && (client == 0 || client > server) {
+                Err(AmqpError::not_allowed(format!(
+                    "negotiated {field} = {client}{detail} is higher than the maximum allowed value ({server})"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        negotiate(
+            "frame_max",
+            amqp_codec::FRAME_MIN_SIZE,
+            config.frame_max,
+            tune_ok.frame_max,
+        )?;
+        negotiate(
+            "channel_max",
+            1,
+            u32::from(config.channel_max),
+            u32::from(tune_ok.channel_max),
+        )?;
         self.tune = Tune {
             channel_max: tune_ok.channel_max,
             frame_max: tune_ok.frame_max,
@@ -636,38 +748,110 @@ impl ServerConnection {
 
     // ---- channels -----------------------------------------------------------------------
 
-    fn handle_channel_frame(&mut self, frame: Frame, now: Instant) {
-        let id = frame.channel();
-        if let Frame::Method(_, Method::ChannelOpen(_)) = &frame {
-            self.open_channel(id, now);
-            return;
-        }
+    fn handle_channel_frame(&mut self, id: ChannelId, frame: ChannelFrame, now: Instant) {
         let Some(channel) = self.channels.get_mut(&id) else {
-            let error =
-                AmqpError::channel_error(format!("expected 'channel.open' on channel {id}"));
-            let (class_id, method_id) = match &frame {
-                Frame::Method(_, m) => (m.class_id(), m.method_id()),
-                _ => (0, 0),
-            };
-            self.connection_error(error, class_id, method_id, now);
+            // RabbitMQ starts a channel on its first frame, counted against channel_max
+            // (the count of open channels, not the channel number); only channel.open may
+            // come first.
+            let open = self.channels.len();
+            if self.tune.channel_max != 0 && open >= usize::from(self.tune.channel_max) {
+                let error = AmqpError::not_allowed(format!(
+                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                    self.tune.channel_max
+                ));
+                return self.connection_error(error, 0, 0, now);
+            }
+            match frame {
+                ChannelFrame::Method(Method::ChannelOpen(_)) => self.open_channel(id),
+                ChannelFrame::Method(method) => {
+                    let error = AmqpError::channel_error("expected 'channel.open'");
+                    self.connection_error(error, method.class_id(), method.method_id(), now);
+                }
+                _ => {
+                    let error = AmqpError::new(
+                        ReplyCode::UNEXPECTED_FRAME,
+                        "expected method frame, got non method frame instead",
+                    );
+                    self.connection_error(error, 0, 0, now);
+                }
+            }
             return;
         };
         if channel.closing {
             // Only close and close-ok count once we closed the channel (spec 1.5.2.5).
             match frame {
-                Frame::Method(_, Method::ChannelCloseOk(_)) => {
+                ChannelFrame::Method(Method::ChannelCloseOk(_)) => {
                     self.channels.remove(&id);
                     self.unregister_channel(id);
                 }
-                Frame::Method(_, Method::ChannelClose(_)) => {
+                ChannelFrame::Method(Method::ChannelClose(_)) => {
                     self.outbox.send_method(id, ChannelCloseOk);
                 }
                 _ => {}
             }
             return;
         }
-        match channel.assembler.feed(frame) {
+        // Content assembly, with rabbit_command_assembler's checks and texts.
+        let (expected_class, expected_method) = match channel.expect {
+            Expect::Method => (0, 0),
+            Expect::Header(class_id, method_id) | Expect::Body(class_id, method_id) => {
+                (class_id, method_id)
+            }
+        };
+        let out_of_order = match (channel.expect, &frame) {
+            (Expect::Method, ChannelFrame::Method(_)) => None,
+            (Expect::Method, _) => Some((
+                "expected method frame, got non method frame instead".to_owned(),
+                0,
+                0,
+            )),
+            (Expect::Header(..), ChannelFrame::Header(_)) => None,
+            (Expect::Header(..), ChannelFrame::OddHeader { class_id, weight: 0 })
+                if *class_id != expected_class =>
+            {
+                Some((
+                    format!(
+                        "expected content header for class {expected_class}, got one for class {class_id} instead"
+                    ),
+                    expected_class,
+                    expected_method,
+                ))
+            }
+            (Expect::Header(..), _) => Some((
+                format!(
+                    "expected content header for class {expected_class}, got non content header frame instead"
+                ),
+                expected_class,
+                expected_method,
+            )),
+            (Expect::Body(..), ChannelFrame::Body(_)) => None,
+            (Expect::Body(..), _) => Some((
+                "expected content body, got non content body frame instead".to_owned(),
+                expected_class,
+                expected_method,
+            )),
+        };
+        if let Some((text, class_id, method_id)) = out_of_order {
+            let error = AmqpError::new(ReplyCode::UNEXPECTED_FRAME, text);
+            return self.connection_error(error, class_id, method_id, now);
+        }
+        let fed = match frame {
+            ChannelFrame::Method(method) => {
+                if method.has_content() {
+                    channel.expect = Expect::Header(method.class_id(), method.method_id());
+                }
+                channel.assembler.feed_method(method)
+            }
+            ChannelFrame::Header(header) => {
+                channel.expect = Expect::Body(expected_class, expected_method);
+                channel.assembler.feed_header(header)
+            }
+            ChannelFrame::Body(body) => channel.assembler.feed_body(body),
+            ChannelFrame::OddHeader { .. } | ChannelFrame::Heartbeat => Ok(None),
+        };
+        match fed {
             Ok(Some(command)) => {
+                channel.expect = Expect::Method;
                 let (class_id, method_id) = (command.method.class_id(), command.method.method_id());
                 if let Err(error) = self.handle_command(id, command, now) {
                     if error.is_connection_error() {
@@ -679,37 +863,20 @@ impl ServerConnection {
             }
             Ok(None) => {}
             Err(err) => {
+                channel.expect = Expect::Method;
+                channel.assembler = ContentAssembler::new(self.broker.config.max_message_size);
                 let error = AmqpError::new(err.reply_code(), err.to_string());
                 if error.is_connection_error() {
-                    self.connection_error(
-                        error,
-                        BasicPublish::CLASS_ID,
-                        BasicPublish::METHOD_ID,
-                        now,
-                    );
+                    self.connection_error(error, expected_class, expected_method, now);
                 } else {
-                    channel.assembler = ContentAssembler::new(self.broker.config.max_message_size);
-                    self.channel_error(id, error, BasicPublish::CLASS_ID, BasicPublish::METHOD_ID);
+                    // A message over max_message_size: 406, the channel closes.
+                    self.channel_error(id, error, expected_class, expected_method);
                 }
             }
         }
     }
 
-    fn open_channel(&mut self, id: ChannelId, now: Instant) {
-        let method = (ChannelOpen::CLASS_ID, ChannelOpen::METHOD_ID);
-        if id == 0 || id > self.tune.max_channel() {
-            let error = AmqpError::not_allowed(format!(
-                "channel number {id} is out of range: the negotiated channel_max is {}",
-                self.tune.channel_max
-            ));
-            self.connection_error(error, method.0, method.1, now);
-            return;
-        }
-        if self.channels.contains_key(&id) {
-            let error = AmqpError::channel_error("second 'channel.open' seen");
-            self.connection_error(error, method.0, method.1, now);
-            return;
-        }
+    fn open_channel(&mut self, id: ChannelId) {
         let link = Arc::new(ChannelLink::new(
             id,
             self.id,
@@ -721,11 +888,14 @@ impl ServerConnection {
             ServerChannel {
                 link: link.clone(),
                 assembler: ContentAssembler::new(self.broker.config.max_message_size),
+                expect: Expect::Method,
                 closing: false,
                 consumers: HashMap::new(),
                 prefetch_count: 0,
                 confirm_seq: None,
+                confirms_in_store: false,
                 tx: None,
+                last_declared_queue: ShortString::default(),
             },
         );
         self.outbox.send_method(id, ChannelOpenOk);
@@ -802,6 +972,19 @@ impl ServerConnection {
             .ok_or_else(|| AmqpError::command_invalid("no vhost open"))
     }
 
+    /// The queue a method names: `""` is the channel's last declared queue (404 when it has
+    /// declared none), as RabbitMQ expands it.
+    fn queue_name(&mut self, id: ChannelId, name: &ShortString) -> Result<ShortString, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        let last = &self.channel(id)?.last_declared_queue;
+        if last.is_empty() {
+            return Err(AmqpError::not_found("no previously declared queue"));
+        }
+        Ok(last.clone())
+    }
+
     fn channel(&mut self, id: ChannelId) -> Result<&mut ServerChannel, AmqpError> {
         self.channels
             .get_mut(&id)
@@ -826,18 +1009,16 @@ impl ServerConnection {
                 self.unregister_channel(id);
                 self.outbox.send_method(id, ChannelCloseOk);
             }
-            Method::ChannelCloseOk(_) => {}
+            Method::ChannelOpen(_) => {
+                return Err(AmqpError::channel_error("second 'channel.open' seen"));
+            }
             Method::ChannelFlow(flow) => {
-                lock(&self.channel(id)?.link.state).flow_active = flow.active;
-                self.outbox.send_method(
-                    id,
-                    ChannelFlowOk {
-                        active: flow.active,
-                    },
-                );
-                if flow.active {
-                    self.kick_channel_queues(id);
+                // RabbitMQ 3.10 does not stop deliveries on request: a connection error.
+                if !flow.active {
+                    return Err(AmqpError::not_implemented("active=false"));
                 }
+                self.channel(id)?;
+                self.outbox.send_method(id, ChannelFlowOk { active: true });
             }
             Method::ChannelFlowOk(_) => {}
 
@@ -898,6 +1079,7 @@ impl ServerConnection {
                 };
                 let declared =
                     vhost.declare_queue(conn, &declare.queue, flags, &declare.arguments)?;
+                self.channel(id)?.last_declared_queue = declared.queue.name.clone();
                 if declared.queue.exclusive_owner == Some(conn)
                     && !self
                         .exclusive_queues
@@ -918,21 +1100,23 @@ impl ServerConnection {
                 }
             }
             Method::QueueBind(bind) => {
-                vhost.bind_queue(
-                    conn,
-                    &bind.queue,
-                    &bind.exchange,
-                    &bind.routing_key,
-                    &bind.arguments,
-                )?;
+                // "" and "" mean the last declared queue, bound by its own name.
+                let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
+                    self.channel(id)?.last_declared_queue.clone()
+                } else {
+                    bind.routing_key.clone()
+                };
+                let queue = self.queue_name(id, &bind.queue)?;
+                vhost.bind_queue(conn, &queue, &bind.exchange, &routing_key, &bind.arguments)?;
                 if !bind.no_wait {
                     self.outbox.send_method(id, QueueBindOk);
                 }
             }
             Method::QueueUnbind(unbind) => {
+                let queue = self.queue_name(id, &unbind.queue)?;
                 vhost.unbind_queue(
                     conn,
-                    &unbind.queue,
+                    &queue,
                     &unbind.exchange,
                     &unbind.routing_key,
                     &unbind.arguments,
@@ -940,16 +1124,18 @@ impl ServerConnection {
                 self.outbox.send_method(id, QueueUnbindOk);
             }
             Method::QueuePurge(purge) => {
-                let message_count = vhost.purge_queue(conn, &purge.queue)?;
+                let queue = self.queue_name(id, &purge.queue)?;
+                let message_count = vhost.purge_queue(conn, &queue)?;
                 if !purge.no_wait {
                     self.outbox.send_method(id, QueuePurgeOk { message_count });
                 }
             }
             Method::QueueDelete(delete) => {
+                let queue = self.queue_name(id, &delete.queue)?;
                 let (message_count, consumers) =
-                    vhost.delete_queue(conn, &delete.queue, delete.if_unused, delete.if_empty)?;
-                self.exclusive_queues.retain(|q| q.name != delete.queue);
-                self.forget_consumers_of(&delete.queue);
+                    vhost.delete_queue(conn, &queue, delete.if_unused, delete.if_empty)?;
+                self.exclusive_queues.retain(|q| q.name != queue);
+                self.forget_consumers_of(&queue);
                 notify_cancelled(consumers);
                 if !delete.no_wait {
                     self.outbox.send_method(id, QueueDeleteOk { message_count });
@@ -999,15 +1185,15 @@ impl ServerConnection {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
                 self.has_published = true;
-                let channel = self.channel(id)?;
-                if let Some(tx) = &mut channel.tx {
-                    // Checked now, applied on commit.
-                    if !publish.exchange.is_empty() && !vhost.has_exchange(&publish.exchange) {
-                        return Err(AmqpError::not_found(format!(
-                            "no exchange '{}' in vhost '{}'",
-                            publish.exchange, vhost.name
-                        )));
-                    }
+                let transactional = self.channel(id)?.tx.is_some();
+                if transactional {
+                    // Checked now, as RabbitMQ checks, applied on commit.
+                    vhost.check_publish(&publish.exchange)?;
+                    check_properties(&content.header.properties, &self.user)?;
+                    let tx = self
+                        .channel(id)?
+                        .tx
+                        .get_or_insert_with(Transaction::default);
                     tx.publishes.push(Command {
                         method: publish.into(),
                         content: Some(content),
@@ -1049,10 +1235,14 @@ impl ServerConnection {
                     self.reject(id, reject.delivery_tag, false, reject.requeue)?;
                 }
             }
+            Method::BasicRecover(BasicRecover { requeue: false })
+            | Method::BasicRecoverAsync(BasicRecoverAsync { requeue: false }) => {
+                return Err(AmqpError::not_implemented("requeue=false"));
+            }
             Method::BasicRecover(_) | Method::BasicRecoverAsync(_) => {
                 let link = self.channel(id)?.link.clone();
                 let unacked = std::mem::take(&mut lock(&link.state).unacked);
-                requeue(&link, unacked.into_values().collect(), Some(&vhost));
+                return_to_queues(&link, unacked.into_values().collect(), Some(&vhost));
                 if matches!(method, Method::BasicRecover(_)) {
                     self.outbox.send_method(id, BasicRecoverOk);
                 }
@@ -1115,15 +1305,8 @@ impl ServerConnection {
                 *tx = Transaction::default();
                 self.outbox.send_method(id, TxRollbackOk);
             }
-            other => {
-                let info = other.info();
-                let text = if info.sent_by_client {
-                    format!("{} is not valid here", info.name)
-                } else {
-                    format!("{} is sent by the server, not the client", info.name)
-                };
-                return Err(AmqpError::command_invalid(text));
-            }
+            // What a client has no business sending on a channel (RabbitMQ's catch-all).
+            _ => return Err(AmqpError::command_invalid("unimplemented method")),
         }
         Ok(())
     }
@@ -1134,7 +1317,8 @@ impl ServerConnection {
         consume: BasicConsume,
         vhost: &Arc<VHost>,
     ) -> Result<(), AmqpError> {
-        let queue = vhost.usable_queue(&consume.queue, self.id)?;
+        let name = self.queue_name(id, &consume.queue)?;
+        let queue = vhost.usable_queue(&name, self.id)?;
         let resource = queue_resource(&queue.name.to_str_lossy(), &vhost.name);
         if queue.consumer_conflict(consume.exclusive) {
             return Err(AmqpError::access_refused(format!(
@@ -1187,30 +1371,59 @@ impl ServerConnection {
         vhost: &Arc<VHost>,
         now: Instant,
     ) -> Result<(), AmqpError> {
+        let mut properties = content.header.properties;
+        // RabbitMQ checks the exchange (404, 403) before the properties: when a property
+        // is refused, look the exchange up first to give the same answer.
+        let per_message_ttl = match check_properties(&properties, &self.user) {
+            Ok(ttl) => ttl,
+            Err(error) => {
+                vhost.check_publish(&publish.exchange)?;
+                return Err(error);
+            }
+        };
+        // Sender-selected distribution: CC and BCC headers add routing keys; BCC is removed
+        // from the message. Without them (nearly always) nothing is allocated here.
+        let extra_keys = match routing_headers(properties.headers.as_ref()) {
+            Ok(keys) => keys,
+            Err(error) => {
+                vhost.check_publish(&publish.exchange)?;
+                return Err(error);
+            }
+        };
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        let routed = vhost.route(
-            &publish.exchange,
-            &publish.routing_key,
-            content.header.properties.headers.as_ref(),
-            true,
-            &mut queues,
-        );
+        let routed = match &extra_keys {
+            None => vhost.route(
+                &publish.exchange,
+                &publish.routing_key,
+                properties.headers.as_ref(),
+                true,
+                &mut queues,
+            ),
+            Some(keys) => {
+                let mut all = Vec::with_capacity(keys.len() + 1);
+                all.push(publish.routing_key.clone());
+                all.extend(keys.iter().cloned());
+                if let Some(headers) = properties.headers.as_mut() {
+                    headers.remove("BCC");
+                }
+                vhost.route_keys(
+                    &publish.exchange,
+                    &all,
+                    properties.headers.as_ref(),
+                    true,
+                    &mut queues,
+                )
+            }
+        };
         if let Err(error) = routed {
             self.route_buf = queues;
             return Err(error);
         }
-        let per_message_ttl = content
-            .header
-            .properties
-            .expiration
-            .as_ref()
-            .and_then(|e| e.as_str()?.parse::<u64>().ok())
-            .map(Duration::from_millis);
         let message = Arc::new(MessageContent {
             exchange: publish.exchange.clone(),
             routing_key: publish.routing_key.clone(),
-            properties: content.header.properties,
+            properties,
             body: content.body,
         });
         if queues.is_empty() && publish.mandatory {
@@ -1250,7 +1463,8 @@ impl ServerConnection {
             let queued = QueuedMessage {
                 content: message.clone(),
                 redelivered: false,
-                expires_at: ttl.map(|ttl| now + ttl),
+                // A TTL too long to represent never expires.
+                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
                 persist_id,
             };
             let mut dead = DeadLetters::new();
@@ -1269,8 +1483,15 @@ impl ServerConnection {
         if let Some(seq) = channel.confirm_seq.as_mut() {
             let delivery_tag = *seq;
             *seq += 1;
-            if let Some(store) = stored_in {
+            // A nack must not overtake the store's pending confirms of this channel.
+            let store = stored_in.or_else(|| {
+                (rejected && channel.confirms_in_store)
+                    .then(|| vhost.store.clone())
+                    .flatten()
+            });
+            if let Some(store) = store {
                 // Confirmed only once on disk: the store's writer sends it after the fsync.
+                channel.confirms_in_store = true;
                 store.confirm(Confirm {
                     outbox,
                     channel: id,
@@ -1278,12 +1499,14 @@ impl ServerConnection {
                     nack: rejected,
                 });
             } else if rejected {
+                // RabbitMQ coalesces nacks: with nothing unconfirmed before it, a lone nack
+                // goes out with multiple=true (and its nacks always say requeue=true).
                 self.outbox.send_method(
                     id,
                     BasicNack {
                         delivery_tag,
-                        multiple: false,
-                        requeue: false,
+                        multiple: true,
+                        requeue: true,
                     },
                 );
             } else {
@@ -1300,7 +1523,8 @@ impl ServerConnection {
     }
 
     fn get(&mut self, id: ChannelId, get: BasicGet, vhost: &Arc<VHost>) -> Result<(), AmqpError> {
-        let queue = vhost.usable_queue(&get.queue, self.id)?;
+        let name = self.queue_name(id, &get.queue)?;
+        let queue = vhost.usable_queue(&name, self.id)?;
         let mut dead = DeadLetters::new();
         let fetched = queue.get(&mut dead);
         dead_letter(vhost, &queue, dead);
@@ -1353,7 +1577,7 @@ impl ServerConnection {
             .take_unacked(tag, multiple)
             .ok_or_else(|| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))?;
         if requeue_them {
-            requeue(&link, rejected, self.vhost.as_deref());
+            return_to_queues(&link, rejected, self.vhost.as_deref());
         } else {
             settle(&link, rejected, self.vhost.as_deref(), Some("rejected"));
         }
@@ -1418,8 +1642,23 @@ fn settle(
     }
 }
 
-/// Puts deliveries back in their queues, in order, redelivered.
+/// Puts deliveries back in their queues, in order, redelivered: what a closing channel does.
 fn requeue(link: &Arc<ChannelLink>, deliveries: Vec<Unacked>, vhost: Option<&VHost>) {
+    put_back(link, deliveries, vhost, false);
+}
+
+/// Returns rejected or nacked deliveries (requeue=true) and basic.recover's to their queues:
+/// quorum queues take them at the back.
+fn return_to_queues(link: &Arc<ChannelLink>, deliveries: Vec<Unacked>, vhost: Option<&VHost>) {
+    put_back(link, deliveries, vhost, true);
+}
+
+fn put_back(
+    link: &Arc<ChannelLink>,
+    deliveries: Vec<Unacked>,
+    vhost: Option<&VHost>,
+    returned: bool,
+) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
     for delivery in deliveries {
         match by_queue
@@ -1432,7 +1671,11 @@ fn requeue(link: &Arc<ChannelLink>, deliveries: Vec<Unacked>, vhost: Option<&VHo
     }
     for (queue, list) in by_queue {
         let mut dead = DeadLetters::new();
-        queue.requeue(link, list, &mut dead);
+        if returned {
+            queue.return_messages(link, list, &mut dead);
+        } else {
+            queue.requeue(link, list, &mut dead);
+        }
         if let Some(vhost) = vhost {
             dead_letter(vhost, &queue, dead);
         }
@@ -1453,30 +1696,39 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
     let mut targets = Vec::new();
     for (message, reason) in dead {
         let content = &message.content;
-        let routing_key = queue
-            .settings
-            .dead_letter_routing_key
-            .clone()
-            .unwrap_or_else(|| content.routing_key.clone());
         let mut properties = content.properties.clone();
         let mut headers = properties.headers.take().unwrap_or_default();
-        add_x_death(&mut headers, queue, reason, content);
-        properties.headers = Some(headers);
+        if queue.settings.queue_type == QueueType::Quorum {
+            // The delivery count is a quorum queue's view of a delivery, not the message's.
+            headers.remove("x-delivery-count");
+        }
+        // The message's routing keys: its own and its CC header's.
+        let mut original_keys = vec![content.routing_key.clone()];
+        if let Ok(Some(cc)) = routing_headers(Some(&headers)) {
+            original_keys.extend(cc);
+        }
+        let routing_keys = match &queue.settings.dead_letter_routing_key {
+            Some(key) => vec![key.clone()],
+            None => original_keys.clone(),
+        };
+        add_x_death(&mut headers, queue, reason, content, &original_keys);
+        properties.headers = Some(sorted_table(&headers));
         if reason == "expired" {
             // The per-message TTL is what expired it; RabbitMQ removes it.
             properties.expiration = None;
         }
+        let routing_key = routing_keys.first().cloned().unwrap_or_default();
         let dead_content = Arc::new(MessageContent {
             exchange: exchange.clone(),
-            routing_key: routing_key.clone(),
+            routing_key,
             properties,
             body: content.body.clone(),
         });
         targets.clear();
         if vhost
-            .route(
+            .route_keys(
                 &exchange,
-                &routing_key,
+                &routing_keys,
                 dead_content.properties.headers.as_ref(),
                 false,
                 &mut targets,
@@ -1485,12 +1737,19 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
         {
             continue;
         }
+        let deaths = match dead_content
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("x-death"))
+        {
+            Some(FieldValue::Array(deaths)) => Some(deaths),
+            _ => None,
+        };
         for target in &targets {
-            if Arc::ptr_eq(target, &targets[0])
-                && std::ptr::eq(Arc::as_ptr(target), queue)
-                && reason == "expired"
-            {
-                // A message expiring back into its own queue would cycle forever.
+            if reason != "rejected" && deaths.is_some_and(|d| is_cycle(&target.name, d)) {
+                // A message that would die again in a queue it died in, with no client
+                // rejection on the way, would cycle forever: RabbitMQ drops it.
                 continue;
             }
             let mut header = None;
@@ -1500,13 +1759,46 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
             let queued = QueuedMessage {
                 content: dead_content.clone(),
                 redelivered: false,
-                expires_at: target.settings.message_ttl.map(|ttl| now + ttl),
+                expires_at: target
+                    .settings
+                    .message_ttl
+                    .and_then(|ttl| now.checked_add(ttl)),
                 persist_id,
             };
             let mut more = DeadLetters::new();
             target.publish(queued, &mut more);
         }
     }
+}
+
+/// RabbitMQ's `is_cycle`: the message already died in `queue` (an entry of `x-death`, which
+/// lists the newest first) and no death since then, that one included, was a rejection.
+fn is_cycle(queue: &ShortString, deaths: &FieldArray) -> bool {
+    let mut since = Vec::new();
+    for death in deaths.iter() {
+        let FieldValue::Table(entry) = death else {
+            return false;
+        };
+        since.push(entry);
+        let same_queue = matches!(entry.get("queue"), Some(FieldValue::LongString(q)) if q.as_bytes() == queue.as_bytes());
+        if same_queue {
+            return since.iter().all(|entry| {
+                !matches!(entry.get("reason"), Some(FieldValue::LongString(r)) if r.as_bytes() == b"rejected")
+            });
+        }
+    }
+    false
+}
+
+/// A field table with its entries sorted by name, as RabbitMQ leaves a table it has set a
+/// value in (`rabbit_misc:set_table_value`).
+fn sorted_table(table: &FieldTable) -> FieldTable {
+    let mut entries: Vec<(&ShortString, &FieldValue)> = table.iter().collect();
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Logs a persistent message entering a durable queue; returns its store id (None when
@@ -1557,61 +1849,73 @@ fn persist(
 }
 
 /// Adds (or counts up) the `x-death` entry for this queue and reason, and the
-/// `x-first-death-*` headers, as RabbitMQ records dead-lettering.
+/// `x-first-death-*` headers, as RabbitMQ records dead-lettering: the entry of this death
+/// goes first; a first entry has RabbitMQ's field order (count, reason, queue, time,
+/// exchange, routing-keys, original-expiration), later ones are sorted by name, as
+/// RabbitMQ sorts them; counting up keeps the entry's first time.
 fn add_x_death(
     headers: &mut FieldTable,
     queue: &Queue,
     reason: &'static str,
     content: &MessageContent,
+    routing_keys: &[ShortString],
 ) {
-    use amqp_codec::FieldArray;
     let mut deaths = match headers.remove("x-death") {
-        Some(FieldValue::Array(array)) => array.0,
-        _ => Vec::new(),
+        Some(FieldValue::Array(array)) => Some(array.0),
+        _ => None,
     };
+    let queue_name = queue.name.to_str_lossy();
     let matches = |entry: &FieldValue| match entry {
         FieldValue::Table(t) => {
-            t.get("queue") == Some(&FieldValue::from(&*queue.name.to_str_lossy()))
+            t.get("queue") == Some(&FieldValue::from(&*queue_name))
                 && t.get("reason") == Some(&FieldValue::from(reason))
         }
         _ => false,
     };
-    let timestamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    if let Some(position) = deaths.iter().position(matches) {
-        let mut entry = deaths.remove(position);
-        if let FieldValue::Table(t) = &mut entry {
-            let count = match t.get("count") {
-                Some(FieldValue::I64(n)) => *n + 1,
-                _ => 1,
+    let entry = match deaths
+        .as_mut()
+        .and_then(|d| d.iter().position(matches).map(|at| d.remove(at)))
+    {
+        Some(FieldValue::Table(mut entry)) => {
+            let count = match entry.get("count") {
+                Some(FieldValue::I32(n)) => FieldValue::I32(n.saturating_add(1)),
+                Some(FieldValue::I64(n)) => FieldValue::I64(n.saturating_add(1)),
+                _ => FieldValue::I64(1),
             };
-            t.insert("count", FieldValue::I64(count));
-            t.insert("time", FieldValue::Timestamp(timestamp));
+            entry.insert("count", count);
+            sorted_table(&entry)
         }
-        deaths.insert(0, entry);
-    } else {
-        let mut entry = FieldTable::new();
-        entry.insert("count", FieldValue::I64(1));
-        entry.insert("reason", reason);
-        entry.insert("queue", &*queue.name.to_str_lossy());
-        entry.insert("time", FieldValue::Timestamp(timestamp));
-        entry.insert("exchange", &*content.exchange.to_str_lossy());
-        entry.insert(
-            "routing-keys",
-            FieldValue::Array(FieldArray(vec![FieldValue::from(
-                &*content.routing_key.to_str_lossy(),
-            )])),
-        );
-        if let Some(expiration) = &content.properties.expiration {
-            entry.insert("original-expiration", &*expiration.to_str_lossy());
+        _ => {
+            let timestamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut entry = FieldTable::new();
+            entry.insert("count", FieldValue::I64(1));
+            entry.insert("reason", reason);
+            entry.insert("queue", &*queue_name);
+            entry.insert("time", FieldValue::Timestamp(timestamp));
+            entry.insert("exchange", &*content.exchange.to_str_lossy());
+            let keys = routing_keys
+                .iter()
+                .map(|k| FieldValue::from(&*k.to_str_lossy()))
+                .collect();
+            entry.insert("routing-keys", FieldValue::Array(FieldArray(keys)));
+            if let Some(expiration) = &content.properties.expiration {
+                entry.insert("original-expiration", &*expiration.to_str_lossy());
+            }
+            if deaths.is_some() {
+                sorted_table(&entry)
+            } else {
+                entry
+            }
         }
-        deaths.insert(0, FieldValue::Table(entry));
-    }
+    };
+    let mut deaths = deaths.unwrap_or_default();
+    deaths.insert(0, FieldValue::Table(entry));
     if !headers.contains_key("x-first-death-reason") {
         headers.insert("x-first-death-exchange", &*content.exchange.to_str_lossy());
-        headers.insert("x-first-death-queue", &*queue.name.to_str_lossy());
+        headers.insert("x-first-death-queue", &*queue_name);
         headers.insert("x-first-death-reason", reason);
     }
     headers.insert("x-death", FieldValue::Array(FieldArray(deaths)));
@@ -1650,4 +1954,318 @@ fn truncate_reply_text(text: &str) -> ShortString {
         end -= 1;
     }
     text[..end].into()
+}
+
+// ---- framing --------------------------------------------------------------------------------
+
+/// A frame as it came off the wire, its framing checked (size, end octet), its payload not
+/// yet parsed.
+struct RawFrame {
+    kind: u8,
+    channel: ChannelId,
+    payload: Bytes,
+}
+
+/// The most [`read_frame`] reserves ahead for a frame still arriving.
+const MAX_RESERVE_AHEAD: usize = 128 * 1024;
+
+/// Splits the next frame off `input`, checking its framing as RabbitMQ's reader does: a
+/// payload larger than `frame_max` (RabbitMQ tolerates the 8 octets clients often get
+/// wrong, its `FRAME_SIZE_FUDGE`, but names frame_max - 8 as the limit) or a bad end octet
+/// is a 501 with RabbitMQ's text. Ok(None): more bytes are needed.
+fn read_frame(input: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>, AmqpError> {
+    let Some(&[kind, c0, c1, s0, s1, s2, s3]) = input.first_chunk::<7>() else {
+        return Ok(None);
+    };
+    let channel = u16::from_be_bytes([c0, c1]);
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    if frame_max != 0 && size > frame_max {
+        return Err(AmqpError::new(
+            ReplyCode::FRAME_ERROR,
+            format!(
+                "type {kind}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+                frame_max.saturating_sub(8)
+            ),
+        ));
+    }
+    let frame_len = usize::try_from(size)
+        .ok()
+        .and_then(|len| len.checked_add(8))
+        .ok_or_else(|| {
+            AmqpError::new(
+                ReplyCode::FRAME_ERROR,
+                format!("type {kind}, all octets = <<>>: {{frame_too_large,{size},0}}"),
+            )
+        })?;
+    if input.len() < frame_len {
+        input.reserve((frame_len - input.len()).min(MAX_RESERVE_AHEAD));
+        return Ok(None);
+    }
+    let end = input.get(frame_len - 1).copied().unwrap_or(0);
+    if end != amqp_codec::FRAME_END {
+        let payload = input.get(7..frame_len - 1).unwrap_or_default();
+        return Err(AmqpError::new(
+            ReplyCode::FRAME_ERROR,
+            format!(
+                "{}: {{invalid_frame_end_marker,{end}}}",
+                describe_octets(kind, payload)
+            ),
+        ));
+    }
+    let mut frame = input.split_to(frame_len);
+    frame.advance(7);
+    frame.truncate(frame_len - 8);
+    Ok(Some(RawFrame {
+        kind,
+        channel,
+        payload: frame.freeze(),
+    }))
+}
+
+/// RabbitMQ's description of a frame in error texts: `type 1, all octets = <<0,20,0,10>>`,
+/// or `first 16 octets` of a longer payload.
+fn describe_octets(kind: u8, payload: &[u8]) -> String {
+    match payload.get(..16) {
+        Some(first) if payload.len() > 16 => {
+            format!("type {kind}, first 16 octets = {}", erlang_binary_p(first))
+        }
+        _ => format!("type {kind}, all octets = {}", erlang_binary_p(payload)),
+    }
+}
+
+fn frame_description(raw: &RawFrame) -> String {
+    describe_octets(raw.kind, &raw.payload)
+}
+
+/// A channel frame, parsed. (Large, like the codec's `Frame`: it is moved once per frame;
+/// boxing the content header would cost an allocation per message.)
+#[allow(clippy::large_enum_variant)]
+enum ChannelFrame {
+    Method(Method),
+    Header(ContentHeader),
+    /// A content header of another class than basic, or with a weight: RabbitMQ's content
+    /// assembly refuses it with a text that depends on what it expected.
+    OddHeader {
+        class_id: u16,
+        weight: u16,
+    },
+    Body(Bytes),
+    Heartbeat,
+}
+
+/// What RabbitMQ's `analyze_frame` (and the method decoder) make of a frame.
+#[allow(clippy::large_enum_variant)]
+enum Analyzed {
+    Frame(ChannelFrame),
+    /// Not a frame RabbitMQ knows: an unknown type, a heartbeat with a payload, a method
+    /// or header frame too short for its ids.
+    Unknown,
+    /// A method frame naming a class or method that does not exist.
+    UnknownMethod,
+    /// A method whose arguments cannot be decoded: its class and method ids, and the
+    /// argument octets (for `cannot decode <<...>>`).
+    Undecodable(u16, u16, Bytes),
+    /// A content header whose properties cannot be decoded.
+    BadProperties(DecodeError),
+}
+
+fn analyze_frame(raw: &RawFrame, limits: &Limits) -> Analyzed {
+    let payload = &raw.payload;
+    match FrameType(raw.kind) {
+        FrameType::METHOD => {
+            let Some(&[c0, c1, m0, m1]) = payload.first_chunk::<4>() else {
+                return Analyzed::Unknown;
+            };
+            let (class_id, method_id) =
+                (u16::from_be_bytes([c0, c1]), u16::from_be_bytes([m0, m1]));
+            match decode_payload(FrameType::METHOD, raw.channel, payload.clone(), limits) {
+                Ok(Frame::Method(_, method)) => Analyzed::Frame(ChannelFrame::Method(method)),
+                Err(DecodeError::UnknownMethod { .. }) => Analyzed::UnknownMethod,
+                _ => Analyzed::Undecodable(class_id, method_id, payload.slice(4..)),
+            }
+        }
+        FrameType::HEADER => {
+            let Some(&[c0, c1, w0, w1]) = payload.first_chunk::<4>() else {
+                return Analyzed::Unknown;
+            };
+            if payload.len() < 14 {
+                return Analyzed::Unknown;
+            }
+            let (class_id, weight) = (u16::from_be_bytes([c0, c1]), u16::from_be_bytes([w0, w1]));
+            if class_id != ContentHeader::BASIC_CLASS_ID || weight != 0 {
+                return Analyzed::Frame(ChannelFrame::OddHeader { class_id, weight });
+            }
+            match decode_payload(FrameType::HEADER, raw.channel, payload.clone(), limits) {
+                Ok(Frame::Header(_, header)) => Analyzed::Frame(ChannelFrame::Header(header)),
+                Ok(_) => Analyzed::Unknown,
+                Err(err) => Analyzed::BadProperties(err),
+            }
+        }
+        FrameType::BODY => Analyzed::Frame(ChannelFrame::Body(payload.clone())),
+        FrameType::HEARTBEAT if payload.is_empty() => Analyzed::Frame(ChannelFrame::Heartbeat),
+        _ => Analyzed::Unknown,
+    }
+}
+
+/// The connection state as RabbitMQ names it in "unexpected method in connection state".
+fn rabbitmq_state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::AwaitingProtocolHeader => "pre_init",
+        ServerState::AwaitingStartOk => "starting",
+        ServerState::AwaitingTuneOk => "tuning",
+        ServerState::AwaitingOpen => "opening",
+        ServerState::Open => "running",
+        ServerState::Closing | ServerState::SilentClose => "closing",
+        ServerState::Closed => "closed",
+    }
+}
+
+// ---- publishing ---------------------------------------------------------------------------
+
+/// RabbitMQ's checks of a published message's properties, in its order: `user_id` must be
+/// the authenticated user, `expiration` a number of milliseconds. Returns the per-message
+/// TTL.
+fn check_properties(
+    properties: &amqp_codec::BasicProperties,
+    user: &str,
+) -> Result<Option<Duration>, AmqpError> {
+    if let Some(claimed) = &properties.user_id {
+        if claimed.as_bytes() != user.as_bytes() {
+            return Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{claimed}' but authenticated user was '{user}'"
+            )));
+        }
+    }
+    match &properties.expiration {
+        None => Ok(None),
+        Some(expiration) => match parse_expiration(expiration.as_bytes()) {
+            Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+            Err(reason) => Err(AmqpError::precondition_failed(format!(
+                "invalid expiration '{expiration}': {reason}"
+            ))),
+        },
+    }
+}
+
+/// The `expiration` property as RabbitMQ reads it (Erlang's `string:to_integer`, then
+/// `check_expiry`, which in 3.10 has no upper bound); Err is the reason as RabbitMQ prints
+/// it: `no_integer`, `{value_negative,-1}`, `{leftover_string,"abc"}`.
+fn parse_expiration(text: &[u8]) -> Result<u64, String> {
+    let (negative, unsigned) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, text),
+    };
+    let count = unsigned.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (digits, leftover) = unsigned.split_at(count);
+    if digits.is_empty() {
+        return Err("no_integer".to_owned());
+    }
+    if !leftover.is_empty() {
+        return Err(format!(
+            "{{leftover_string,\"{}\"}}",
+            String::from_utf8_lossy(leftover)
+        ));
+    }
+    let value = digits.iter().fold(0u128, |n, d| {
+        n.saturating_mul(10).saturating_add(u128::from(d - b'0'))
+    });
+    if negative && value != 0 {
+        let shown = String::from_utf8_lossy(digits);
+        return Err(format!(
+            "{{value_negative,-{}}}",
+            shown.trim_start_matches('0')
+        ));
+    }
+    Ok(u64::try_from(value).unwrap_or(u64::MAX))
+}
+
+/// The extra routing keys of the `CC` and `BCC` headers (arrays of long strings; other
+/// elements are skipped), or None when neither header is there. Another type for either
+/// header is refused, as RabbitMQ refuses it.
+fn routing_headers(headers: Option<&FieldTable>) -> Result<Option<Vec<ShortString>>, AmqpError> {
+    let Some(headers) = headers else {
+        return Ok(None);
+    };
+    let mut keys: Option<Vec<ShortString>> = None;
+    for name in ["CC", "BCC"] {
+        match headers.get(name) {
+            None => {}
+            Some(FieldValue::Array(routes)) => {
+                let keys = keys.get_or_insert_with(Vec::new);
+                keys.extend(routes.iter().filter_map(|route| match route {
+                    FieldValue::LongString(s) => Some(ShortString::new(s.bytes().clone())),
+                    _ => None,
+                }));
+            }
+            Some(other) => {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                    crate::error::field_type_name(other)
+                )));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiration_is_read_as_rabbitmq_reads_it() {
+        assert_eq!(parse_expiration(b"60000"), Ok(60_000));
+        assert_eq!(parse_expiration(b"+5"), Ok(5));
+        assert_eq!(parse_expiration(b"0"), Ok(0));
+        assert_eq!(parse_expiration(b"99999999999"), Ok(99_999_999_999));
+        assert_eq!(parse_expiration(b"abc"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(b""), Err("no_integer".into()));
+        assert_eq!(parse_expiration(b"-1"), Err("{value_negative,-1}".into()));
+        assert_eq!(
+            parse_expiration(b"12abc"),
+            Err("{leftover_string,\"abc\"}".into())
+        );
+    }
+
+    #[test]
+    fn read_frame_tolerates_frame_max_octets_of_payload_and_refuses_more() {
+        // A body frame: type 3, channel 1, payload size 4096, payload, frame end.
+        let mut input = BytesMut::from(&[0x03, 0x00, 0x01, 0x00, 0x00, 0x10, 0x00][..]);
+        input.extend_from_slice(&[b'x'; 4096]);
+        input.extend_from_slice(&[0xce]);
+        let frame = read_frame(&mut input, 4096).unwrap().unwrap();
+        assert_eq!(
+            (frame.kind, frame.channel, frame.payload.len()),
+            (3, 1, 4096)
+        );
+        assert!(input.is_empty());
+        // The same with 4097 octets announced: RabbitMQ's text names frame_max - 8.
+        let mut input = BytesMut::from(&[0x03, 0x00, 0x01, 0x00, 0x00, 0x10, 0x01][..]);
+        let error = read_frame(&mut input, 4096).err().unwrap();
+        assert_eq!(
+            error.text,
+            "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,4097,4088}"
+        );
+    }
+
+    #[test]
+    fn read_frame_waits_for_the_whole_frame() {
+        // A method frame announcing 4 payload octets, of which 2 have come.
+        let mut input = BytesMut::from(&[0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x14][..]);
+        assert!(read_frame(&mut input, 4096).unwrap().is_none());
+        assert_eq!(input.len(), 9, "nothing consumed");
+    }
+
+    #[test]
+    fn long_payloads_are_described_by_their_first_16_octets() {
+        assert_eq!(
+            describe_octets(1, &[7; 20]),
+            "type 1, first 16 octets = <<7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7>>"
+        );
+        assert_eq!(
+            describe_octets(2, b"abc"),
+            "type 2, all octets = <<\"abc\">>"
+        );
+    }
 }

@@ -144,6 +144,11 @@ impl Exchange {
         self.reindex();
     }
 
+    /// Whether this very binding exists.
+    pub fn has_binding(&self, binding: &Binding) -> bool {
+        self.bindings.iter().any(|b| same_binding(b, binding))
+    }
+
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&mut self, binding: &Binding) -> bool {
         let before = self.bindings.len();
@@ -225,26 +230,43 @@ fn same_binding(a: &Binding, b: &Binding) -> bool {
 }
 
 /// Whether a topic binding pattern matches a routing key. Words are separated by `.`; `*`
-/// matches exactly one word and `#` zero or more words.
+/// matches exactly one word and `#` zero or more words. As in RabbitMQ, the empty string has
+/// no words at all (so `*` does not match it), while `a.` has two, the second one empty.
 pub fn topic_matches(pattern: &[u8], key: &[u8]) -> bool {
-    let pattern: Vec<&[u8]> = pattern.split(|&b| b == b'.').collect();
-    let key: Vec<&[u8]> = key.split(|&b| b == b'.').collect();
-    words_match(&pattern, &key)
+    words_match(words(pattern), words(key))
 }
 
-fn words_match(pattern: &[&[u8]], key: &[&[u8]]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((&b"#", rest)) => {
-            // `#` takes no word, or one word and stays.
-            words_match(rest, key) || (!key.is_empty() && words_match(pattern, &key[1..]))
+/// Some words: none for the empty string.
+fn words(s: &[u8]) -> Option<&[u8]> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The first word of some words, and the words after it (None: no more words).
+fn split_word(words: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match words.iter().position(|&b| b == b'.') {
+        Some(dot) => (&words[..dot], Some(&words[dot + 1..])),
+        None => (words, None),
+    }
+}
+
+/// Matches words without collecting them (no allocation per binding and message). `None`
+/// is "no words left"; `Some(s)` is one or more words (`s` may be one empty word).
+fn words_match(pattern: Option<&[u8]>, key: Option<&[u8]>) -> bool {
+    let Some(pattern_words) = pattern else {
+        return key.is_none();
+    };
+    let (word, pattern_rest) = split_word(pattern_words);
+    if word == b"#" {
+        // `#` takes no word, or one word and stays.
+        return words_match(pattern_rest, key)
+            || key.is_some_and(|k| words_match(pattern, split_word(k).1));
+    }
+    match key {
+        None => false,
+        Some(key_words) => {
+            let (first, key_rest) = split_word(key_words);
+            (word == b"*" || word == first) && words_match(pattern_rest, key_rest)
         }
-        Some((&word, rest)) => match key.split_first() {
-            Some((&first, key_rest)) => {
-                (word == b"*" || word == first) && words_match(rest, key_rest)
-            }
-            None => false,
-        },
     }
 }
 
@@ -254,11 +276,11 @@ fn words_match(pattern: &[&[u8]], key: &[&[u8]]) -> bool {
 /// least one), or RabbitMQ 3.10's `all-with-x` / `any-with-x`, which also compare arguments
 /// whose names start with `x-`. A `void` argument matches on the key alone.
 pub fn headers_match(arguments: &FieldTable, headers: &FieldTable) -> bool {
-    let mode = match arguments.get("x-match") {
-        Some(FieldValue::LongString(mode)) => mode.as_bytes().to_vec(),
-        _ => b"all".to_vec(),
+    let mode: &[u8] = match arguments.get("x-match") {
+        Some(FieldValue::LongString(mode)) => mode.as_bytes(),
+        _ => b"all",
     };
-    let (any, with_x) = match mode.as_slice() {
+    let (any, with_x) = match mode {
         b"any" => (true, false),
         b"any-with-x" => (true, true),
         b"all-with-x" => (false, true),
@@ -309,6 +331,15 @@ mod tests {
         assert!(topic_matches(b"kern.critical", b"kern.critical"));
         assert!(!topic_matches(b"kern.critical", b"kern.info"));
         assert!(topic_matches(b"", b""));
+    }
+
+    #[test]
+    fn topic_empty_key_has_no_words() {
+        assert!(!topic_matches(b"*", b""));
+        assert!(!topic_matches(b"*.#", b""));
+        assert!(topic_matches(b"#", b""));
+        assert!(topic_matches(b"a.*", b"a."));
+        assert!(!topic_matches(b"", b"a"));
     }
 
     #[test]

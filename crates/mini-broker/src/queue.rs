@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::delivery::{lock, ChannelLink, Unacked};
-use crate::message::QueuedMessage;
+use crate::message::{MessageContent, QueuedMessage};
 use crate::store::Store;
 
-/// RabbitMQ's queue types; quorum queues are accepted with their restrictions (durable, not
-/// exclusive, no global qos) and behave as classic queues on this single node.
+/// RabbitMQ's queue types. Quorum queues are accepted with their restrictions (durable, not
+/// exclusive, no global qos) and keep the two differences a client can see on a single node:
+/// a message rejected or nacked with requeue goes to the back of the queue (a channel that
+/// closes still returns its messages to the front), and every delivery carries the
+/// `x-delivery-count` header (a long: how often the message was returned before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
     /// The default.
@@ -64,6 +67,8 @@ pub struct QueueSettings {
     pub dead_letter_exchange: Option<ShortString>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<ShortString>,
+    /// `x-max-priority` (classic queues): deliver higher `priority` messages first.
+    pub max_priority: Option<u8>,
 }
 
 impl Default for QueueSettings {
@@ -77,6 +82,7 @@ impl Default for QueueSettings {
             overflow: Overflow::DropHead,
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
+            max_priority: None,
         }
     }
 }
@@ -251,7 +257,11 @@ impl Queue {
 
     /// Offers a message. Returns whether it was taken, and what fell out (x-max-length with
     /// drop-head) for dead-lettering.
-    pub fn publish(self: &Arc<Self>, message: QueuedMessage, dead: &mut DeadLetters) -> Enqueued {
+    pub fn publish(
+        self: &Arc<Self>,
+        mut message: QueuedMessage,
+        dead: &mut DeadLetters,
+    ) -> Enqueued {
         let mut state = self.state();
         if state.deleted {
             return Enqueued::Accepted;
@@ -260,8 +270,12 @@ impl Queue {
         if self.would_overflow(&state, size) && self.settings.overflow == Overflow::RejectPublish {
             return Enqueued::Rejected;
         }
+        if self.settings.queue_type == QueueType::Quorum {
+            message.content = with_delivery_count(&message.content, 0);
+        }
+        let expires_at = message.expires_at;
         state.ready_bytes += size;
-        state.ready.push_back(message);
+        self.enqueue(&mut state, message);
         while self.would_overflow(&state, 0) {
             match state.ready.pop_front() {
                 Some(dropped) => {
@@ -271,8 +285,52 @@ impl Queue {
                 None => break,
             }
         }
-        self.dispatch(&mut state, dead);
+        // As RabbitMQ does, a message is offered to the consumers before its expiry is
+        // looked at: with x-message-ttl 0 a waiting consumer still gets it, while a message
+        // nobody takes at once expires.
+        if !state.consumers.is_empty() {
+            let now = Instant::now();
+            let expire_before = expires_at.map_or(now, |at| at.min(now));
+            self.dispatch_at(&mut state, dead, expire_before);
+        }
+        if state.ready.front().is_some_and(|m| m.expires_at.is_some()) {
+            self.drop_expired_head(&mut state, Instant::now(), dead);
+        }
         Enqueued::Accepted
+    }
+
+    /// Appends a ready message: at the tail, or for a priority queue after every message of
+    /// its priority or higher.
+    fn enqueue(&self, state: &mut QueueState, message: QueuedMessage) {
+        match self.settings.max_priority {
+            None => state.ready.push_back(message),
+            Some(max) => {
+                let priority = message_priority(&message, max);
+                let at = state
+                    .ready
+                    .iter()
+                    .rposition(|m| message_priority(m, max) >= priority)
+                    .map_or(0, |i| i + 1);
+                state.ready.insert(at, message);
+            }
+        }
+    }
+
+    /// Puts a returned message back at the head: before every message of its priority or
+    /// lower (for a classic queue without priorities, simply first).
+    fn enqueue_front(&self, state: &mut QueueState, message: QueuedMessage) {
+        match self.settings.max_priority {
+            None => state.ready.push_front(message),
+            Some(max) => {
+                let priority = message_priority(&message, max);
+                let at = state
+                    .ready
+                    .iter()
+                    .position(|m| message_priority(m, max) <= priority)
+                    .unwrap_or(state.ready.len());
+                state.ready.insert(at, message);
+            }
+        }
     }
 
     fn would_overflow(&self, state: &QueueState, extra_bytes: usize) -> bool {
@@ -293,7 +351,14 @@ impl Queue {
         if state.consumers.is_empty() || state.ready.is_empty() {
             return;
         }
-        let now = Instant::now();
+        self.dispatch_at(state, dead, Instant::now());
+    }
+
+    /// [`dispatch`](Self::dispatch), dropping messages whose expiry is before `now`.
+    fn dispatch_at(self: &Arc<Self>, state: &mut QueueState, dead: &mut DeadLetters, now: Instant) {
+        if state.consumers.is_empty() || state.ready.is_empty() {
+            return;
+        }
         loop {
             self.drop_expired_head(state, now, dead);
             let Some(message) = state.ready.pop_front() else {
@@ -339,7 +404,7 @@ impl Queue {
             match undelivered {
                 None => state.ready_bytes -= size,
                 Some(message) => {
-                    // Nobody could take it: back to the head, and stop.
+                    // Nobody could take it: back to the head (where it was), and stop.
                     state.ready.push_front(message);
                     break;
                 }
@@ -347,12 +412,12 @@ impl Queue {
         }
     }
 
-    /// Drops (dead-letters) expired messages at the head.
+    /// Drops (dead-letters) messages at the head that expired before `now`.
     fn drop_expired_head(&self, state: &mut QueueState, now: Instant, dead: &mut DeadLetters) {
         while state
             .ready
             .front()
-            .is_some_and(|m| m.expires_at.is_some_and(|at| at <= now))
+            .is_some_and(|m| m.expires_at.is_some_and(|at| at < now))
         {
             if let Some(expired) = state.ready.pop_front() {
                 state.ready_bytes -= expired.content.size();
@@ -403,10 +468,14 @@ impl Queue {
 
     /// Puts a message recovered from the store at the tail (at startup, before any
     /// consumer).
-    pub fn restore(&self, message: QueuedMessage) {
+    pub fn restore(&self, mut message: QueuedMessage) {
         let mut state = self.state();
+        if self.settings.queue_type == QueueType::Quorum {
+            let count = i64::from(message.redelivered);
+            message.content = with_delivery_count(&message.content, count);
+        }
         state.ready_bytes += message.content.size();
-        state.ready.push_back(message);
+        self.enqueue(&mut state, message);
     }
 
     /// Takes one ready message for basic.get.
@@ -446,19 +515,44 @@ impl Queue {
         self.dispatch(&mut state, dead);
     }
 
-    /// Puts messages back at the head, in their original order, marked redelivered.
+    /// Puts messages back at the head, in their original order, marked redelivered: what
+    /// a closing channel or connection does with its unacked messages.
     pub fn requeue(
         self: &Arc<Self>,
         link: &Arc<ChannelLink>,
         messages: Vec<Unacked>,
         dead: &mut DeadLetters,
     ) {
+        self.put_back(link, messages, dead, false);
+    }
+
+    /// Returns rejected or nacked messages (requeue=true) and basic.recover's: like
+    /// [`requeue`](Self::requeue) for a classic queue; a quorum queue appends them at the
+    /// back, in the order they are returned.
+    pub fn return_messages(
+        self: &Arc<Self>,
+        link: &Arc<ChannelLink>,
+        messages: Vec<Unacked>,
+        dead: &mut DeadLetters,
+    ) {
+        let to_back = self.settings.queue_type == QueueType::Quorum;
+        self.put_back(link, messages, dead, to_back);
+    }
+
+    fn put_back(
+        self: &Arc<Self>,
+        link: &Arc<ChannelLink>,
+        messages: Vec<Unacked>,
+        dead: &mut DeadLetters,
+        to_back: bool,
+    ) {
         let mut state = self.state();
         if state.deleted {
             self.forget_stored(messages.iter().map(|u| &u.message));
             return;
         }
-        for unacked in messages.into_iter().rev() {
+        let quorum = self.settings.queue_type == QueueType::Quorum;
+        let back_up = |state: &mut QueueState, unacked: Unacked| {
             state.unacked = state.unacked.saturating_sub(1);
             if let Some(tag) = &unacked.consumer_tag {
                 if let Some(consumer) = state
@@ -471,8 +565,23 @@ impl Queue {
             }
             let mut message = unacked.message;
             message.redelivered = true;
+            if quorum {
+                let count = delivery_count(&message.content) + 1;
+                message.content = with_delivery_count(&message.content, count);
+            }
             state.ready_bytes += message.content.size();
-            state.ready.push_front(message);
+            message
+        };
+        if to_back {
+            for unacked in messages {
+                let message = back_up(&mut state, unacked);
+                self.enqueue(&mut state, message);
+            }
+        } else {
+            for unacked in messages.into_iter().rev() {
+                let message = back_up(&mut state, unacked);
+                self.enqueue_front(&mut state, message);
+            }
         }
         self.dispatch(&mut state, dead);
     }
@@ -507,4 +616,48 @@ impl Queue {
         state.ready_bytes = 0;
         (count, std::mem::take(&mut state.consumers))
     }
+}
+
+/// A message's priority in a queue with `x-max-priority` `max`: its `priority` property
+/// capped at `max` (none: 0), as RabbitMQ orders a priority queue.
+fn message_priority(message: &QueuedMessage, max: u8) -> u8 {
+    message.content.properties.priority.unwrap_or(0).min(max)
+}
+
+/// How often a quorum queue message was returned: its `x-delivery-count` header.
+fn delivery_count(content: &MessageContent) -> i64 {
+    match content
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-delivery-count"))
+    {
+        Some(FieldValue::I64(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// The content with `x-delivery-count` set to `count`, as a quorum queue delivers it. Like
+/// RabbitMQ when it sets a header, the headers come out sorted by name.
+fn with_delivery_count(content: &Arc<MessageContent>, count: i64) -> Arc<MessageContent> {
+    let mut properties = content.properties.clone();
+    let mut entries: Vec<(ShortString, FieldValue)> = properties
+        .headers
+        .take()
+        .map(|h| {
+            h.iter()
+                .filter(|(k, _)| k.as_bytes() != b"x-delivery-count")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.push(("x-delivery-count".into(), FieldValue::I64(count)));
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    properties.headers = Some(entries.into_iter().collect());
+    Arc::new(MessageContent {
+        exchange: content.exchange.clone(),
+        routing_key: content.routing_key.clone(),
+        properties,
+        body: content.body.clone(),
+    })
 }

@@ -387,7 +387,7 @@ async fn deleting_a_queue_with_if_empty_refuses_a_queue_with_messages() {
     assert_eq!(refused.status, 400);
     assert_eq!(
         refused.json()["reason"],
-        "queue 'full' in vhost '/' is not empty"
+        "queue 'full' in vhost '/' not empty"
     );
     let purged = api(&running, "DELETE", "/api/queues/%2F/full/contents", None).await;
     assert_eq!(purged.status, 204);

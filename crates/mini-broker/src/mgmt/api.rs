@@ -1071,7 +1071,7 @@ impl Api {
             let message = QueuedMessage {
                 content: content.clone(),
                 redelivered: false,
-                expires_at: ttl.map(|ttl| now + ttl),
+                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
                 persist_id,
             };
             let mut dead = DeadLetters::new();
