@@ -1,0 +1,96 @@
+//! What the three client benchmarks share: flags, timing and the one JSON line each prints.
+//!
+//! ```text
+//! bench-<client> --port 5672 --test publish|confirm|consume [-n 1000000] [-s 16]
+//!                [--window 1000] [--qos 1000]
+//! ```
+//! - `publish`: N publishes of an s-byte body, no confirms; the clock stops when a synchronous
+//!   call on the same channel (a passive queue.declare) returns, so every publish was sent and
+//!   processed by the broker, whatever the client buffers.
+//! - `confirm`: the same in confirm mode with at most `window` publishes unconfirmed; the
+//!   clock stops at the last confirm.
+//! - `consume`: the queue is filled with N messages first (not timed); then a consumer with
+//!   prefetch `qos` acks every delivery on its own (basic.ack, multiple = false); the clock
+//!   runs from basic.consume to the last ack sent.
+//!
+//! Each program uses one connection and one channel per role, and its client's usual API.
+
+use std::time::{Duration, Instant};
+
+/// The flags.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub test: String,
+    pub messages: u64,
+    pub size: usize,
+    pub window: u64,
+    pub qos: u16,
+    pub queue: String,
+}
+
+impl Options {
+    /// Parses `std::env::args`; exits with a message on a bad flag.
+    pub fn from_args(client: &str) -> Options {
+        let mut options = Options {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            test: "publish".into(),
+            messages: 1_000_000,
+            size: 16,
+            window: 1000,
+            qos: 1000,
+            queue: format!("bench-clients-{client}"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let value = args.next().unwrap_or_else(|| usage(&flag));
+            match flag.as_str() {
+                "--host" => options.host = value,
+                "--port" => options.port = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "--test" => options.test = value,
+                "-n" => options.messages = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "-s" => options.size = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "--window" => options.window = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "--qos" => options.qos = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "--queue" => options.queue = value,
+                _ => usage(&flag),
+            }
+        }
+        if !["publish", "confirm", "consume"].contains(&options.test.as_str()) {
+            usage(&options.test);
+        }
+        options
+    }
+
+    /// amqp://guest:guest@host:port/%2f
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}:{}/%2f", self.host, self.port)
+    }
+}
+
+fn usage(flag: &str) -> ! {
+    eprintln!(
+        "bad flag or value near {flag:?}; flags: --host H --port P --test publish|confirm|consume -n N -s SIZE --window W --qos Q --queue NAME"
+    );
+    std::process::exit(2)
+}
+
+/// Prints the result line.
+pub fn report(client: &str, options: &Options, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "{{\"client\":\"{client}\",\"test\":\"{}\",\"port\":{},\"messages\":{},\"size\":{},\"seconds\":{seconds:.4},\"rate\":{:.0}}}",
+        options.test,
+        options.port,
+        options.messages,
+        options.size,
+        options.messages as f64 / seconds
+    );
+}
+
+/// A stopwatch.
+pub fn start() -> Instant {
+    Instant::now()
+}

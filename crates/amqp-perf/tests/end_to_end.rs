@@ -1,0 +1,137 @@
+//! amqp-perf against a mini-broker started in the test process: the runs complete, the
+//! exactly-once check passes, and an unreachable broker gives a one-line error.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use amqp_perf::{run, Args};
+use clap::Parser;
+use mini_broker::{BrokerOptions, RunningBroker};
+
+async fn broker() -> RunningBroker {
+    mini_broker::start(BrokerOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Default::default()
+    })
+    .await
+    .expect("broker starts")
+}
+
+fn args(uri: &str, flags: &[&str]) -> Args {
+    let mut argv = vec!["amqp-perf", "--uri", uri, "--quiet"];
+    argv.extend_from_slice(flags);
+    Args::try_parse_from(argv).expect("flags parse")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_autoack_receives_every_message_exactly_once() {
+    let broker = broker().await;
+    let summary = run(&args(&broker.url(), &["-C", "5000", "-a"]), |_| {})
+        .await
+        .expect("run completes");
+    assert_eq!(summary.sent, 5000);
+    assert_eq!(summary.received, 5000);
+    assert!(summary.ok(), "{}", summary.text());
+    assert_eq!(
+        summary.delivery_line(),
+        "all 5000 messages received exactly once"
+    );
+    assert_eq!(summary.latency.map(|l| l.count), Some(5000));
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_confirms_manual_acks_and_two_producers_counts_every_confirm() {
+    let broker = broker().await;
+    let flags = [
+        "-x",
+        "2",
+        "-y",
+        "2",
+        "-C",
+        "2000",
+        "-c",
+        "50",
+        "-q",
+        "100",
+        "-A",
+        "10",
+        "-s",
+        "100",
+        "-f",
+        "persistent",
+    ];
+    let summary = run(&args(&broker.url(), &flags), |_| {})
+        .await
+        .expect("run completes");
+    assert_eq!(summary.sent, 4000);
+    assert_eq!(summary.confirmed, 4000);
+    assert_eq!(summary.nacked, 0);
+    assert_eq!(summary.received, 4000);
+    assert!(summary.ok(), "{}", summary.text());
+    assert_eq!(summary.json()["delivery"]["ok"], true);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_consumers_leaves_messages_in_named_queue() {
+    let broker = broker().await;
+    let flags = [
+        "-y",
+        "0",
+        "-C",
+        "300",
+        "-c",
+        "100",
+        "--queue",
+        "perf-backlog",
+    ];
+    let summary = run(&args(&broker.url(), &flags), |_| {})
+        .await
+        .expect("run completes");
+    assert_eq!(summary.queue_depth, 300);
+    assert!(summary.delivery_line().contains("300 in the queues"));
+    // A consumer-only run drains part of it and stops at its count.
+    let flags = [
+        "-x",
+        "0",
+        "-D",
+        "200",
+        "--queue",
+        "perf-backlog",
+        "--predeclared",
+    ];
+    let summary = run(&args(&broker.url(), &flags), |_| {})
+        .await
+        .expect("consumer-only run completes");
+    assert!(summary.received >= 200, "{}", summary.text());
+    assert!(summary.ok(), "{}", summary.text());
+    // A second run purges the backlog first, so its check still passes.
+    let summary = run(
+        &args(&broker.url(), &["-C", "100", "--queue", "perf-backlog"]),
+        |_| {},
+    )
+    .await
+    .expect("second run completes");
+    assert!(summary.ok(), "{}", summary.text());
+    assert_eq!(summary.received, 100);
+    broker.shutdown().await;
+}
+
+#[test]
+fn binary_exits_non_zero_with_one_line_when_broker_unreachable() {
+    // Bind and drop a listener to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_amqp-perf"))
+        .args(["--uri", &format!("amqp://guest:guest@127.0.0.1:{port}/%2f")])
+        .args(["-C", "10"])
+        .output()
+        .expect("amqp-perf runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("amqp-perf: cannot connect to amqp://guest:***@127.0.0.1:"));
+}
