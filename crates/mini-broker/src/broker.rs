@@ -40,6 +40,68 @@ pub struct Broker {
     /// The high watermark in bytes of queued message bodies.
     memory_high_watermark: AtomicU64,
     store: Option<Arc<Store>>,
+    /// Message counters since the start, for /metrics and the management overview.
+    pub stats: MessageStats,
+}
+
+/// Counters of what happened to messages since the broker started (RabbitMQ's global
+/// message stats). Relaxed atomics: one add per event, read when scraped.
+#[derive(Debug, Default)]
+pub struct MessageStats {
+    /// basic.publish received.
+    pub published: AtomicU64,
+    /// Publishes routed to at least one queue.
+    pub routed: AtomicU64,
+    /// Mandatory publishes returned unroutable (basic.return).
+    pub returned: AtomicU64,
+    /// Publisher confirms sent (acks and nacks).
+    pub confirmed: AtomicU64,
+    /// Messages delivered to consumers or fetched with basic.get.
+    pub delivered: AtomicU64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: AtomicU64,
+    /// Deliveries acknowledged by clients.
+    pub acknowledged: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`MessageStats::published`].
+    pub published: u64,
+    /// See [`MessageStats::routed`].
+    pub routed: u64,
+    /// See [`MessageStats::returned`].
+    pub returned: u64,
+    /// See [`MessageStats::confirmed`].
+    pub confirmed: u64,
+    /// See [`MessageStats::delivered`].
+    pub delivered: u64,
+    /// See [`MessageStats::redelivered`].
+    pub redelivered: u64,
+    /// See [`MessageStats::acknowledged`].
+    pub acknowledged: u64,
+}
+
+impl MessageStats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            published: read(&self.published),
+            routed: read(&self.routed),
+            returned: read(&self.returned),
+            confirmed: read(&self.confirmed),
+            delivered: read(&self.delivered),
+            redelivered: read(&self.redelivered),
+            acknowledged: read(&self.acknowledged),
+        }
+    }
 }
 
 impl Broker {
@@ -92,6 +154,7 @@ impl Broker {
             alarm: tokio::sync::watch::channel(false).0,
             memory_high_watermark: AtomicU64::new(watermark),
             store,
+            stats: MessageStats::default(),
         })
     }
 

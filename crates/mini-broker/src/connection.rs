@@ -37,7 +37,7 @@ use amqp_codec::{
 };
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::broker::{generated_queue_name, Broker, ExchangeFlags, QueueFlags, VHost};
+use crate::broker::{generated_queue_name, Broker, ExchangeFlags, MessageStats, QueueFlags, VHost};
 use crate::delivery::{lock, ChannelLink, Outbox, Unacked};
 use crate::error::{erlang_binary_p, erlang_binary_w, queue_resource, AmqpError};
 use crate::message::{MessageContent, QueuedMessage};
@@ -1426,7 +1426,13 @@ impl ServerConnection {
             properties,
             body: content.body,
         });
+        let stats = &self.broker.stats;
+        MessageStats::add(&stats.published, 1);
+        if !queues.is_empty() {
+            MessageStats::add(&stats.routed, 1);
+        }
         if queues.is_empty() && publish.mandatory {
+            MessageStats::add(&stats.returned, 1);
             let returned = QueuedMessage {
                 content: message.clone(),
                 redelivered: false,
@@ -1479,10 +1485,12 @@ impl ServerConnection {
         queues.clear();
         self.route_buf = queues;
         let outbox = self.outbox.clone();
+        let mut confirmed = false;
         let channel = self.channel(id)?;
         if let Some(seq) = channel.confirm_seq.as_mut() {
             let delivery_tag = *seq;
             *seq += 1;
+            confirmed = true;
             // A nack must not overtake the store's pending confirms of this channel.
             let store = stored_in.or_else(|| {
                 (rejected && channel.confirms_in_store)
@@ -1519,6 +1527,9 @@ impl ServerConnection {
                 );
             }
         }
+        if confirmed {
+            MessageStats::add(&self.broker.stats.confirmed, 1);
+        }
         Ok(())
     }
 
@@ -1531,6 +1542,10 @@ impl ServerConnection {
         let link = self.channel(id)?.link.clone();
         match fetched {
             Some((message, remaining)) => {
+                MessageStats::add(&self.broker.stats.delivered, 1);
+                if message.redelivered {
+                    MessageStats::add(&self.broker.stats.redelivered, 1);
+                }
                 if let (Some(store), Some(id)) = (&queue.store, message.persist_id) {
                     if get.no_ack {
                         store.ack(id);
@@ -1561,6 +1576,7 @@ impl ServerConnection {
         let acked = link
             .take_unacked(tag, multiple)
             .ok_or_else(|| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))?;
+        MessageStats::add(&self.broker.stats.acknowledged, acked.len() as u64);
         settle(&link, acked, self.vhost.as_deref(), None);
         Ok(())
     }

@@ -7,7 +7,9 @@
 //! `rabbitmq_queue_messages_ready_bytes` and `rabbitmq_queue_consumers`, labelled with
 //! `vhost` and `queue`; broker-wide `rabbitmq_connections`, `rabbitmq_channels`,
 //! `rabbitmq_consumers`, `rabbitmq_queues`, the memory alarm and resident memory.
-//! All are gauges read from the live state when scraped.
+//! These are gauges read from the live state when scraped. The `rabbitmq_global_messages_*_total`
+//! counters (received, routed, returned, confirmed, delivered, redelivered, acknowledged) give
+//! the message rates through Prometheus's `rate()`.
 
 use std::fmt::Write;
 
@@ -145,6 +147,49 @@ pub fn render(broker: &Broker) -> String {
         "Memory used in bytes",
         &single(resident_memory()),
     );
+    // Counters since start: Prometheus derives the rates (rate(...[1m])).
+    let stats = broker.stats.snapshot();
+    for (name, help, value) in [
+        (
+            "rabbitmq_global_messages_received_total",
+            "Messages published to the broker",
+            stats.published,
+        ),
+        (
+            "rabbitmq_global_messages_routed_total",
+            "Messages routed to at least one queue",
+            stats.routed,
+        ),
+        (
+            "rabbitmq_global_messages_unroutable_returned_total",
+            "Mandatory messages returned to their publisher as unroutable",
+            stats.returned,
+        ),
+        (
+            "rabbitmq_global_messages_confirmed_total",
+            "Publisher confirms sent",
+            stats.confirmed,
+        ),
+        (
+            "rabbitmq_global_messages_delivered_total",
+            "Messages delivered to consumers or fetched with basic.get",
+            stats.delivered,
+        ),
+        (
+            "rabbitmq_global_messages_redelivered_total",
+            "Messages delivered again",
+            stats.redelivered,
+        ),
+        (
+            "rabbitmq_global_messages_acknowledged_total",
+            "Deliveries acknowledged by clients",
+            stats.acknowledged,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }
 
