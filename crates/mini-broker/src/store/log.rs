@@ -240,17 +240,26 @@ pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
 }
 
 /// The segment being appended to.
+///
+/// Its file always holds whole records only: an append that fails part way (a full disk) is
+/// cut back off, so that later appends never follow a torn record. If even the cut fails,
+/// the segment refuses appends until [`ActiveSegment::repair`] manages it.
 pub struct ActiveSegment {
     /// Its number.
     pub number: u64,
     file: File,
-    /// Its size so far.
+    /// Its size so far: the end of its last whole record.
     pub len: u64,
+    /// Bytes past `len` may be on file (a failed append could not be cut back).
+    broken: bool,
+    #[cfg(test)]
+    dir: PathBuf,
 }
 
 impl ActiveSegment {
     /// Opens (or creates) segment `number` for appending, cutting it to `valid_len` bytes
-    /// (the end of its last whole record).
+    /// (the end of its last whole record). The directory is synced too, so that what is
+    /// later synced in a new file cannot be lost with its directory entry in a power cut.
     pub fn open(dir: &Path, number: u64, valid_len: Option<u64>) -> io::Result<ActiveSegment> {
         let path = segment_path(dir, number);
         let mut file = OpenOptions::new()
@@ -259,6 +268,7 @@ impl ActiveSegment {
             .write(true)
             .truncate(false)
             .open(&path)?;
+        sync_dir(dir)?;
         let len = match valid_len {
             Some(valid) => {
                 file.set_len(valid)?;
@@ -268,19 +278,121 @@ impl ActiveSegment {
             None => file.metadata()?.len(),
         };
         file.seek(SeekFrom::Start(len))?;
-        Ok(ActiveSegment { number, file, len })
+        Ok(ActiveSegment {
+            number,
+            file,
+            len,
+            broken: false,
+            #[cfg(test)]
+            dir: dir.to_owned(),
+        })
     }
 
-    /// Appends encoded records.
+    /// Appends encoded records. On failure nothing of them stays in the file (or the
+    /// segment is marked broken and the next append first retries the cut).
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        Ok(())
+        if self.broken {
+            self.repair()?;
+        }
+        match self.write(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                // Left broken if even the cut fails.
+                let _ = self.truncate(self.len);
+                Err(err)
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(kept) = faults::append_fails(&self.dir) {
+            // A full disk: part of the write lands, then ENOSPC.
+            self.file.write_all(&bytes[..kept.min(bytes.len())])?;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        self.file.write_all(bytes)
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if faults::sync_fails(&self.dir) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
         self.file.sync_data()
+    }
+
+    /// Cuts the file back to `len` bytes (the end of a whole record) and makes the cut
+    /// durable; appends continue there. If that fails, the segment is broken and the next
+    /// append or [`ActiveSegment::repair`] retries the cut to `len`.
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.len = len;
+        self.broken = true;
+        self.file.set_len(len)?;
+        self.file.seek(SeekFrom::Start(len))?;
+        self.file.sync_all()?;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Retries cutting off what a failed append left behind, if anything.
+    pub fn repair(&mut self) -> io::Result<()> {
+        if self.broken {
+            self.truncate(self.len)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Test-only fault injection: makes a directory's segment appends or syncs fail, as a full
+/// disk or a failing device would.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Fault {
+        /// Appends write this many bytes, then fail with ENOSPC.
+        Append { kept: usize },
+        /// Syncs fail with EIO.
+        Sync,
+    }
+
+    static FAULTS: Mutex<Vec<(PathBuf, Fault)>> = Mutex::new(Vec::new());
+
+    /// Makes the segments under `dir` fail (None: work again).
+    pub(crate) fn set(dir: &Path, fault: Option<Fault>) {
+        let mut faults = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        faults.retain(|(d, _)| d != dir);
+        if let Some(fault) = fault {
+            faults.push((dir.to_owned(), fault));
+        }
+    }
+
+    fn find(dir: &Path) -> Option<Fault> {
+        let faults = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+        faults.iter().find(|(d, _)| d == dir).map(|(_, f)| *f)
+    }
+
+    pub(crate) fn append_fails(dir: &Path) -> Option<usize> {
+        match find(dir) {
+            Some(Fault::Append { kept }) => Some(kept),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn sync_fails(dir: &Path) -> bool {
+        matches!(find(dir), Some(Fault::Sync))
     }
 }
 
@@ -359,23 +471,39 @@ mod tests {
         assert!(damage.unwrap().what.contains("impossible record size"));
     }
 
-    fn tempdir() -> PathBuf {
+    fn tempdir() -> tests_support::TempDir {
         tests_support::tempdir()
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests_support {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
-    /// A fresh, empty directory under the system temp dir.
-    pub(crate) fn tempdir() -> PathBuf {
+    /// A fresh, empty directory under the system temp dir, removed when dropped.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn tempdir() -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "mini-broker-store-{}-{}",
             std::process::id(),
             crate::broker::random_u64()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        TempDir(dir)
     }
 }

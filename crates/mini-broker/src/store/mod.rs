@@ -15,11 +15,34 @@
 //! Segments are only ever deleted from the front: an ack record can only refer to a publish
 //! in its own or an earlier segment, so deleting from the front never lets an acked message
 //! come back.
+//!
+//! ## When the disk fails (full, or an IO error)
+//!
+//! - A failed append is cut back off the segment, so the log never holds a torn record
+//!   before good ones. A failed fsync cuts the segment back to its last synced length: what
+//!   was written since may or may not have reached the disk, and is treated as lost.
+//! - The publishes that did not reach the disk are dropped from the log (they stay in their
+//!   queues in memory until a restart); every confirm that covers one of them is a
+//!   basic.nack. While the store has failed, [`Store::has_failed`] is true and the broker
+//!   refuses persistent messages to durable queues at once (basic.nack): nothing is
+//!   confirmed that is not on disk. Transient messages and everything else keep working.
+//! - Acks and deliveries that cannot be written are applied in memory at once (so dead
+//!   segments can still be deleted, freeing space) and kept to be written later. A restart
+//!   before they are written brings those acked messages back: at least once, never lost.
+//! - Every second the writer tries again: it cuts off any leftover torn bytes, writes and
+//!   removes a 1 MiB probe file (so a disk with a few bytes free does not flap between
+//!   accepting and refusing), writes the kept acks and fsyncs. When all of that works, the
+//!   failure is cleared, logged, and persistent messages are accepted again. The failure is
+//!   therefore not sticky: freeing space (or consumers acking messages, which lets whole
+//!   segments be deleted) brings the broker back without a restart.
+//! - A failure to save the definitions is retried the same way.
 
 pub mod definitions;
 pub mod log;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -39,6 +62,15 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 const IDLE_SYNC: Duration = Duration::from_millis(200);
 /// The most bytes one batch writes before it syncs.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// After a write failed, how often it is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The free space a retry must find (by writing a probe file) before the store accepts
+/// persistent messages again.
+const PROBE_BYTES: usize = 1024 * 1024;
+/// After a compaction failed, how long before the next attempt.
+const COMPACTION_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the writer logs its group-commit counters (at debug level).
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -113,11 +145,27 @@ pub struct Confirm {
 }
 
 enum Op {
-    Publish(PublishRecord),
+    /// `seq` orders publishes for the confirms that cover them ([`Store::confirm`]).
+    Publish {
+        seq: u64,
+        record: PublishRecord,
+    },
     Ack(u64),
     Delivered(u64),
-    Confirm(Confirm),
+    /// Covers the publishes from sequence number `since` on.
+    Confirm {
+        since: u64,
+        confirm: Confirm,
+    },
     Sync(mpsc::Sender<bool>),
+}
+
+/// Publish sequence numbers, process-wide so that those of different stores compare too.
+static PUBLISH_SEQ: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The first publish logged from this thread since its last confirm.
+    static UNCONFIRMED_SINCE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
 /// A message found in the log at startup.
@@ -127,14 +175,65 @@ pub struct Recovered {
     pub record: PublishRecord,
 }
 
+/// Counters of the writer thread, for profiling the group commit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Batches written (one write each).
+    pub batches: u64,
+    /// fsyncs of the message log.
+    pub fsyncs: u64,
+    /// Nanoseconds spent in those fsyncs.
+    pub fsync_nanos: u64,
+    /// Publish records written.
+    pub publishes: u64,
+    /// Publisher confirms sent (basic.ack and basic.nack).
+    pub confirms: u64,
+    /// Bytes appended to the log.
+    pub bytes: u64,
+    /// Publishes that did not reach the disk (dropped while the disk failed).
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct SharedStats {
+    batches: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+    publishes: AtomicU64,
+    confirms: AtomicU64,
+    bytes: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl SharedStats {
+    fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            fsync_nanos: self.fsync_nanos.load(Ordering::Relaxed),
+            publishes: self.publishes.load(Ordering::Relaxed),
+            confirms: self.confirms.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 /// The durable store. Cheap to share; the writing happens on its own thread.
 pub struct Store {
     dir: PathBuf,
     ops: Mutex<mpsc::Sender<Op>>,
     next_id: AtomicU64,
     failed: Arc<AtomicBool>,
-    /// The definitions of every vhost, as last saved.
-    pub definitions: Mutex<definitions::Definitions>,
+    stats: Arc<SharedStats>,
+    /// The definitions of every vhost, as last saved (or as last changed, while saving them
+    /// fails: the writer thread retries).
+    pub definitions: Arc<Mutex<definitions::Definitions>>,
+    definitions_unsaved: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -145,28 +244,27 @@ impl Store {
         let dir = options.dir.clone();
         let messages_dir = dir.join("messages");
         std::fs::create_dir_all(&messages_dir).map_err(io_error(&messages_dir))?;
-        let definitions = definitions::Definitions::load(&dir)?;
+        let definitions = Arc::new(Mutex::new(definitions::Definitions::load(&dir)?));
         let recovery = recover(&messages_dir, options.skip_corrupt)?;
-        let next_id = recovery
-            .messages
-            .keys()
-            .next_back()
-            .map_or(1, |id| id + 1)
-            .max(recovery.max_id + 1);
+        let next_id = recovery.max_id + 1;
         let (sender, receiver) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
-        let active = ActiveSegment::open(
+        let stats = Arc::new(SharedStats::default());
+        let definitions_unsaved = Arc::new(AtomicBool::new(false));
+        let active_path = segment_path(&messages_dir, recovery.active_number);
+        let mut active = ActiveSegment::open(
             &messages_dir,
             recovery.active_number,
             recovery.active_valid_len,
         )
-        .map_err(io_error(&segment_path(
-            &messages_dir,
-            recovery.active_number,
-        )))?;
+        .map_err(io_error(&active_path))?;
+        // What a killed broker left in the page cache is on disk from here on.
+        active.sync().map_err(io_error(&active_path))?;
         let writer = Writer {
+            data_dir: dir.clone(),
             dir: messages_dir,
             segment_size: options.segment_size,
+            synced_len: active.len,
             active,
             live: recovery.live,
             delivered: recovery
@@ -176,7 +274,17 @@ impl Store {
                 .map(|r| r.id)
                 .collect(),
             segments: recovery.segments,
+            unsynced: Unsynced::default(),
+            deferred: Vec::new(),
+            last_dropped: 0,
+            dropped: 0,
+            failure: None,
             failed: failed.clone(),
+            compact_after: Instant::now(),
+            definitions: definitions.clone(),
+            definitions_unsaved: definitions_unsaved.clone(),
+            definitions_retry: Instant::now(),
+            stats: stats.clone(),
         };
         std::thread::Builder::new()
             .name("mini-broker-store".into())
@@ -192,7 +300,9 @@ impl Store {
             ops: Mutex::new(sender),
             next_id: AtomicU64::new(next_id),
             failed,
-            definitions: Mutex::new(definitions),
+            stats,
+            definitions,
+            definitions_unsaved,
         });
         Ok((store, recovered))
     }
@@ -207,9 +317,15 @@ impl Store {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether writing failed (disk full, IO error): persistent publishes are then refused.
+    /// Whether writing the message log fails (disk full, IO error): persistent publishes
+    /// are then refused. Cleared by the writer thread once writing works again.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The writer thread's counters so far.
+    pub fn stats(&self) -> StoreStats {
+        self.stats.snapshot()
     }
 
     fn send(&self, op: Op) {
@@ -219,7 +335,16 @@ impl Store {
 
     /// Logs a persistent message entering a durable queue.
     pub fn publish(&self, record: PublishRecord) {
-        self.send(Op::Publish(record));
+        let ops = lock(&self.ops);
+        // Numbered under the lock: the writer sees publishes in sequence order.
+        let seq = PUBLISH_SEQ.fetch_add(1, Ordering::Relaxed);
+        let _ = ops.send(Op::Publish { seq, record });
+        drop(ops);
+        UNCONFIRMED_SINCE.with(|since| {
+            if since.get().is_none() {
+                since.set(Some(seq));
+            }
+        });
     }
 
     /// Logs that a message left its queue for good.
@@ -232,9 +357,17 @@ impl Store {
         self.send(Op::Delivered(id));
     }
 
-    /// Sends a publisher confirm once everything logged before it is on disk.
+    /// Sends a publisher confirm once everything logged before it is on disk: basic.ack, or
+    /// basic.nack if one of the publishes it covers did not reach the disk.
+    ///
+    /// It covers every publish logged *from this thread* since this thread's previous
+    /// confirm: the broker logs a message's publishes and asks for its confirm in one
+    /// synchronous call, so they are all there (and perhaps a few more, which only makes a
+    /// nack more likely, never an ack wrong). A confirm with no publish before it on this
+    /// thread is treated as covering everything ever logged.
     pub fn confirm(&self, confirm: Confirm) {
-        self.send(Op::Confirm(confirm));
+        let since = UNCONFIRMED_SINCE.with(Cell::take).unwrap_or(1);
+        self.send(Op::Confirm { since, confirm });
     }
 
     /// Waits until everything logged so far is on disk; false if writing failed.
@@ -245,11 +378,19 @@ impl Store {
     }
 
     /// Saves the definitions of one vhost (called after every change to a durable entity).
+    /// If the file cannot be written, the writer thread retries every second.
     pub fn save_definitions(&self, vhost: &str, snapshot: definitions::VHostDefinitions) {
         let mut definitions = lock(&self.definitions);
         definitions.vhosts.insert(vhost.to_owned(), snapshot);
-        if let Err(err) = definitions.save(&self.dir) {
-            tracing::error!("cannot save definitions in {}: {err}", self.dir.display());
+        match definitions.save(&self.dir) {
+            Ok(()) => self.definitions_unsaved.store(false, Ordering::Relaxed),
+            Err(err) => {
+                tracing::error!(
+                    "cannot save definitions in {}: {err}; retrying every {RETRY_INTERVAL:?} (until then a restart loses this change to durable exchanges, queues or bindings)",
+                    self.dir.display()
+                );
+                self.definitions_unsaved.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -262,6 +403,7 @@ struct Recovery {
     live: HashMap<u64, u64>,
     /// Per segment: (live messages, publish records written).
     segments: BTreeMap<u64, SegmentCounts>,
+    /// The highest id any record mentions.
     max_id: u64,
     active_number: u64,
     active_valid_len: Option<u64>,
@@ -294,10 +436,12 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
                     messages.insert(publish.id, publish);
                 }
                 Record::Ack(id) => {
+                    max_id = max_id.max(id);
                     messages.remove(&id);
                     location.remove(&id);
                 }
                 Record::Delivered(id) => {
+                    max_id = max_id.max(id);
                     if let Some(message) = messages.get_mut(&id) {
                         message.delivered = true;
                     }
@@ -357,116 +501,420 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
 
 /// The writer thread's state.
 struct Writer {
+    /// The data directory (definitions.json).
+    data_dir: PathBuf,
+    /// The message log directory.
     dir: PathBuf,
     segment_size: u64,
     active: ActiveSegment,
+    /// How much of the active segment is known to be on disk.
+    synced_len: u64,
     /// Live message id to its segment.
     live: HashMap<u64, u64>,
     /// Live messages that were delivered (kept when copied forward).
     delivered: HashSet<u64>,
     segments: BTreeMap<u64, SegmentCounts>,
+    /// Written to the active segment since its last fsync: what a failed fsync takes back.
+    unsynced: Unsynced,
+    /// Acks and deliveries not written because writing failed; written when it works again.
+    deferred: Vec<Mark>,
+    /// The sequence number of the latest publish that did not reach the disk.
+    last_dropped: u64,
+    /// Publishes dropped since the failure began.
+    dropped: u64,
+    failure: Option<Failure>,
     failed: Arc<AtomicBool>,
+    compact_after: Instant,
+    definitions: Arc<Mutex<definitions::Definitions>>,
+    definitions_unsaved: Arc<AtomicBool>,
+    definitions_retry: Instant,
+    stats: Arc<SharedStats>,
+}
+
+/// An ack or delivery record, by message id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Ack(u64),
+    Delivered(u64),
+}
+
+impl Mark {
+    fn encode(self, buf: &mut BytesMut) {
+        match self {
+            Mark::Ack(id) => Record::Ack(id).encode(buf),
+            Mark::Delivered(id) => Record::Delivered(id).encode(buf),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Unsynced {
+    publishes: Vec<u64>,
+    last_seq: u64,
+    marks: Vec<Mark>,
+}
+
+/// Writing failed; since when, and when to try again.
+struct Failure {
+    since: Instant,
+    next_retry: Instant,
+}
+
+/// What one turn of the writer loop collected.
+#[derive(Default)]
+struct Batch {
+    buf: BytesMut,
+    publishes: Vec<u64>,
+    last_seq: u64,
+    marks: Vec<Mark>,
+    confirms: Vec<(u64, Confirm)>,
+    syncs: Vec<mpsc::Sender<bool>>,
 }
 
 impl Writer {
     fn run(mut self, ops: mpsc::Receiver<Op>) {
-        let mut buf = BytesMut::with_capacity(1 << 20);
-        let mut confirms: Vec<Confirm> = Vec::new();
-        let mut syncs: Vec<mpsc::Sender<bool>> = Vec::new();
-        let mut unsynced = false;
+        let mut batch = Batch {
+            buf: BytesMut::with_capacity(1 << 20),
+            ..Batch::default()
+        };
         let mut last_sync = Instant::now();
+        let mut last_stats = (Instant::now(), StoreStats::default());
         loop {
             let first = match ops.recv_timeout(IDLE_SYNC) {
                 Ok(op) => Some(op),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if unsynced {
-                        let _ = self.active.sync();
-                    }
+                    self.finish();
                     return;
                 }
             };
-            let mut batch_publishes = Vec::new();
-            let mut batch_acks = Vec::new();
-            if let Some(first) = first {
-                let mut next = Some(first);
-                while let Some(op) = next {
-                    match op {
-                        Op::Publish(record) => {
-                            Record::Publish(record.clone()).encode(&mut buf);
-                            batch_publishes.push(record.id);
-                        }
-                        Op::Ack(id) => {
-                            if self.live.contains_key(&id) || batch_publishes.contains(&id) {
-                                Record::Ack(id).encode(&mut buf);
-                                batch_acks.push(id);
-                            }
-                        }
-                        Op::Delivered(id) => {
-                            if self.delivered.insert(id) {
-                                Record::Delivered(id).encode(&mut buf);
-                            }
-                        }
-                        Op::Confirm(confirm) => confirms.push(confirm),
-                        Op::Sync(done) => syncs.push(done),
-                    }
-                    next = if buf.len() < MAX_BATCH_BYTES {
-                        ops.try_recv().ok()
-                    } else {
-                        None
-                    };
-                }
+            let mut next = first;
+            while let Some(op) = next {
+                self.take(op, &mut batch);
+                next = if batch.buf.len() < MAX_BATCH_BYTES {
+                    ops.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            if !buf.is_empty() {
-                let number = self.active.number;
-                let written = self.active.append(&buf);
-                buf.clear();
-                match written {
-                    Ok(()) => {
-                        unsynced = true;
-                        let counts = self.segments.entry(number).or_default();
-                        counts.written += batch_publishes.len() as u64;
-                        counts.live += batch_publishes.len() as u64;
-                        for id in batch_publishes {
-                            self.live.insert(id, number);
-                        }
-                        for id in batch_acks {
-                            self.forget(id);
-                        }
-                    }
-                    Err(err) => self.fail("append to the message log", &err),
-                }
+            let mut ok = self.failure.is_none();
+            if !batch.buf.is_empty() {
+                ok &= self.write(&mut batch);
             }
             // Confirms and syncs wait for an fsync now; other writes are synced at least every
             // IDLE_SYNC, so persistent messages without confirms reach the disk soon too.
-            let waiting = !confirms.is_empty() || !syncs.is_empty();
-            if unsynced && (waiting || last_sync.elapsed() >= IDLE_SYNC) {
-                if let Err(err) = self.active.sync() {
-                    self.fail("fsync the message log", &err);
-                }
-                unsynced = false;
+            let waiting = !batch.confirms.is_empty() || !batch.syncs.is_empty();
+            if ok
+                && self.active.len > self.synced_len
+                && (waiting || last_sync.elapsed() >= IDLE_SYNC)
+            {
+                ok &= self.sync_active();
                 last_sync = Instant::now();
             }
-            let ok = !self.failed.load(Ordering::Relaxed);
-            for confirm in confirms.drain(..) {
-                send_confirm(&confirm, ok && !confirm.nack);
+            add(&self.stats.confirms, batch.confirms.len() as u64);
+            for (since, confirm) in batch.confirms.drain(..) {
+                let stored = ok && since > self.last_dropped;
+                send_confirm(&confirm, stored && !confirm.nack);
             }
-            if let Err(err) = self.reclaim() {
-                self.fail("reclaim message log segments", &err);
-            }
+            self.reclaim();
             // A sync answers once the batch is written, synced and its segments reclaimed.
-            for done in syncs.drain(..) {
+            for done in batch.syncs.drain(..) {
                 let _ = done.send(ok);
+            }
+            let now = Instant::now();
+            if self.failure.as_ref().is_some_and(|f| now >= f.next_retry) {
+                self.retry();
+            }
+            if self.definitions_unsaved.load(Ordering::Relaxed) && now >= self.definitions_retry {
+                self.retry_definitions();
+            }
+            if now.duration_since(last_stats.0) >= STATS_INTERVAL {
+                last_stats = (
+                    now,
+                    self.log_stats(now.duration_since(last_stats.0), last_stats.1),
+                );
             }
         }
     }
 
-    fn fail(&self, what: &str, err: &std::io::Error) {
+    /// Adds one op to the batch (or, while writing fails, handles it without writing).
+    fn take(&mut self, op: Op, batch: &mut Batch) {
+        let failing = self.failure.is_some();
+        match op {
+            Op::Publish { seq, record } => {
+                if failing {
+                    self.last_dropped = self.last_dropped.max(seq);
+                    self.dropped += 1;
+                    add(&self.stats.dropped, 1);
+                    return;
+                }
+                // Live at once, so that an ack later in the batch finds it; taken back if
+                // the append fails.
+                self.live.insert(record.id, self.active.number);
+                batch.publishes.push(record.id);
+                batch.last_seq = seq;
+                Record::Publish(record).encode(&mut batch.buf);
+            }
+            Op::Ack(id) => {
+                if !self.live.contains_key(&id) {
+                    return;
+                }
+                if failing {
+                    // Applied now so that dead segments can go (freeing space); written later.
+                    self.forget(id);
+                    self.deferred.push(Mark::Ack(id));
+                } else {
+                    Mark::Ack(id).encode(&mut batch.buf);
+                    batch.marks.push(Mark::Ack(id));
+                }
+            }
+            Op::Delivered(id) => {
+                if !self.live.contains_key(&id) || !self.delivered.insert(id) {
+                    return;
+                }
+                if failing {
+                    self.deferred.push(Mark::Delivered(id));
+                } else {
+                    Mark::Delivered(id).encode(&mut batch.buf);
+                    batch.marks.push(Mark::Delivered(id));
+                }
+            }
+            Op::Confirm { since, confirm } => batch.confirms.push((since, confirm)),
+            Op::Sync(done) => batch.syncs.push(done),
+        }
+    }
+
+    /// Appends the batch; false if that failed (the batch's publishes are then dropped).
+    fn write(&mut self, batch: &mut Batch) -> bool {
+        let number = self.active.number;
+        let written = self.active.append(&batch.buf);
+        add(&self.stats.batches, 1);
+        let publishes = std::mem::take(&mut batch.publishes);
+        let marks = std::mem::take(&mut batch.marks);
+        let ok = match written {
+            Ok(()) => {
+                add(&self.stats.bytes, batch.buf.len() as u64);
+                add(&self.stats.publishes, publishes.len() as u64);
+                let counts = self.segments.entry(number).or_default();
+                counts.written += publishes.len() as u64;
+                counts.live += publishes.len() as u64;
+                for mark in &marks {
+                    if let Mark::Ack(id) = mark {
+                        self.forget(*id);
+                    }
+                }
+                self.unsynced.publishes.extend(publishes);
+                self.unsynced.last_seq = self.unsynced.last_seq.max(batch.last_seq);
+                self.unsynced.marks.extend(marks);
+                true
+            }
+            Err(err) => {
+                // The segment cut the partial write off; nothing of the batch is on disk.
+                for id in &publishes {
+                    self.live.remove(id);
+                    self.delivered.remove(id);
+                }
+                self.drop_publishes(publishes.len(), batch.last_seq);
+                self.defer(marks);
+                self.enter_failure("append to the message log", &err);
+                false
+            }
+        };
+        batch.buf.clear();
+        batch.last_seq = 0;
+        ok
+    }
+
+    /// Fsyncs the active segment; false if that failed (what was written since the last
+    /// fsync is then cut off and treated as lost).
+    fn sync_active(&mut self) -> bool {
+        let started = Instant::now();
+        let synced = self.active.sync();
+        add(&self.stats.fsyncs, 1);
+        add(
+            &self.stats.fsync_nanos,
+            started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX),
+        );
+        match synced {
+            Ok(()) => {
+                self.synced_len = self.active.len;
+                self.unsynced = Unsynced::default();
+                true
+            }
+            Err(err) => {
+                self.undo_unsynced();
+                self.enter_failure("fsync the message log", &err);
+                false
+            }
+        }
+    }
+
+    /// After a failed fsync: cuts the active segment back to its last synced length and
+    /// forgets the publishes written since; their acks and deliveries are kept for later.
+    fn undo_unsynced(&mut self) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        if let Err(err) = self.active.truncate(self.synced_len) {
+            tracing::error!(
+                "cannot cut message log segment {} back to {} bytes: {err}; retrying",
+                self.active.number,
+                self.synced_len
+            );
+        }
+        let number = self.active.number;
+        let counts = self.segments.entry(number).or_default();
+        counts.written = counts
+            .written
+            .saturating_sub(unsynced.publishes.len() as u64);
+        for id in &unsynced.publishes {
+            if self.live.get(id) == Some(&number) {
+                self.live.remove(id);
+                self.delivered.remove(id);
+                counts.live = counts.live.saturating_sub(1);
+            }
+        }
+        self.drop_publishes(unsynced.publishes.len(), unsynced.last_seq);
+        let gone: HashSet<u64> = unsynced.publishes.into_iter().collect();
+        let marks = unsynced
+            .marks
+            .into_iter()
+            .filter(|mark| match mark {
+                Mark::Ack(id) | Mark::Delivered(id) => !gone.contains(id),
+            })
+            .collect();
+        self.defer(marks);
+    }
+
+    fn drop_publishes(&mut self, count: usize, last_seq: u64) {
+        self.last_dropped = self.last_dropped.max(last_seq);
+        self.dropped += count as u64;
+        add(&self.stats.dropped, count as u64);
+    }
+
+    /// Keeps acks and deliveries of messages still on disk, to write them later; an ack is
+    /// applied in memory at once.
+    fn defer(&mut self, marks: Vec<Mark>) {
+        for mark in marks {
+            match mark {
+                Mark::Ack(id) if self.live.contains_key(&id) => {
+                    self.forget(id);
+                    self.deferred.push(mark);
+                }
+                Mark::Ack(_) => self.deferred.push(mark),
+                Mark::Delivered(id) if self.live.contains_key(&id) => self.deferred.push(mark),
+                Mark::Delivered(_) => {}
+            }
+        }
+    }
+
+    fn enter_failure(&mut self, what: &str, err: &std::io::Error) {
+        let now = Instant::now();
+        if let Some(failure) = &mut self.failure {
+            tracing::debug!("still cannot {what} in {}: {err}", self.dir.display());
+            failure.next_retry = now + RETRY_INTERVAL;
+            return;
+        }
         tracing::error!(
-            "cannot {what} in {}: {err}; persistent messages are refused (nacked) from now on",
+            "cannot {what} in {}: {err}; persistent messages to durable queues are refused (publishers get basic.nack) until it can be written again (retrying every {RETRY_INTERVAL:?})",
             self.dir.display()
         );
+        self.failure = Some(Failure {
+            since: now,
+            next_retry: now + RETRY_INTERVAL,
+        });
         self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// While failing: tries to write again (leftover torn bytes cut, a probe file, the
+    /// deferred acks, an fsync); clears the failure if all of it works.
+    fn retry(&mut self) {
+        match self.try_write_again() {
+            Ok(()) => {
+                let since = self.failure.take().map(|f| f.since.elapsed());
+                tracing::info!(
+                    "the message log in {} can be written again after {:?}; accepting persistent messages again ({} that were on their way to the disk when it failed were not stored; publishers using confirms got basic.nack)",
+                    self.dir.display(),
+                    since.unwrap_or_default(),
+                    self.dropped
+                );
+                self.dropped = 0;
+                self.failed.store(false, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::debug!(
+                    "the message log in {} still cannot be written: {err}",
+                    self.dir.display()
+                );
+                if let Some(failure) = &mut self.failure {
+                    failure.next_retry = Instant::now() + RETRY_INTERVAL;
+                }
+            }
+        }
+    }
+
+    fn try_write_again(&mut self) -> std::io::Result<()> {
+        self.active.repair()?;
+        probe_free_space(&self.dir)?;
+        if !self.deferred.is_empty() {
+            let mut buf = BytesMut::with_capacity(self.deferred.len() * 17);
+            for mark in &self.deferred {
+                mark.encode(&mut buf);
+            }
+            self.active.append(&buf)?;
+            add(&self.stats.bytes, buf.len() as u64);
+            let deferred = std::mem::take(&mut self.deferred);
+            self.unsynced.marks.extend(deferred);
+        }
+        let synced = self.active.sync();
+        add(&self.stats.fsyncs, 1);
+        if let Err(err) = synced {
+            self.undo_unsynced();
+            return Err(err);
+        }
+        self.synced_len = self.active.len;
+        self.unsynced = Unsynced::default();
+        Ok(())
+    }
+
+    fn retry_definitions(&mut self) {
+        let definitions = lock(&self.definitions);
+        match definitions.save(&self.data_dir) {
+            Ok(()) => {
+                self.definitions_unsaved.store(false, Ordering::Relaxed);
+                tracing::info!("saved the definitions in {}", self.data_dir.display());
+            }
+            Err(err) => {
+                tracing::debug!("still cannot save the definitions: {err}");
+                self.definitions_retry = Instant::now() + RETRY_INTERVAL;
+            }
+        }
+    }
+
+    /// Logs the group-commit counters of the last interval (debug level); returns the
+    /// counters now.
+    fn log_stats(&self, elapsed: Duration, before: StoreStats) -> StoreStats {
+        let now = self.stats.snapshot();
+        let publishes = now.publishes - before.publishes;
+        let fsyncs = now.fsyncs - before.fsyncs;
+        if publishes > 0 || fsyncs > 0 {
+            tracing::debug!(
+                "group commit over {elapsed:.1?}: {publishes} messages, {} confirms, {fsyncs} fsyncs ({:.1} messages per fsync, {:.2} ms per fsync), {} batches, {} MB written",
+                now.confirms - before.confirms,
+                publishes as f64 / fsyncs.max(1) as f64,
+                (now.fsync_nanos - before.fsync_nanos) as f64 / 1e6 / fsyncs.max(1) as f64,
+                now.batches - before.batches,
+                (now.bytes - before.bytes) / 1_000_000
+            );
+        }
+        now
+    }
+
+    /// The ops channel closed (the store was dropped): makes what was written durable.
+    fn finish(&mut self) {
+        if self.failure.is_some() {
+            self.retry();
+        } else if self.active.len > self.synced_len {
+            self.sync_active();
+        }
     }
 
     /// A message is gone: count it out of its segment.
@@ -480,36 +928,96 @@ impl Writer {
     }
 
     /// Starts a new segment when the active one is full; deletes dead segments from the
-    /// front; compacts the oldest one when little of it is still live.
-    fn reclaim(&mut self) -> std::io::Result<()> {
-        if self.active.len >= self.segment_size {
-            self.active.sync()?;
+    /// front; compacts the oldest one when little of it is still live. While writing fails,
+    /// only deletes (a dead active segment too, when it is the only one), to free space.
+    fn reclaim(&mut self) {
+        if self.failure.is_none() && self.active.len >= self.segment_size {
+            if !self.sync_active() {
+                return;
+            }
             let next = self.active.number + 1;
-            self.active = ActiveSegment::open(&self.dir, next, None)?;
-            self.segments.entry(next).or_default();
+            match ActiveSegment::open(&self.dir, next, None) {
+                Ok(segment) => {
+                    self.active = segment;
+                    self.synced_len = 0;
+                    self.segments.entry(next).or_default();
+                }
+                Err(err) => {
+                    self.enter_failure("start a new message log segment", &err);
+                    return;
+                }
+            }
+        }
+        if self.failure.is_some() {
+            self.roll_dead_active();
         }
         loop {
             let Some((&oldest, &counts)) = self.segments.iter().next() else {
-                return Ok(());
+                return;
             };
             if oldest == self.active.number {
-                return Ok(());
+                return;
             }
             if counts.live == 0 {
-                std::fs::remove_file(segment_path(&self.dir, oldest)).or_else(ignore_missing)?;
-                self.segments.remove(&oldest);
-                continue;
+                match std::fs::remove_file(segment_path(&self.dir, oldest)).or_else(ignore_missing)
+                {
+                    Ok(()) => {
+                        self.segments.remove(&oldest);
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!("cannot delete message log segment {oldest}: {err}");
+                        return;
+                    }
+                }
             }
             // Copy the survivors forward when at most a quarter of the segment is live.
-            if counts.live * 4 <= counts.written {
-                self.compact(oldest)?;
-                continue;
+            if counts.live * 4 <= counts.written
+                && self.failure.is_none()
+                && Instant::now() >= self.compact_after
+            {
+                match self.compact(oldest) {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(err) => {
+                        tracing::warn!(
+                            "cannot compact message log segment {oldest}: {err}; trying again in {COMPACTION_BACKOFF:?}"
+                        );
+                        self.compact_after = Instant::now() + COMPACTION_BACKOFF;
+                        return;
+                    }
+                }
             }
-            return Ok(());
+            return;
         }
     }
 
-    fn compact(&mut self, number: u64) -> std::io::Result<()> {
+    /// While writing fails: if the active segment is the only one and none of its messages
+    /// is live, replaces it with an empty one (it is deleted next, from the front). Nothing
+    /// in it matters any more: no earlier segment is left for its acks to refer to.
+    fn roll_dead_active(&mut self) {
+        let number = self.active.number;
+        let dead = self.segments.len() == 1
+            && self.segments.get(&number).is_some_and(|c| c.live == 0)
+            && self.active.len > 0;
+        if !dead {
+            return;
+        }
+        match ActiveSegment::open(&self.dir, number + 1, None) {
+            Ok(segment) => {
+                self.active = segment;
+                self.synced_len = 0;
+                self.segments.entry(number + 1).or_default();
+                self.unsynced = Unsynced::default();
+                self.deferred.clear();
+            }
+            Err(err) => tracing::debug!("cannot start a new message log segment: {err}"),
+        }
+    }
+
+    /// Copies the live messages of segment `number` into the active one and deletes it.
+    /// Ok(false) if the copies could not be made durable (the store has failed).
+    fn compact(&mut self, number: u64) -> std::io::Result<bool> {
         let path = segment_path(&self.dir, number);
         let (records, _) = read_segment(&path)?;
         let mut buf = BytesMut::new();
@@ -523,8 +1031,13 @@ impl Writer {
                 }
             }
         }
-        self.active.append(&buf)?;
-        self.active.sync()?;
+        if !moved.is_empty() {
+            self.active.append(&buf)?;
+            add(&self.stats.bytes, buf.len() as u64);
+            if !self.sync_active() {
+                return Ok(false);
+            }
+        }
         let target = self.active.number;
         let counts = self.segments.entry(target).or_default();
         counts.written += moved.len() as u64;
@@ -532,11 +1045,29 @@ impl Writer {
         for id in moved {
             self.live.insert(id, target);
         }
+        // Nothing live is left in it; if the delete fails, the next reclaim retries it.
+        if let Some(counts) = self.segments.get_mut(&number) {
+            counts.live = 0;
+        }
         std::fs::remove_file(&path).or_else(ignore_missing)?;
         self.segments.remove(&number);
         tracing::debug!("compacted message log segment {number} into {target}");
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Writes, syncs and removes a file of [`PROBE_BYTES`]: fails unless that much space is
+/// free.
+fn probe_free_space(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join("free-space-probe");
+    let written = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&vec![0u8; PROBE_BYTES])?;
+        file.sync_data()
+    })();
+    let removed = std::fs::remove_file(&path);
+    written?;
+    removed
 }
 
 fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
@@ -558,12 +1089,14 @@ fn send_confirm(confirm: &Confirm, ack: bool) {
             },
         );
     } else {
+        // RabbitMQ's publisher nacks say requeue=true (observed with 3.10; the field means
+        // nothing to a publisher).
         confirm.outbox.send_method(
             confirm.channel,
             BasicNack {
                 delivery_tag: confirm.delivery_tag,
                 multiple: false,
-                requeue: false,
+                requeue: true,
             },
         );
     }
@@ -571,8 +1104,10 @@ fn send_confirm(confirm: &Confirm, ack: bool) {
 
 #[cfg(test)]
 mod tests {
+    use super::log::faults::{self, Fault};
     use super::log::tests_support::tempdir;
     use super::*;
+    use amqp_codec::{Frame, Method};
     use bytes::Bytes;
 
     fn record(id: u64, size: usize) -> PublishRecord {
@@ -596,6 +1131,205 @@ mod tests {
 
     fn segments(dir: &Path) -> Vec<u64> {
         list_segments(&dir.join("messages")).unwrap()
+    }
+
+    /// The confirms a store sent to `outbox`: (delivery tag, acked).
+    fn confirms(outbox: &Outbox) -> Vec<(u64, bool)> {
+        let mut buf = outbox.take();
+        let mut seen = Vec::new();
+        while let Some(frame) =
+            amqp_codec::decode(&mut buf, &amqp_codec::Limits::default()).unwrap()
+        {
+            match frame {
+                Frame::Method(_, Method::BasicAck(ack)) => seen.push((ack.delivery_tag, true)),
+                Frame::Method(_, Method::BasicNack(nack)) => seen.push((nack.delivery_tag, false)),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        seen
+    }
+
+    /// Publishes message `id` and asks for its confirm with delivery tag `id`.
+    fn publish_confirmed(store: &Store, outbox: &Arc<Outbox>, id: u64) {
+        store.publish(record(id, 100));
+        store.confirm(Confirm {
+            outbox: outbox.clone(),
+            channel: 1,
+            delivery_tag: id,
+            nack: false,
+        });
+    }
+
+    fn wait_until_writable(store: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.has_failed() {
+            assert!(Instant::now() < deadline, "the store did not recover");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn recovered_ids(dir: &Path) -> Vec<u64> {
+        let (_, recovered) = open(dir, DEFAULT_SEGMENT_SIZE);
+        recovered.iter().map(|r| r.record.id).collect()
+    }
+
+    #[test]
+    fn failed_append_nacks_its_confirms_leaves_no_torn_record_and_recovers_when_space_returns() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        let outbox = Arc::new(Outbox::new(131_072));
+        publish_confirmed(&store, &outbox, 1);
+        assert!(store.sync());
+        assert_eq!(confirms(&outbox), vec![(1, true)]);
+
+        // The disk fills up in the middle of the next write.
+        faults::set(&messages, Some(Fault::Append { kept: 30 }));
+        publish_confirmed(&store, &outbox, 2);
+        assert!(!store.sync(), "a sync reports the failure");
+        assert!(store.has_failed());
+        publish_confirmed(&store, &outbox, 3);
+        assert!(!store.sync());
+        assert_eq!(confirms(&outbox), vec![(2, false), (3, false)]);
+
+        faults::set(&messages, None);
+        wait_until_writable(&store);
+        publish_confirmed(&store, &outbox, 4);
+        assert!(store.sync());
+        assert_eq!(confirms(&outbox), vec![(4, true)]);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+
+        let (records, damage) = read_segment(&segment_path(&messages, 1)).unwrap();
+        assert_eq!(damage, None, "the partial write was cut off");
+        assert_eq!(records.len(), 2);
+        assert_eq!(recovered_ids(&dir), vec![1, 4]);
+    }
+
+    #[test]
+    fn failed_fsync_cuts_the_segment_back_to_its_last_synced_length_and_nacks() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        let outbox = Arc::new(Outbox::new(131_072));
+        publish_confirmed(&store, &outbox, 1);
+        assert!(store.sync());
+        let synced_len = std::fs::metadata(segment_path(&messages, 1)).unwrap().len();
+
+        faults::set(&messages, Some(Fault::Sync));
+        publish_confirmed(&store, &outbox, 2);
+        assert!(!store.sync());
+        assert_eq!(
+            std::fs::metadata(segment_path(&messages, 1)).unwrap().len(),
+            synced_len,
+            "what was written since the last fsync is cut off"
+        );
+        faults::set(&messages, None);
+        wait_until_writable(&store);
+        publish_confirmed(&store, &outbox, 3);
+        assert!(store.sync());
+        assert_eq!(confirms(&outbox), vec![(1, true), (2, false), (3, true)]);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(recovered_ids(&dir), vec![1, 3]);
+    }
+
+    #[test]
+    fn acks_that_could_not_be_written_are_written_once_the_disk_works_again() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        for id in 1..=3 {
+            store.publish(record(id, 100));
+        }
+        assert!(store.sync());
+        faults::set(&messages, Some(Fault::Append { kept: 0 }));
+        store.publish(record(4, 100));
+        assert!(!store.sync());
+        store.ack(1);
+        store.delivered(2);
+        assert!(!store.sync());
+        faults::set(&messages, None);
+        wait_until_writable(&store);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        let ids: Vec<(u64, bool)> = recovered
+            .iter()
+            .map(|r| (r.record.id, r.record.delivered))
+            .collect();
+        assert_eq!(ids, vec![(2, true), (3, false)]);
+    }
+
+    #[test]
+    fn while_failing_a_dead_only_segment_is_deleted_to_free_its_space() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        for id in 1..=10 {
+            store.publish(record(id, 1000));
+        }
+        assert!(store.sync());
+        faults::set(&messages, Some(Fault::Append { kept: 0 }));
+        store.publish(record(11, 1000));
+        assert!(!store.sync());
+        for id in 1..=10 {
+            store.ack(id);
+        }
+        assert!(!store.sync());
+        assert_eq!(segments(&dir), vec![2], "the dead segment 1 is gone");
+        faults::set(&messages, None);
+        wait_until_writable(&store);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(recovered_ids(&dir).is_empty());
+    }
+
+    #[test]
+    fn confirm_covering_a_dropped_publish_is_a_nack_even_after_recovery() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        let outbox = Arc::new(Outbox::new(131_072));
+        faults::set(&messages, Some(Fault::Append { kept: 0 }));
+        // The publish fails; its confirm only reaches the writer after the disk recovered.
+        store.publish(record(1, 100));
+        assert!(!store.sync());
+        faults::set(&messages, None);
+        wait_until_writable(&store);
+        store.confirm(Confirm {
+            outbox: outbox.clone(),
+            channel: 1,
+            delivery_tag: 1,
+            nack: false,
+        });
+        assert!(store.sync());
+        assert_eq!(confirms(&outbox), vec![(1, false)]);
+    }
+
+    #[test]
+    fn definitions_that_could_not_be_saved_are_saved_by_a_retry() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        // A directory where the temporary file goes makes the save fail.
+        let blocker = dir.join("definitions.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let mut snapshot = definitions::VHostDefinitions::default();
+        snapshot.queues.push(definitions::QueueDefinition {
+            name: "kept".into(),
+            auto_delete: false,
+            arguments: serde_json::json!({}),
+        });
+        store.save_definitions("/", snapshot);
+        assert!(!dir.join("definitions.json").exists());
+        std::fs::remove_dir(&blocker).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join("definitions.json").exists() {
+            assert!(Instant::now() < deadline, "no retry saved the definitions");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let saved = definitions::Definitions::load(&dir).unwrap();
+        assert_eq!(saved.vhosts["/"].queues[0].name, "kept");
     }
 
     #[test]
@@ -651,6 +1385,7 @@ mod tests {
             store.publish(record(id, 100));
             store.ack(id);
         }
+        store.publish(record(501, 100));
         assert!(store.sync());
         let left = segments(&dir);
         assert!(
@@ -660,8 +1395,37 @@ mod tests {
         assert!(!left.contains(&1));
         drop(store);
         let (_, recovered) = open(&dir, 4096);
-        assert_eq!(recovered.len(), 1);
+        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        assert_eq!(
+            ids,
+            vec![1, 501],
+            "the copy of 1 comes back first: publish order"
+        );
         assert_eq!(recovered[0].record, record(1, 100));
+    }
+
+    #[test]
+    fn a_message_copied_forward_behind_a_newer_one_still_comes_back_in_publish_order() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, 4096);
+        for id in 1..=40 {
+            store.publish(record(id, 100));
+        }
+        assert!(store.sync());
+        assert_eq!(segments(&dir), vec![1, 2], "segment 1 is full");
+        store.publish(record(41, 100));
+        assert!(store.sync());
+        // Segment 1 now only holds message 1: it is copied forward, behind 41.
+        for id in 2..=40 {
+            store.ack(id);
+        }
+        assert!(store.sync());
+        assert_eq!(segments(&dir), vec![2]);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, recovered) = open(&dir, 4096);
+        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        assert_eq!(ids, vec![1, 41]);
     }
 
     #[test]
@@ -704,7 +1468,7 @@ mod tests {
         std::fs::write(&first, &bytes).unwrap();
         let err = Store::open(StoreOptions {
             segment_size: 1024,
-            ..StoreOptions::new(&dir)
+            ..StoreOptions::new(&*dir)
         })
         .err()
         .expect("refuses to start");
@@ -714,7 +1478,7 @@ mod tests {
         let (_, recovered) = Store::open(StoreOptions {
             segment_size: 1024,
             skip_corrupt: true,
-            ..StoreOptions::new(&dir)
+            ..StoreOptions::new(&*dir)
         })
         .unwrap();
         assert!(
