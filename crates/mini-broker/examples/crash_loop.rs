@@ -21,8 +21,8 @@
 //!   may have lost the ack in the crash); the drain holds each message once; a message
 //!   drained and acked in an earlier round never comes back. Must be 0.
 //! - redelivered: messages in the drain that had been delivered before the crash; they
-//!   should carry redelivered=true. Those that do not are counted as "unflagged" (the
-//!   delivery mark had not reached the log when the broker was killed).
+//!   must carry redelivered=true. Those that do not are counted as "unflagged"; since the
+//!   store flags every message recovered after a crash, this must be 0 too.
 //!
 //! By default the broker is this same program in `--serve` mode (it links the broker
 //! library, so it is always the code just built); `--broker PATH` runs the real
@@ -125,7 +125,7 @@ pub struct Counts {
 impl Counts {
     /// Failed checks.
     pub fn violations(&self) -> u64 {
-        self.lost + self.order + self.duplicates
+        self.lost + self.order + self.duplicates + self.unflagged
     }
 
     fn add(&mut self, other: &Counts) {

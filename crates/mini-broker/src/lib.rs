@@ -102,7 +102,7 @@ impl RunningBroker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(store) = self.broker.store().cloned() {
-            let _ = tokio::task::spawn_blocking(move || store.sync()).await;
+            let _ = tokio::task::spawn_blocking(move || store.close_cleanly()).await;
         }
     }
 }

@@ -56,6 +56,9 @@ use bytes::BytesMut;
 use crate::delivery::{lock, Outbox};
 use log::{list_segments, read_segment, segment_path, ActiveSegment, PublishRecord, Record};
 
+/// The file a clean shutdown leaves in the data directory.
+const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+
 /// How big a segment grows before the next one is started.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
 /// Without confirms waiting, written data is still fsynced this often.
@@ -245,7 +248,28 @@ impl Store {
         let messages_dir = dir.join("messages");
         std::fs::create_dir_all(&messages_dir).map_err(io_error(&messages_dir))?;
         let definitions = Arc::new(Mutex::new(definitions::Definitions::load(&dir)?));
-        let recovery = recover(&messages_dir, options.skip_corrupt)?;
+        let mut recovery = recover(&messages_dir, options.skip_corrupt)?;
+        // After a crash, a delivery's mark may not have reached the disk before the crash
+        // did: every recovered message may have been delivered, so each is flagged
+        // redelivered (the flag means "may have been delivered before", spec 1.8.3.9).
+        // A clean shutdown leaves a marker saying the marks are exact.
+        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+        let clean = marker.exists();
+        if !clean {
+            for message in recovery.messages.values_mut() {
+                message.delivered = true;
+            }
+        }
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: marker,
+                    source,
+                })
+            }
+        }
         let next_id = recovery.max_id + 1;
         let (sender, receiver) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
@@ -258,6 +282,14 @@ impl Store {
             recovery.active_valid_len,
         )
         .map_err(io_error(&active_path))?;
+        if !clean && !recovery.messages.is_empty() {
+            // Keep the redelivered flags of this crash recovery through later clean restarts.
+            let mut marks = BytesMut::new();
+            for id in recovery.messages.keys() {
+                Record::Delivered(*id).encode(&mut marks);
+            }
+            active.append(&marks).map_err(io_error(&active_path))?;
+        }
         // What a killed broker left in the page cache is on disk from here on.
         active.sync().map_err(io_error(&active_path))?;
         let writer = Writer {
@@ -375,6 +407,20 @@ impl Store {
         let (done, wait) = mpsc::channel();
         self.send(Op::Sync(done));
         wait.recv().unwrap_or(false)
+    }
+
+    /// Makes everything durable and records a clean shutdown, so the next start trusts the
+    /// delivered marks instead of flagging every message redelivered.
+    pub fn close_cleanly(&self) -> bool {
+        if !self.sync() {
+            return false;
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
+        let written = std::fs::File::create(&marker).and_then(|file| file.sync_all());
+        written.is_ok()
+            && std::fs::File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .is_ok()
     }
 
     /// Saves the definitions of one vhost (called after every change to a durable entity).
@@ -1251,6 +1297,7 @@ mod tests {
         assert!(!store.sync());
         faults::set(&messages, None);
         wait_until_writable(&store);
+        assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
         let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
@@ -1342,7 +1389,7 @@ mod tests {
         }
         store.ack(2);
         store.delivered(3);
-        assert!(store.sync());
+        assert!(store.close_cleanly());
         drop(store);
         let (store, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
         let ids: Vec<(u64, bool)> = recovered
@@ -1351,6 +1398,30 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![(1, false), (3, true), (4, false), (5, false)]);
         assert!(store.next_id() > 5, "ids are never reused");
+    }
+
+    #[test]
+    fn after_a_crash_every_recovered_message_is_flagged_redelivered() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        for id in 1..=3 {
+            store.publish(record(id, 10));
+        }
+        // Synced but never closed cleanly: as after kill -9.
+        assert!(store.sync());
+        drop(store);
+        let (store, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        assert!(
+            recovered.iter().all(|r| r.record.delivered),
+            "a delivered mark may have been lost"
+        );
+        assert!(store.close_cleanly());
+        drop(store);
+        let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        assert!(
+            recovered.iter().all(|r| r.record.delivered),
+            "marks recovered after the crash stay set"
+        );
     }
 
     #[test]
@@ -1393,6 +1464,7 @@ mod tests {
             "the first segment was compacted away: {left:?}"
         );
         assert!(!left.contains(&1));
+        assert!(store.close_cleanly());
         drop(store);
         let (_, recovered) = open(&dir, 4096);
         let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
