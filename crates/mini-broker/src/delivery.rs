@@ -26,6 +26,10 @@ use crate::queue::Queue;
 /// catches up: memory stays bounded for no-ack consumers too.
 pub const OUTBOX_HIGH_WATER: usize = 4 * 1024 * 1024;
 
+/// The largest drained buffer the outbox keeps for reuse; a larger one (after a burst) is
+/// freed, so an idle connection does not hold megabytes.
+const SPARE_MAX: usize = 1024 * 1024;
+
 /// Locks a mutex, recovering the data if another thread panicked while holding it: one
 /// connection's bug must not take the broker down.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,7 +40,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The bytes waiting to be written to one connection's socket.
 pub struct Outbox {
-    buf: Mutex<BytesMut>,
+    buf: Mutex<Buffers>,
     notify: Notify,
     frame_max: AtomicU32,
     closed: AtomicBool,
@@ -46,11 +50,21 @@ pub struct Outbox {
     paused: Mutex<Vec<Weak<Queue>>>,
 }
 
+/// The buffer being filled and a drained one to swap in when the writer takes it, so the
+/// steady state allocates nothing (`BytesMut::split` would leave no capacity behind).
+struct Buffers {
+    filling: BytesMut,
+    spare: BytesMut,
+}
+
 impl Outbox {
     /// An empty outbox; frames are split for `frame_max` (updated after tune).
     pub fn new(frame_max: u32) -> Outbox {
         Outbox {
-            buf: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            buf: Mutex::new(Buffers {
+                filling: BytesMut::with_capacity(64 * 1024),
+                spare: BytesMut::new(),
+            }),
             notify: Notify::new(),
             frame_max: AtomicU32::new(frame_max),
             closed: AtomicBool::new(false),
@@ -75,12 +89,22 @@ impl Outbox {
             return;
         }
         let mut buf = lock(&self.buf);
+        let was_empty = buf.filling.is_empty();
         // A method the broker itself builds always encodes; a failure here is a bug, logged.
-        if let Err(err) = frame.encode(&mut buf, 0) {
+        if let Err(err) = frame.encode(&mut buf.filling, 0) {
             tracing::error!("cannot encode {frame:?}: {err}");
         }
         drop(buf);
-        self.notify.notify_one();
+        self.wake_if(was_empty);
+    }
+
+    /// Wakes the writer if this append made the outbox non-empty. The writer only waits after
+    /// taking an empty outbox, so the append that follows finds it empty and wakes it (a
+    /// `Notify` permit is kept if the writer is not waiting yet); later appends need not.
+    fn wake_if(&self, was_empty: bool) {
+        if was_empty {
+            self.notify.notify_one();
+        }
     }
 
     /// Appends a method frame.
@@ -93,10 +117,45 @@ impl Outbox {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        let content = &message.content;
         let mut buf = lock(&self.buf);
+        let was_empty = buf.filling.is_empty();
+        self.encode_content(&mut buf.filling, channel, method, message);
+        drop(buf);
+        self.wake_if(was_empty);
+    }
+
+    /// Like [`Outbox::send_content`], but only below the high-water mark, checked under the
+    /// same lock; false (nothing appended) when the outbox is full.
+    fn send_content_unless_full(
+        &self,
+        channel: ChannelId,
+        method: &Method,
+        message: &QueuedMessage,
+    ) -> bool {
+        let mut buf = lock(&self.buf);
+        if buf.filling.len() >= OUTBOX_HIGH_WATER {
+            return false;
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let was_empty = buf.filling.is_empty();
+        self.encode_content(&mut buf.filling, channel, method, message);
+        drop(buf);
+        self.wake_if(was_empty);
+        true
+    }
+
+    fn encode_content(
+        &self,
+        buf: &mut BytesMut,
+        channel: ChannelId,
+        method: &Method,
+        message: &QueuedMessage,
+    ) {
+        let content = &message.content;
         if let Err(err) = encode_content(
-            &mut buf,
+            buf,
             channel,
             method,
             &content.properties,
@@ -105,13 +164,11 @@ impl Outbox {
         ) {
             tracing::error!("cannot encode a delivery: {err}");
         }
-        drop(buf);
-        self.notify.notify_one();
     }
 
     /// Bytes waiting.
     pub fn len(&self) -> usize {
-        lock(&self.buf).len()
+        lock(&self.buf).filling.len()
     }
 
     /// Whether nothing is waiting.
@@ -134,9 +191,28 @@ impl Outbox {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// Takes everything waiting (for the writer).
+    /// Takes everything waiting (for the writer), swapping in the spare buffer. Hand the
+    /// buffer back with [`Outbox::recycle`] once written.
     pub fn take(&self) -> BytesMut {
-        lock(&self.buf).split()
+        let mut buf = lock(&self.buf);
+        if buf.filling.is_empty() {
+            return BytesMut::new();
+        }
+        let spare = std::mem::take(&mut buf.spare);
+        std::mem::replace(&mut buf.filling, spare)
+    }
+
+    /// Gives a written buffer back for the next [`Outbox::take`] to swap in, keeping its
+    /// capacity (up to a limit).
+    pub fn recycle(&self, mut written: BytesMut) {
+        written.clear();
+        if written.capacity() > SPARE_MAX {
+            return;
+        }
+        let mut buf = lock(&self.buf);
+        if written.capacity() > buf.spare.capacity() {
+            buf.spare = written;
+        }
     }
 
     /// Waits until something is appended (or the outbox is closed).
@@ -252,12 +328,7 @@ impl ChannelLink {
         {
             return Err(message);
         }
-        if self.outbox.is_full() {
-            self.outbox.pause(queue);
-            return Err(message);
-        }
         let tag = state.next_tag;
-        state.next_tag += 1;
         let deliver = Method::BasicDeliver(BasicDeliver {
             consumer_tag: consumer_tag.clone(),
             delivery_tag: tag,
@@ -265,7 +336,14 @@ impl ChannelLink {
             exchange: message.content.exchange.clone(),
             routing_key: message.content.routing_key.clone(),
         });
-        self.outbox.send_content(self.id, &deliver, &message);
+        if !self
+            .outbox
+            .send_content_unless_full(self.id, &deliver, &message)
+        {
+            self.outbox.pause(queue);
+            return Err(message);
+        }
+        state.next_tag += 1;
         if !no_ack {
             state.unacked.insert(
                 tag,
@@ -319,5 +397,34 @@ impl ChannelLink {
         let mut state = lock(&self.state);
         state.closed = true;
         std::mem::take(&mut state.unacked).into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_take_swaps_in_recycled_buffer_keeping_its_capacity() {
+        let outbox = Outbox::new(131_072);
+        outbox.send(&Frame::Heartbeat);
+        let first = outbox.take();
+        // Heartbeat: type 8, channel 0 (2 octets), size 0 (4 octets), frame end 0xCE.
+        assert_eq!(&first[..], b"\x08\x00\x00\x00\x00\x00\x00\xce");
+        let capacity = first.capacity();
+        outbox.recycle(first);
+        outbox.send(&Frame::Heartbeat);
+        // The buffer filled since is taken; the recycled one becomes the one being filled.
+        let second = outbox.take();
+        assert_eq!(second.len(), 8);
+        outbox.send(&Frame::Heartbeat);
+        assert_eq!(lock(&outbox.buf).filling.capacity(), capacity);
+    }
+
+    #[test]
+    fn outbox_take_of_empty_outbox_returns_empty_buffer() {
+        let outbox = Outbox::new(131_072);
+        assert!(outbox.take().is_empty());
+        assert!(outbox.is_empty());
     }
 }

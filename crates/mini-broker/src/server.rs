@@ -82,6 +82,7 @@ async fn handle(
             }
             trace_out.trace(&chunk);
             writer_outbox.record_written(chunk.len());
+            writer_outbox.recycle(chunk);
             // Queues that stopped delivering while the outbox was full may go on.
             if !writer_outbox.is_full() {
                 for queue in writer_outbox.take_paused() {
@@ -153,15 +154,35 @@ async fn handle(
                 connection.force_close("broker forced connection closure with reason 'shutdown'", Instant::now());
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
-        }
+        reserve_for_next_read(&mut buf, outbox.frame_max());
     }
     connection.handle_eof();
     // Let the writer flush what is left (a close, a close-ok), then stop it.
     outbox.close();
     let _ = writer_task.await;
     Ok(())
+}
+
+/// Makes room in the read buffer: 64 KiB when less than 4 KiB is free, and at least the
+/// whole frame in progress (up to `frame_max` + 8 octets of it), so a large frame is read
+/// into one allocation instead of regrowing (and copying) it a read at a time.
+fn reserve_for_next_read(buf: &mut BytesMut, frame_max: u32) {
+    let mut wanted = 4096;
+    // A frame header: type, channel (2), size (4). Anything else (the protocol header) is
+    // left to the 4 KiB rule; an oversized size is refused by the connection, not reserved.
+    if let [1 | 2 | 3 | 8, _, _, s0, s1, s2, s3, ..] = buf[..] {
+        let size = u32::from_be_bytes([s0, s1, s2, s3]);
+        let limit = if frame_max == 0 {
+            128 * 1024
+        } else {
+            frame_max
+        };
+        let frame = usize::try_from(size.min(limit)).unwrap_or(0) + 8;
+        wanted = wanted.max(frame.saturating_sub(buf.len()));
+    }
+    if buf.capacity() - buf.len() < wanted {
+        buf.reserve(wanted.max(64 * 1024));
+    }
 }
 
 /// A receiver of the broker's memory alarm.
