@@ -40,8 +40,9 @@ pub struct Broker {
     /// The high watermark in bytes of queued message bodies.
     memory_high_watermark: AtomicU64,
     store: Option<Arc<Store>>,
-    /// Message counters since the start, for /metrics and the management overview.
-    pub stats: MessageStats,
+    /// Message counters since the start, for /metrics and the management overview (shared
+    /// with the channel links, which count deliveries).
+    pub stats: Arc<MessageStats>,
 }
 
 /// Counters of what happened to messages since the broker started (RabbitMQ's global
@@ -154,7 +155,7 @@ impl Broker {
             alarm: tokio::sync::watch::channel(false).0,
             memory_high_watermark: AtomicU64::new(watermark),
             store,
-            stats: MessageStats::default(),
+            stats: Arc::new(MessageStats::default()),
         })
     }
 

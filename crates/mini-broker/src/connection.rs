@@ -877,12 +877,10 @@ impl ServerConnection {
     }
 
     fn open_channel(&mut self, id: ChannelId) {
-        let link = Arc::new(ChannelLink::new(
-            id,
-            self.id,
-            self.outbox.clone(),
-            self.cancel_notify,
-        ));
+        let link = Arc::new(
+            ChannelLink::new(id, self.id, self.outbox.clone(), self.cancel_notify)
+                .with_stats(self.broker.stats.clone()),
+        );
         self.channels.insert(
             id,
             ServerChannel {

@@ -19,6 +19,7 @@ use amqp_codec::{encode_content, ChannelId, Frame, Method, ShortString};
 use bytes::BytesMut;
 use tokio::sync::Notify;
 
+use crate::broker::MessageStats;
 use crate::message::QueuedMessage;
 use crate::queue::Queue;
 
@@ -268,6 +269,8 @@ pub struct ChannelLink {
     pub outbox: Arc<Outbox>,
     /// The client wants basic.cancel when a queue goes away under its consumer.
     pub cancel_notify: bool,
+    /// The broker's message counters, if this channel's deliveries are counted.
+    stats: Option<Arc<MessageStats>>,
     /// Delivery tags and unacked messages.
     pub state: Mutex<LinkState>,
 }
@@ -299,6 +302,7 @@ impl ChannelLink {
             connection_id,
             outbox,
             cancel_notify,
+            stats: None,
             state: Mutex::new(LinkState {
                 next_tag: 1,
                 unacked: BTreeMap::new(),
@@ -307,6 +311,12 @@ impl ChannelLink {
                 flow_active: true,
             }),
         }
+    }
+
+    /// Counts this channel's deliveries in the broker's message counters.
+    pub fn with_stats(mut self, stats: Arc<MessageStats>) -> ChannelLink {
+        self.stats = Some(stats);
+        self
     }
 
     /// Tries to deliver `message` from `queue` to the consumer `consumer_tag`. Returns the
@@ -344,6 +354,12 @@ impl ChannelLink {
             return Err(message);
         }
         state.next_tag += 1;
+        if let Some(stats) = &self.stats {
+            MessageStats::add(&stats.delivered, 1);
+            if message.redelivered {
+                MessageStats::add(&stats.redelivered, 1);
+            }
+        }
         if !no_ack {
             state.unacked.insert(
                 tag,

@@ -58,6 +58,16 @@ async fn message_counters_count_publishes_deliveries_and_acks() {
         let got = channel.basic_get("counted", false).await.unwrap().unwrap();
         got.delivery.ack().await.unwrap();
     }
+    // One more goes to a consumer, is rejected with requeue and comes back redelivered.
+    let mut consumer = channel
+        .basic_consume("counted", "", Default::default(), FieldTable::new())
+        .await
+        .unwrap();
+    let first = consumer.next().await.unwrap().unwrap();
+    first.reject(true).await.unwrap();
+    let again = consumer.next().await.unwrap().unwrap();
+    assert!(again.redelivered);
+    again.ack().await.unwrap();
     // A round trip makes sure the acks were handled before scraping.
     channel
         .queue_declare("counted", QueueDeclareOptions::default(), FieldTable::new())
@@ -79,18 +89,22 @@ async fn message_counters_count_publishes_deliveries_and_acks() {
     );
     assert_eq!(
         value(&metrics, "rabbitmq_global_messages_delivered_total"),
-        2
+        4
+    );
+    assert_eq!(
+        value(&metrics, "rabbitmq_global_messages_redelivered_total"),
+        1
     );
     assert_eq!(
         value(&metrics, "rabbitmq_global_messages_acknowledged_total"),
-        2
+        3
     );
     assert_eq!(
         value(
             &metrics,
             "rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"counted\"}"
         ),
-        1
+        0
     );
     connection.close().await.unwrap();
     running.shutdown().await;
