@@ -489,9 +489,12 @@ def connection_start_and_tune(ctx):
     for i, (key, val) in enumerate(props):
         if key == "version" or key == "cluster_name":
             props[i] = [key, [val[0], "<" + key + ">"]]
-    # the version is recorded separately so two brokers' lines differ only there
+    # the version is recorded separately so two brokers' lines differ only there.
+    # RabbitMQ lists its SASL mechanisms in an order that changes from one boot to the next
+    # ("AMQPLAIN PLAIN" or "PLAIN AMQPLAIN"), so the set is recorded, sorted.
+    mechanisms = " ".join(sorted(norm(start.method.mechanisms).split()))
     out = {"version_major": major, "version_minor": minor, "server_properties": props,
-           "mechanisms": norm(start.method.mechanisms), "locales": norm(start.method.locales),
+           "mechanisms": mechanisms, "locales": norm(start.method.locales),
            "server_version": norm(start.method.server_properties.get("version"))}
     resp = b"\x00guest\x00guest"
     r.send(0, spec.Connection.StartOk(client_properties={}, mechanism="PLAIN",
