@@ -40,6 +40,9 @@ pub struct Broker {
     /// The high watermark in bytes of queued message bodies.
     memory_high_watermark: AtomicU64,
     store: Option<Arc<Store>>,
+    /// Every user's permissions per vhost (from the configuration, changed by the
+    /// management API); connections check theirs through a [`crate::permissions::Permit`].
+    pub permissions: Arc<crate::permissions::Permissions>,
     /// Message counters since the start, for /metrics and the management overview (shared
     /// with the channel links, which count deliveries).
     pub stats: Arc<MessageStats>,
@@ -146,7 +149,13 @@ impl Broker {
             }
             restore_messages(&vhosts, store, recovered);
         }
+        let permissions =
+            crate::permissions::Permissions::from_config(&config).unwrap_or_else(|err| {
+                tracing::error!("permissions not set, no user may open a vhost: {err}");
+                Default::default()
+            });
         Arc::new(Broker {
+            permissions: Arc::new(permissions),
             config,
             vhosts: RwLock::new(vhosts),
             next_connection_id: AtomicU64::new(1),
@@ -228,12 +237,9 @@ impl Broker {
             .any(|u| u.name == username && u.password == password)
     }
 
-    /// Whether `username` may use `vhost`.
+    /// Whether `username` may use `vhost`: it has permissions there (any).
     pub fn may_access(&self, username: &str, vhost: &str) -> bool {
-        self.config
-            .users
-            .iter()
-            .any(|u| u.name == username && u.vhosts.iter().any(|v| v == vhost))
+        self.permissions.has_vhost_access(username, vhost)
     }
 
     /// Whether `username` is an administrator (management API writes).
@@ -594,6 +600,20 @@ impl VHost {
         flags: QueueFlags,
         arguments: &FieldTable,
     ) -> Result<DeclaredQueue, AmqpError> {
+        self.declare_queue_checked(connection, name, flags, arguments, &mut |_| Ok(()))
+    }
+
+    /// [`VHost::declare_queue`], with `check_server_name` run on the name the server chose
+    /// for a `""` queue before the queue is made (RabbitMQ checks the declaring user's
+    /// configure permission on that name).
+    pub fn declare_queue_checked(
+        &self,
+        connection: u64,
+        name: &ShortString,
+        flags: QueueFlags,
+        arguments: &FieldTable,
+        check_server_name: &mut dyn FnMut(&ShortString) -> Result<(), AmqpError>,
+    ) -> Result<DeclaredQueue, AmqpError> {
         if flags.passive {
             let existing = self.queue(name).ok_or_else(|| self.no_queue(name))?;
             self.check_exclusive(&existing, connection)?;
@@ -619,7 +639,9 @@ impl VHost {
                     "Cannot declare a server-named queue for type rabbit_quorum_queue",
                 ));
             }
-            generated_queue_name()
+            let generated = generated_queue_name();
+            check_server_name(&generated)?;
+            generated
         } else {
             name.clone()
         };

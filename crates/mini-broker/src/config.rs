@@ -1,7 +1,8 @@
-//! The broker's configuration: listeners, limits, users and their vhosts.
+//! The broker's configuration: listeners, limits, users and their permissions.
 //!
 //! A TOML file (`--config FILE`) may set any of these; whatever it leaves out keeps the
-//! default, which serves a newcomer: guest/guest on vhost `/`, RabbitMQ's tune offer.
+//! default, which serves a newcomer: guest/guest with every permission on vhost `/`,
+//! RabbitMQ's tune offer.
 //!
 //! ```toml
 //! vhosts = ["/", "staging"]
@@ -11,13 +12,26 @@
 //! name = "guest"
 //! password = "guest"
 //! tags = ["administrator"]
-//! vhosts = ["/"]
+//! vhosts = ["/"]                     # ".*" ".*" ".*" on each vhost listed
+//!
+//! [[users]]
+//! name = "app"
+//! password = "s3cret"
+//! [users.permissions."staging"]      # RabbitMQ's set_permissions: three regexes
+//! configure = "^app\\."
+//! write = ".*"
+//! read = ".*"
 //! ```
+//!
+//! The patterns are searched for in queue and exchange names, as RabbitMQ does
+//! ([`crate::permissions`]); `""` allows nothing.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// One user: a password, management tags, and the vhosts it may open.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// One user: a password, management tags, and its permissions per vhost.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct UserConfig {
     /// User name.
     pub name: String,
@@ -26,9 +40,27 @@ pub struct UserConfig {
     /// Management tags; `administrator` may use every management endpoint.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Vhosts this user may open (full configure/write/read permissions there).
+    /// Vhosts where this user has every permission (`.*` `.*` `.*`), the short form.
     #[serde(default)]
     pub vhosts: Vec<String>,
+    /// Permissions per vhost (RabbitMQ's `set_permissions -p VHOST USER CONF WRITE READ`);
+    /// for a vhost also listed in `vhosts`, these win.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, PermissionConfig>,
+}
+
+/// A user's permissions in one vhost: three regular expressions (RabbitMQ's
+/// `configure`, `write`, `read`), each searched for in the names of the queues and
+/// exchanges an operation touches.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionConfig {
+    /// What the user may declare and delete.
+    pub configure: String,
+    /// What the user may publish into (and bind to).
+    pub write: String,
+    /// What the user may consume from (and bind from).
+    pub read: String,
 }
 
 /// Everything the broker can be told.
@@ -61,6 +93,7 @@ impl Default for BrokerConfig {
                 password: "guest".to_owned(),
                 tags: vec!["administrator".to_owned()],
                 vhosts: vec!["/".to_owned()],
+                permissions: BTreeMap::new(),
             }],
             channel_max: 2047,
             frame_max: 131_072,
@@ -88,6 +121,17 @@ impl BrokerConfig {
                 config.frame_max
             ));
         }
+        for user in &config.users {
+            for vhost in user.permissions.keys() {
+                if !config.vhosts.contains(vhost) {
+                    return Err(format!(
+                        "user '{}' has permissions in vhost '{vhost}', which is not in vhosts",
+                        user.name
+                    ));
+                }
+            }
+        }
+        crate::permissions::Permissions::from_config(&config).map_err(|e| e.to_string())?;
         Ok(config)
     }
 }
@@ -120,6 +164,75 @@ mod tests {
         assert_eq!(config.users.len(), 1);
         assert_eq!(config.users[0].vhosts, vec!["prod"]);
         assert!(config.users[0].tags.is_empty());
+    }
+
+    #[test]
+    fn permissions_tables_are_read_next_to_old_vhosts_lists() {
+        let config = BrokerConfig::from_toml(
+            r#"
+            vhosts = ["/", "prod"]
+            [[users]]
+            name = "app"
+            password = "secret"
+            vhosts = ["/"]
+            [users.permissions."prod"]
+            configure = ""
+            write = "^app\\."
+            read = ".*"
+            "#,
+        )
+        .unwrap();
+        let prod = &config.users[0].permissions["prod"];
+        assert_eq!(
+            (
+                prod.configure.as_str(),
+                prod.write.as_str(),
+                prod.read.as_str()
+            ),
+            ("", "^app\\.", ".*")
+        );
+        assert_eq!(config.users[0].vhosts, vec!["/"]);
+    }
+
+    #[test]
+    fn permissions_with_a_bad_regex_or_an_unknown_vhost_are_refused() {
+        let bad = BrokerConfig::from_toml(
+            r#"
+            [[users]]
+            name = "app"
+            password = "p"
+            [users.permissions."/"]
+            configure = "("
+            write = ""
+            read = ""
+            "#,
+        )
+        .unwrap_err();
+        assert!(bad.contains("invalid regular expression '('"), "{bad}");
+        let unknown = BrokerConfig::from_toml(
+            r#"
+            [[users]]
+            name = "app"
+            password = "p"
+            [users.permissions."nowhere"]
+            configure = ""
+            write = ""
+            read = ""
+            "#,
+        )
+        .unwrap_err();
+        assert!(unknown.contains("vhost 'nowhere'"), "{unknown}");
+        let missing = BrokerConfig::from_toml(
+            r#"
+            [[users]]
+            name = "app"
+            password = "p"
+            [users.permissions."/"]
+            configure = ".*"
+            "#,
+        )
+        .unwrap_err();
+        assert!(missing.contains("missing field `write`"), "{missing}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::broker::{generated_queue_name, Broker, ExchangeFlags, MessageStats, Q
 use crate::delivery::{lock, ChannelLink, Outbox, Unacked};
 use crate::error::{erlang_binary_p, erlang_binary_w, queue_resource, AmqpError};
 use crate::message::{MessageContent, QueuedMessage};
+use crate::permissions::Permit;
 use crate::queue::{DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
 use crate::store::log::PublishRecord;
@@ -140,6 +141,8 @@ pub struct ServerConnection {
     channels: HashMap<ChannelId, ServerChannel>,
     user: String,
     vhost: Option<Arc<VHost>>,
+    /// The user's permissions in the vhost (nothing before connection.open).
+    permit: Permit,
     client_properties: FieldTable,
     info: Option<Arc<ConnectionInfo>>,
     /// Client capability: send basic.cancel when a queue goes away under a consumer.
@@ -174,6 +177,7 @@ impl ServerConnection {
         now: Instant,
     ) -> Self {
         let id = broker.next_connection_id();
+        let permit = Permit::new(broker.permissions.clone(), "", "");
         ServerConnection {
             broker,
             id,
@@ -192,6 +196,7 @@ impl ServerConnection {
             channels: HashMap::new(),
             user: String::new(),
             vhost: None,
+            permit,
             client_properties: FieldTable::new(),
             info: None,
             cancel_notify: false,
@@ -689,6 +694,7 @@ impl ServerConnection {
             )));
         }
         self.vhost = Some(vhost);
+        self.permit = Permit::new(self.broker.permissions.clone(), &self.user, &name);
         self.outbox.send_method(0, ConnectionOpenOk);
         self.state = ServerState::Open;
         let info = Arc::new(ConnectionInfo {
@@ -1027,6 +1033,13 @@ impl ServerConnection {
                     auto_delete: declare.auto_delete,
                     internal: declare.internal,
                 };
+                self.permit.exchange_declare(
+                    &vhost,
+                    &declare.exchange,
+                    &declare.kind,
+                    declare.passive,
+                    &declare.arguments,
+                )?;
                 vhost.declare_exchange(
                     &declare.exchange,
                     &declare.kind,
@@ -1038,12 +1051,14 @@ impl ServerConnection {
                 }
             }
             Method::ExchangeDelete(delete) => {
+                self.permit.exchange_delete(&delete.exchange)?;
                 vhost.delete_exchange(&delete.exchange, delete.if_unused)?;
                 if !delete.no_wait {
                     self.outbox.send_method(id, ExchangeDeleteOk);
                 }
             }
             Method::ExchangeBind(bind) => {
+                self.permit.exchange_bind(&bind.destination, &bind.source)?;
                 vhost.bind_exchange(
                     &bind.destination,
                     &bind.source,
@@ -1056,6 +1071,8 @@ impl ServerConnection {
                 }
             }
             Method::ExchangeUnbind(unbind) => {
+                self.permit
+                    .exchange_bind(&unbind.destination, &unbind.source)?;
                 vhost.bind_exchange(
                     &unbind.destination,
                     &unbind.source,
@@ -1075,8 +1092,20 @@ impl ServerConnection {
                     exclusive: declare.exclusive,
                     auto_delete: declare.auto_delete,
                 };
-                let declared =
-                    vhost.declare_queue(conn, &declare.queue, flags, &declare.arguments)?;
+                self.permit.queue_declare(
+                    &vhost,
+                    &declare.queue,
+                    declare.passive,
+                    &declare.arguments,
+                )?;
+                let permit = &mut self.permit;
+                let declared = vhost.declare_queue_checked(
+                    conn,
+                    &declare.queue,
+                    flags,
+                    &declare.arguments,
+                    &mut |name| permit.server_named_queue(name, &declare.arguments),
+                )?;
                 self.channel(id)?.last_declared_queue = declared.queue.name.clone();
                 if declared.queue.exclusive_owner == Some(conn)
                     && !self
@@ -1105,6 +1134,7 @@ impl ServerConnection {
                     bind.routing_key.clone()
                 };
                 let queue = self.queue_name(id, &bind.queue)?;
+                self.permit.queue_bind(&queue, &bind.exchange)?;
                 vhost.bind_queue(conn, &queue, &bind.exchange, &routing_key, &bind.arguments)?;
                 if !bind.no_wait {
                     self.outbox.send_method(id, QueueBindOk);
@@ -1112,6 +1142,7 @@ impl ServerConnection {
             }
             Method::QueueUnbind(unbind) => {
                 let queue = self.queue_name(id, &unbind.queue)?;
+                self.permit.queue_bind(&queue, &unbind.exchange)?;
                 vhost.unbind_queue(
                     conn,
                     &queue,
@@ -1123,6 +1154,7 @@ impl ServerConnection {
             }
             Method::QueuePurge(purge) => {
                 let queue = self.queue_name(id, &purge.queue)?;
+                self.permit.read_queue(&queue)?;
                 let message_count = vhost.purge_queue(conn, &queue)?;
                 if !purge.no_wait {
                     self.outbox.send_method(id, QueuePurgeOk { message_count });
@@ -1130,6 +1162,7 @@ impl ServerConnection {
             }
             Method::QueueDelete(delete) => {
                 let queue = self.queue_name(id, &delete.queue)?;
+                self.permit.queue_delete(&queue)?;
                 let (message_count, consumers) =
                     vhost.delete_queue(conn, &queue, delete.if_unused, delete.if_empty)?;
                 self.exclusive_queues.retain(|q| q.name != queue);
@@ -1182,6 +1215,7 @@ impl ServerConnection {
                 if publish.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
+                self.permit.publish(&publish.exchange)?;
                 self.has_published = true;
                 let transactional = self.channel(id)?.tx.is_some();
                 if transactional {
@@ -1316,6 +1350,7 @@ impl ServerConnection {
         vhost: &Arc<VHost>,
     ) -> Result<(), AmqpError> {
         let name = self.queue_name(id, &consume.queue)?;
+        self.permit.read_queue(&name)?;
         let queue = vhost.usable_queue(&name, self.id)?;
         let resource = queue_resource(&queue.name.to_str_lossy(), &vhost.name);
         if queue.consumer_conflict(consume.exclusive) {
@@ -1533,6 +1568,7 @@ impl ServerConnection {
 
     fn get(&mut self, id: ChannelId, get: BasicGet, vhost: &Arc<VHost>) -> Result<(), AmqpError> {
         let name = self.queue_name(id, &get.queue)?;
+        self.permit.read_queue(&name)?;
         let queue = vhost.usable_queue(&name, self.id)?;
         let mut dead = DeadLetters::new();
         let fetched = queue.get(&mut dead);

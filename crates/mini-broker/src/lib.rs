@@ -16,7 +16,8 @@
 //! - [`broker`]: users, vhosts, declares and routing; [`exchange`]: routing tables;
 //!   [`queue`]: messages, consumers, round-robin dispatch with prefetch.
 //! - [`delivery`]: outboxes and channel links, the path from a queue to a socket.
-//! - [`config`], [`error`], [`registry`] (live connections), [`message`].
+//! - [`config`], [`error`], [`registry`] (live connections), [`message`];
+//!   [`permissions`]: users' configure/write/read patterns per vhost, checked as RabbitMQ does.
 //! - [`mgmt`]: the management HTTP API (RabbitMQ's, for `rabbitmqadmin`); [`metrics`]:
 //!   Prometheus text on its `/metrics`; [`ctl`]: `mini-broker ctl`, rabbitmqctl's listings.
 
@@ -30,6 +31,7 @@ pub mod exchange;
 pub mod message;
 pub mod metrics;
 pub mod mgmt;
+pub mod permissions;
 pub mod queue;
 pub mod registry;
 pub mod server;

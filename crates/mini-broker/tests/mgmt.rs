@@ -175,6 +175,7 @@ async fn user_without_management_tags_is_refused() {
         password: "secret".into(),
         tags: Vec::new(),
         vhosts: vec!["/".into()],
+        ..Default::default()
     });
     let running = mini_broker::start(options).await.unwrap();
     let answer = request(&running, "GET", "/api/overview", Some("app:secret"), None).await;
@@ -183,6 +184,260 @@ async fn user_without_management_tags_is_refused() {
         answer.json(),
         json!({"error": "not_authorised", "reason": "Not management user"})
     );
+}
+
+// ---- permissions ---------------------------------------------------------------------------
+
+/// A broker with guest (administrator), `app` (management, its own permissions on `/`) and
+/// `idle` (no permissions), and a second vhost.
+async fn broker_with_users() -> RunningBroker {
+    let config = mini_broker::BrokerConfig::from_toml(
+        r#"
+        vhosts = ["/", "other"]
+        [[users]]
+        name = "guest"
+        password = "guest"
+        tags = ["administrator"]
+        vhosts = ["/"]
+        [[users]]
+        name = "app"
+        password = "secret"
+        tags = ["management"]
+        [users.permissions."/"]
+        configure = "^app-"
+        write = ".*"
+        read = ""
+        [[users]]
+        name = "idle"
+        password = "secret"
+        "#,
+    )
+    .unwrap();
+    mini_broker::start(BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        mgmt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        config,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn permissions_are_listed_with_rabbitmq_field_names() {
+    let running = broker_with_users().await;
+    let guest =
+        json!({"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"});
+    let app = json!({"user": "app", "vhost": "/", "configure": "^app-", "write": ".*", "read": ""});
+    let all = api(&running, "GET", "/api/permissions", None).await;
+    assert_eq!(all.status, 200);
+    assert_eq!(all.json(), json!([guest.clone(), app.clone()]));
+    assert_eq!(
+        api(&running, "GET", "/api/users/app/permissions", None)
+            .await
+            .json(),
+        json!([app.clone()])
+    );
+    assert_eq!(
+        api(&running, "GET", "/api/vhosts/%2F/permissions", None)
+            .await
+            .json(),
+        json!([guest, app.clone()])
+    );
+    assert_eq!(
+        api(&running, "GET", "/api/vhosts/other/permissions", None)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        api(&running, "GET", "/api/permissions/%2F/app", None)
+            .await
+            .json(),
+        app
+    );
+    for missing in [
+        "/api/permissions/%2F/idle",
+        "/api/users/nobody/permissions",
+        "/api/vhosts/nowhere/permissions",
+    ] {
+        assert_eq!(
+            api(&running, "GET", missing, None).await.status,
+            404,
+            "{missing}"
+        );
+    }
+    let not_admin = request(
+        &running,
+        "GET",
+        "/api/permissions",
+        Some("app:secret"),
+        None,
+    )
+    .await;
+    assert_eq!(not_admin.status, 401);
+    assert_eq!(
+        not_admin.json(),
+        json!({"error": "not_authorised", "reason": "Not administrator user"})
+    );
+}
+
+#[tokio::test]
+async fn permissions_are_set_and_cleared_and_take_effect_on_amqp_at_once() {
+    let running = broker_with_users().await;
+    let url = format!("amqp://idle:secret@{}/other", running.amqp_addr);
+    assert_eq!(
+        Connection::open(&url)
+            .await
+            .unwrap_err()
+            .reply_code()
+            .map(|c| c.0),
+        Some(530)
+    );
+    let body = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let created = api(
+        &running,
+        "PUT",
+        "/api/permissions/other/idle",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let replaced = api(&running, "PUT", "/api/permissions/other/idle", Some(body)).await;
+    assert_eq!(replaced.status, 204);
+    let connection = Connection::open(&url).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare("idle-q", QueueDeclareOptions::default(), FieldTable::new())
+        .await
+        .unwrap();
+    let narrowed = json!({"configure": "", "write": ".*", "read": ".*"});
+    api(
+        &running,
+        "PUT",
+        "/api/permissions/other/idle",
+        Some(narrowed),
+    )
+    .await;
+    let err = channel
+        .queue_delete("idle-q", false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "channel closed by the server: 403: ACCESS_REFUSED - access to queue 'idle-q' in vhost 'other' refused for user 'idle' (after queue.delete)"
+    );
+    let cleared = api(&running, "DELETE", "/api/permissions/other/idle", None).await;
+    assert_eq!(cleared.status, 204);
+    assert_eq!(
+        api(&running, "DELETE", "/api/permissions/other/idle", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        Connection::open(&url)
+            .await
+            .unwrap_err()
+            .reply_code()
+            .map(|c| c.0),
+        Some(530)
+    );
+}
+
+#[tokio::test]
+async fn bad_permission_bodies_are_refused_with_400() {
+    let running = broker_with_users().await;
+    let full = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    for path in [
+        "/api/permissions/nowhere/idle",
+        "/api/permissions/%2F/nobody",
+    ] {
+        let answer = api(&running, "PUT", path, Some(full.clone())).await;
+        assert_eq!(answer.status, 400, "{path}");
+        assert_eq!(
+            answer.json(),
+            json!({"error": "bad_request", "reason": "vhost_or_user_not_found"})
+        );
+    }
+    let missing = api(
+        &running,
+        "PUT",
+        "/api/permissions/%2F/idle",
+        Some(json!({"configure": ".*", "write": ".*"})),
+    )
+    .await;
+    assert_eq!(
+        missing.json(),
+        json!({"error": "bad_request", "reason": "[{key_missing,read}]"})
+    );
+    let bad = api(
+        &running,
+        "PUT",
+        "/api/permissions/%2F/idle",
+        Some(json!({"configure": "(", "write": ".*", "read": ".*"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("invalid regular expression '('"),
+        "{}",
+        bad.body
+    );
+    assert!(running.broker.permissions.lookup("idle", "/").is_none());
+}
+
+#[tokio::test]
+async fn api_writes_need_the_callers_permissions_as_amqp_does() {
+    let running = broker_with_users().await;
+    let app = Some("app:secret");
+    // configure "^app-": its own queues only.
+    let own = request(
+        &running,
+        "PUT",
+        "/api/queues/%2F/app-jobs",
+        app,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(own.status, 201);
+    let other = request(
+        &running,
+        "PUT",
+        "/api/queues/%2F/jobs",
+        app,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(other.status, 401);
+    assert_eq!(
+        other.json(),
+        json!({"error": "not_authorised", "reason": "Access refused."})
+    );
+    // read "": no get.
+    let get = request(
+        &running,
+        "POST",
+        "/api/queues/%2F/app-jobs/get",
+        app,
+        Some(json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})),
+    )
+    .await;
+    assert_eq!(get.status, 400);
+    assert_eq!(
+        get.json(),
+        json!({"error": "bad_request", "reason": "403 ACCESS_REFUSED - access to queue 'app-jobs' in vhost '/' refused for user 'app'"})
+    );
+    // write ".*": publishing is fine.
+    let published = request(
+        &running,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        app,
+        Some(json!({"routing_key": "app-jobs", "payload": "x", "payload_encoding": "string", "properties": {}})),
+    )
+    .await;
+    assert_eq!(published.json(), json!({"routed": true}));
 }
 
 // ---- queues -------------------------------------------------------------------------------------
@@ -797,6 +1052,20 @@ fn rabbitmqadmin() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// rabbitmqadmin for `test`, or None after saying SKIPPED (a panic under REQUIRE_RABBITMQ=1).
+fn rabbitmqadmin_for(test: &str) -> Option<PathBuf> {
+    let tool = rabbitmqadmin();
+    if tool.is_none() {
+        if std::env::var("REQUIRE_RABBITMQ").as_deref() == Ok("1") {
+            panic!("rabbitmqadmin is not installed (REQUIRE_RABBITMQ=1): install rabbitmq-server");
+        }
+        eprintln!(
+            "SKIPPED {test}: rabbitmqadmin is not installed (apt-get install rabbitmq-server)"
+        );
+    }
+    tool
+}
+
 /// Runs rabbitmqadmin against the broker; its stdout, after checking it succeeded.
 async fn admin(tool: &PathBuf, running: &RunningBroker, args: &[&str]) -> String {
     let port = running.mgmt_addr.unwrap().port().to_string();
@@ -819,11 +1088,7 @@ async fn admin(tool: &PathBuf, running: &RunningBroker, args: &[&str]) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmqadmin_runs_every_command_unchanged() {
-    let Some(tool) = rabbitmqadmin() else {
-        if std::env::var("REQUIRE_RABBITMQ").as_deref() == Ok("1") {
-            panic!("rabbitmqadmin is not installed (REQUIRE_RABBITMQ=1): install rabbitmq-server");
-        }
-        eprintln!("SKIPPED rabbitmqadmin_runs_every_command_unchanged: rabbitmqadmin is not installed (apt-get install rabbitmq-server)");
+    let Some(tool) = rabbitmqadmin_for("rabbitmqadmin_runs_every_command_unchanged") else {
         return;
     };
     let running = broker().await;
@@ -1006,4 +1271,50 @@ async fn rabbitmqadmin_runs_every_command_unchanged() {
     let vhost = running.broker.vhost("/").unwrap();
     assert!(vhost.queue(&"orders".into()).is_none());
     assert!(!vhost.has_exchange(&"shop".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqadmin_lists_declares_and_deletes_permissions() {
+    let Some(tool) = rabbitmqadmin_for("rabbitmqadmin_lists_declares_and_deletes_permissions")
+    else {
+        return;
+    };
+    let running = broker_with_users().await;
+    // rabbitmqadmin shows vhost first, then the other fields sorted by name.
+    let listed = admin(&tool, &running, &["-q", "-f", "tsv", "list", "permissions"]).await;
+    assert_eq!(listed, "/\t.*\t.*\tguest\t.*\n/\t^app-\t\tapp\t.*\n");
+    let declared = admin(
+        &tool,
+        &running,
+        &[
+            "declare",
+            "permission",
+            "vhost=other",
+            "user=idle",
+            "configure=^idle-",
+            "write=.*",
+            "read=",
+        ],
+    )
+    .await;
+    assert_eq!(declared, "permission declared\n");
+    let idle = running.broker.permissions.lookup("idle", "other").unwrap();
+    assert_eq!(
+        (
+            idle.configure.as_str(),
+            idle.write.as_str(),
+            idle.read.as_str()
+        ),
+        ("^idle-", ".*", "")
+    );
+    let listed = admin(&tool, &running, &["-q", "-f", "tsv", "list", "permissions"]).await;
+    assert!(listed.ends_with("other\t^idle-\t\tidle\t.*\n"), "{listed}");
+    let deleted = admin(
+        &tool,
+        &running,
+        &["delete", "permission", "vhost=other", "user=idle"],
+    )
+    .await;
+    assert_eq!(deleted, "permission deleted\n");
+    assert!(running.broker.permissions.lookup("idle", "other").is_none());
 }

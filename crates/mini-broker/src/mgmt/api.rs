@@ -31,6 +31,7 @@ use crate::delivery::{ChannelLink, Outbox, Unacked};
 use crate::error::{queue_resource, AmqpError};
 use crate::exchange::Destination;
 use crate::message::{MessageContent, QueuedMessage};
+use crate::permissions::{InvalidPattern, Permission, Permissions, Permit};
 use crate::queue::{DeadLetters, Enqueued, Queue};
 
 /// The RabbitMQ version whose management API this one follows.
@@ -264,6 +265,7 @@ const MANAGEMENT_TAGS: [&str; 4] = ["management", "policymaker", "monitoring", "
 /// Who is asking.
 struct Caller<'a> {
     user: &'a UserConfig,
+    permissions: &'a Arc<Permissions>,
 }
 
 impl Caller<'_> {
@@ -279,9 +281,15 @@ impl Caller<'_> {
             .any(|t| t == "administrator" || t == "monitoring")
     }
 
-    /// May act in (and see) `vhost`.
+    /// May act in (and see) `vhost`: has permissions there.
     fn may_use(&self, vhost: &str) -> bool {
-        self.user.vhosts.iter().any(|v| v == vhost)
+        self.permissions.has_vhost_access(&self.user.name, vhost)
+    }
+
+    /// The caller's permissions in `vhost`, for the checks an AMQP client would meet
+    /// (RabbitMQ's API acts on a connection as the caller).
+    fn permit(&self, vhost: &VHost) -> Permit {
+        Permit::new(self.permissions.clone(), &self.user.name, &vhost.name)
     }
 
     fn may_see(&self, vhost: &str) -> bool {
@@ -350,7 +358,10 @@ impl Api {
         {
             return Err(not_authorised("Not management user"));
         }
-        Ok(Caller { user })
+        Ok(Caller {
+            user,
+            permissions: &self.broker.permissions,
+        })
     }
 
     /// The vhost a path names, if it exists and the caller may see it.
@@ -414,6 +425,19 @@ impl Api {
             }
             ["users"] if get => self.list_users(request, caller, None),
             ["users", name] if get => self.list_users(request, caller, Some(name)),
+            ["permissions"] if get => self.list_permissions(request, caller, None, None),
+            ["vhosts", vhost, "permissions"] if get => {
+                self.list_permissions(request, caller, Some(vhost), None)
+            }
+            ["users", user, "permissions"] if get => {
+                self.list_permissions(request, caller, None, Some(user))
+            }
+            ["permissions", vhost, user] => match method {
+                "GET" | "HEAD" => self.show_permission(request, caller, vhost, user),
+                "PUT" => self.set_permission(request, caller, vhost, user),
+                "DELETE" => self.clear_permission(caller, vhost, user),
+                _ => Err(method_not_allowed("GET, PUT, DELETE")),
+            },
             ["nodes"] if get => Ok(Response::json(
                 200,
                 &shape_list(request, vec![self.node_json()]),
@@ -573,6 +597,7 @@ impl Api {
                 | "whoami"
                 | "vhosts"
                 | "users"
+                | "permissions"
                 | "nodes"
                 | "queues"
                 | "exchanges"
@@ -776,6 +801,109 @@ impl Api {
         }
     }
 
+    // ---- permissions ----------------------------------------------------------------------
+
+    /// `GET /api/permissions`, `/api/vhosts/{vhost}/permissions`,
+    /// `/api/users/{user}/permissions`: administrators only, as in RabbitMQ; 404 for a vhost
+    /// or user that does not exist.
+    fn list_permissions(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        vhost: Option<&str>,
+        user: Option<&str>,
+    ) -> Reply {
+        if !caller.is_administrator() {
+            return Err(not_authorised("Not administrator user"));
+        }
+        if vhost.is_some_and(|v| self.broker.vhost(v).is_none())
+            || user.is_some_and(|u| !self.user_exists(u))
+        {
+            return Err(not_found());
+        }
+        let items = self
+            .broker
+            .permissions
+            .all()
+            .iter()
+            .filter(|p| vhost.is_none_or(|v| p.vhost == v) && user.is_none_or(|u| p.user == u))
+            .map(|p| permission_json(p))
+            .collect();
+        Ok(Response::json(200, &shape_list(request, items)))
+    }
+
+    fn user_exists(&self, name: &str) -> bool {
+        self.broker.config.users.iter().any(|u| u.name == name)
+    }
+
+    /// `GET /api/permissions/{vhost}/{user}`.
+    fn show_permission(
+        &self,
+        request: &Request,
+        caller: &Caller,
+        vhost: &str,
+        user: &str,
+    ) -> Reply {
+        if !caller.is_administrator() {
+            return Err(not_authorised("Not administrator user"));
+        }
+        let permission = self
+            .broker
+            .permissions
+            .lookup(user, vhost)
+            .ok_or_else(not_found)?;
+        Ok(Response::json(
+            200,
+            &shape_item(request, permission_json(&permission)),
+        ))
+    }
+
+    /// `PUT /api/permissions/{vhost}/{user}` with `configure`, `write` and `read`
+    /// (`rabbitmqadmin declare permission`, `rabbitmqctl set_permissions`): 201 when new,
+    /// 204 when it replaced the user's permissions there.
+    fn set_permission(&self, request: &Request, caller: &Caller, vhost: &str, user: &str) -> Reply {
+        if !caller.is_administrator() {
+            return Err(not_authorised("Not administrator user"));
+        }
+        if self.broker.vhost(vhost).is_none() || !self.user_exists(user) {
+            return Err(bad_request("vhost_or_user_not_found"));
+        }
+        let body = body_object(request)?;
+        let mut patterns = Vec::with_capacity(3);
+        for key in ["configure", "write", "read"] {
+            match body.get(key) {
+                Some(Json::String(pattern)) => patterns.push(pattern.as_str()),
+                Some(_) => return Err(bad_request(format!("{key} must be a string"))),
+                None => return Err(key_missing(key)),
+            }
+        }
+        let permission = Permission::new(user, vhost, patterns[0], patterns[1], patterns[2])
+            .map_err(|InvalidPattern { pattern, reason }| {
+                bad_request(format!("invalid regular expression '{pattern}': {reason}"))
+            })?;
+        let replaced = self.broker.permissions.set(permission);
+        tracing::info!(
+            "permissions of user '{user}' in vhost '{vhost}' set by '{}'",
+            caller.user.name
+        );
+        Ok(Response::empty(if replaced { 204 } else { 201 }))
+    }
+
+    /// `DELETE /api/permissions/{vhost}/{user}` (`rabbitmqctl clear_permissions`).
+    fn clear_permission(&self, caller: &Caller, vhost: &str, user: &str) -> Reply {
+        if !caller.is_administrator() {
+            return Err(not_authorised("Not administrator user"));
+        }
+        if !self.broker.permissions.clear(user, vhost) {
+            return Err(not_found());
+        }
+        tracing::info!(
+            "permissions of user '{user}' in vhost '{vhost}' cleared by '{}'",
+            caller.user.name
+        );
+        Ok(Response::empty(204))
+    }
+
     fn node_json(&self) -> Json {
         Json::object()
             .with("name", NODE)
@@ -833,6 +961,10 @@ impl Api {
         };
         let arguments = arguments_field(&body)?;
         let existed = vhost.queue(&name).is_some();
+        caller
+            .permit(&vhost)
+            .queue_declare(&vhost, &name, false, &arguments)
+            .map_err(|e| definition_error(&e))?;
         vhost
             .declare_queue(API_CONNECTION, &name, flags, &arguments)
             .map_err(|e| definition_error(&e))?;
@@ -847,6 +979,10 @@ impl Api {
         }
         let if_unused = request.query("if-unused") == Some("true");
         let if_empty = request.query("if-empty") == Some("true");
+        caller
+            .permit(&vhost)
+            .queue_delete(&name)
+            .map_err(|e| definition_error(&e))?;
         let (_, consumers) = vhost
             .delete_queue(API_CONNECTION, &name, if_unused, if_empty)
             .map_err(|e| definition_error(&e))?;
@@ -860,6 +996,10 @@ impl Api {
         if vhost.queue(&name).is_none() {
             return Err(not_found());
         }
+        caller
+            .permit(&vhost)
+            .read_queue(&name)
+            .map_err(|e| definition_error(&e))?;
         vhost
             .purge_queue(API_CONNECTION, &name)
             .map_err(|e| definition_error(&e))?;
@@ -908,6 +1048,10 @@ impl Api {
                 ),
             ));
         }
+        caller
+            .permit(&vhost)
+            .read_queue(&name)
+            .map_err(|e| channel_error(&e))?;
         let queue = vhost
             .usable_queue(&name, API_CONNECTION)
             .map_err(|e| channel_error(&e))?;
@@ -982,6 +1126,10 @@ impl Api {
         };
         let arguments = arguments_field(&body)?;
         let existed = vhost.has_exchange(&name);
+        caller
+            .permit(&vhost)
+            .exchange_declare(&vhost, &name, &kind, false, &arguments)
+            .map_err(|e| definition_error(&e))?;
         vhost
             .declare_exchange(&name, &kind, flags, &arguments)
             .map_err(|e| definition_error(&e))?;
@@ -1001,6 +1149,10 @@ impl Api {
             return Err(not_found());
         }
         let if_unused = request.query("if-unused") == Some("true");
+        caller
+            .permit(&vhost)
+            .exchange_delete(&name)
+            .map_err(|e| definition_error(&e))?;
         vhost
             .delete_exchange(&name, if_unused)
             .map_err(|e| definition_error(&e))?;
@@ -1041,6 +1193,10 @@ impl Api {
                 self.broker.config.max_message_size
             ))));
         }
+        caller
+            .permit(&vhost)
+            .publish(&exchange)
+            .map_err(|e| channel_error(&e))?;
         let mut queues = Vec::new();
         vhost
             .route(
@@ -1148,6 +1304,13 @@ impl Api {
         let destination_name = short_name(destination)?;
         let routing_key = short_name(string_field(&body, "routing_key", "")?)?;
         let arguments = arguments_field(&body)?;
+        let mut permit = caller.permit(&vhost);
+        let permitted = if kind == "q" {
+            permit.queue_bind(&destination_name, &source)
+        } else {
+            permit.exchange_bind(&destination_name, &source)
+        };
+        permitted.map_err(|e| definition_error(&e))?;
         let result = if kind == "q" {
             vhost.bind_queue(
                 API_CONNECTION,
@@ -1201,6 +1364,13 @@ impl Api {
         let Some(binding) = binding else {
             return Err(not_found());
         };
+        let mut permit = caller.permit(&vhost);
+        let permitted = if kind == "q" {
+            permit.queue_bind(&destination, &source)
+        } else {
+            permit.exchange_bind(&destination, &source)
+        };
+        permitted.map_err(|e| definition_error(&e))?;
         let result = if kind == "q" {
             vhost.unbind_queue(
                 API_CONNECTION,
@@ -1280,6 +1450,16 @@ impl Api {
         }
         Ok(Response::json(200, &shape_list(request, items)))
     }
+}
+
+/// A permission as RabbitMQ's API shows it, in its field order.
+fn permission_json(permission: &Permission) -> Json {
+    Json::object()
+        .with("user", permission.user.as_str())
+        .with("vhost", permission.vhost.as_str())
+        .with("configure", permission.configure.as_str())
+        .with("write", permission.write.as_str())
+        .with("read", permission.read.as_str())
 }
 
 fn tags_json(user: &UserConfig) -> Json {
