@@ -5,6 +5,8 @@
 //!                 [-p VHOST] [-q] [-s] [--no-table-headers] [-t SECONDS]
 //!                 list_queues|list_exchanges|list_bindings|list_connections
 //!                 |list_channels|list_consumers|list_vhosts [COLUMN...]
+//! mini-broker ctl [...] [-p VHOST] list_permissions
+//! mini-broker ctl [...] list_user_permissions USER
 //! ```
 //!
 //! The output is `rabbitmqctl`'s, byte for byte where this broker has the same data: the
@@ -28,6 +30,9 @@ use crate::mgmt::json::Json;
 
 /// Exit status for a bad command line (as rabbitmqctl: EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
+/// Exit status when the vhost named does not exist (EX_DATAERR, as rabbitmqctl
+/// list_permissions).
+pub const EXIT_DATAERR: i32 = 65;
 /// Exit status when the broker cannot be reached (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: i32 = 69;
 /// Exit status when the credentials are refused (EX_NOPERM).
@@ -130,12 +135,21 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 }
 
 /// One listing command: where its objects come from and how its columns read them.
+#[derive(Default)]
 struct Listing {
     path: String,
     per_vhost: bool,
     preamble: Vec<String>,
     defaults: &'static [&'static str],
     columns: &'static [&'static str],
+    /// How many arguments the command takes instead of columns (the permission listings
+    /// take none, or the user); None: columns.
+    arguments: Option<usize>,
+    /// The permission listings print an empty line when there is nothing to list.
+    empty_line: bool,
+    /// What the permission listings say, after the preamble, when the vhost or user named
+    /// does not exist (the API answers 404): the message and the exit status.
+    missing: Option<(String, i32)>,
 }
 
 fn listing(options: &Options) -> Option<Listing> {
@@ -177,6 +191,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "state",
                 "type",
             ],
+            ..Listing::default()
         },
         "list_exchanges" => Listing {
             path: format!("/api/exchanges/{quoted}"),
@@ -192,6 +207,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "arguments",
                 "policy",
             ],
+            ..Listing::default()
         },
         "list_bindings" => Listing {
             path: format!("/api/bindings/{quoted}"),
@@ -214,6 +230,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "routing_key",
                 "arguments",
             ],
+            ..Listing::default()
         },
         "list_connections" => Listing {
             path: "/api/connections".to_owned(),
@@ -239,6 +256,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "connected_at",
                 "type",
             ],
+            ..Listing::default()
         },
         "list_channels" => Listing {
             path: "/api/channels".to_owned(),
@@ -263,6 +281,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "global_prefetch_count",
                 "state",
             ],
+            ..Listing::default()
         },
         "list_consumers" => Listing {
             path: format!("/api/consumers/{quoted}"),
@@ -288,6 +307,7 @@ fn listing(options: &Options) -> Option<Listing> {
                 "exclusive",
                 "arguments",
             ],
+            ..Listing::default()
         },
         "list_vhosts" => Listing {
             path: "/api/vhosts".to_owned(),
@@ -295,7 +315,38 @@ fn listing(options: &Options) -> Option<Listing> {
             preamble: vec!["Listing vhosts ...".to_owned()],
             defaults: &["name"],
             columns: &["name", "tracing", "description"],
+            ..Listing::default()
         },
+        "list_permissions" => Listing {
+            path: format!("/api/vhosts/{quoted}/permissions"),
+            per_vhost: true,
+            preamble: vec![format!("Listing permissions for vhost \"{vhost}\" ...")],
+            defaults: &["user", "configure", "write", "read"],
+            columns: &["user", "configure", "write", "read"],
+            arguments: Some(0),
+            empty_line: true,
+            missing: Some((
+                format!("Virtual host '{vhost}' does not exist\n"),
+                EXIT_DATAERR,
+            )),
+        },
+        "list_user_permissions" => {
+            // The user is the command's argument, not a column.
+            let user = options.columns.first()?;
+            Listing {
+                path: format!("/api/users/{}/permissions", quote_segment(user)),
+                per_vhost: false,
+                preamble: vec![format!("Listing permissions for user \"{user}\" ...")],
+                defaults: &["vhost", "configure", "write", "read"],
+                columns: &["vhost", "configure", "write", "read"],
+                arguments: Some(1),
+                empty_line: true,
+                missing: Some((
+                    format!("Error:\n{{:no_such_user, \"{user}\"}}\n"),
+                    EXIT_UNAVAILABLE,
+                )),
+            }
+        }
         _ => return None,
     };
     Some(listing)
@@ -323,12 +374,15 @@ fn usage() -> &'static str {
     "Usage: mini-broker ctl [--mgmt HOST:PORT] [--user USER] [--password PASSWORD] [-p VHOST] \
      [-q] [-s] [--no-table-headers] [-t SECONDS] \
      list_queues|list_exchanges|list_bindings|list_connections|list_channels|list_consumers|list_vhosts \
-     [COLUMN...]"
+     [COLUMN...] | list_permissions | list_user_permissions USER"
 }
 
 /// Runs a parsed command, writing what rabbitmqctl would print to `out` and `err`.
 pub fn execute(options: &Options, out: &mut String, err: &mut String) -> i32 {
     let Some(listing) = listing(options) else {
+        if options.command == "list_user_permissions" {
+            return argument_error(options, "not enough arguments", err);
+        }
         err.push_str(&format!(
             "Error: command '{}' is not supported\n\n{}\n",
             options.command,
@@ -336,7 +390,13 @@ pub fn execute(options: &Options, out: &mut String, err: &mut String) -> i32 {
         ));
         return EXIT_USAGE;
     };
-    let columns: Vec<String> = if options.columns.is_empty() {
+    match listing.arguments {
+        Some(n) if options.columns.len() > n => {
+            return argument_error(options, "too many arguments", err)
+        }
+        _ => {}
+    }
+    let columns: Vec<String> = if options.columns.is_empty() || listing.arguments.is_some() {
         listing.defaults.iter().map(|c| c.to_string()).collect()
     } else {
         options.columns.clone()
@@ -375,8 +435,24 @@ pub fn execute(options: &Options, out: &mut String, err: &mut String) -> i32 {
                 return EXIT_UNAVAILABLE;
             }
         },
-        // An unknown vhost lists nothing, as rabbitmqctl does.
-        404 if listing.per_vhost => Vec::new(),
+        404 => match &listing.missing {
+            Some((message, status)) => {
+                if !options.quiet {
+                    for line in &listing.preamble {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                err.push_str(message);
+                return *status;
+            }
+            // An unknown vhost lists nothing, as rabbitmqctl does.
+            None if listing.per_vhost => Vec::new(),
+            None => {
+                err.push_str("Error: the management API answered 404\n");
+                return EXIT_UNAVAILABLE;
+            }
+        },
         401 => {
             err.push_str(&format!(
                 "Error: the management API refused user '{}'\n",
@@ -399,6 +475,9 @@ pub fn execute(options: &Options, out: &mut String, err: &mut String) -> i32 {
         }
     }
     if items.is_empty() {
+        if listing.empty_line {
+            out.push('\n');
+        }
         return 0;
     }
     if !options.no_headers {
@@ -414,6 +493,17 @@ pub fn execute(options: &Options, out: &mut String, err: &mut String) -> i32 {
         out.push('\n');
     }
     0
+}
+
+/// rabbitmqctl's refusal of a command line with too few or too many arguments.
+fn argument_error(options: &Options, problem: &str, err: &mut String) -> i32 {
+    err.push_str(&format!(
+        "Error (argument validation): {problem}.\nArguments given:\n\t{} {}\n\n{}\n",
+        options.command,
+        options.columns.join(" "),
+        usage()
+    ));
+    EXIT_USAGE
 }
 
 /// The text of one column of one object, as rabbitmqctl prints it.

@@ -26,7 +26,7 @@ struct Args {
     /// [default: 127.0.0.1:15672, skipped with a warning when that port is taken].
     #[arg(long)]
     mgmt_listen: Option<SocketAddr>,
-    /// TOML configuration file (users, vhosts, limits).
+    /// TOML configuration file (users, their permissions, vhosts, limits).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where durable queues, exchanges, bindings and persistent messages are kept.
@@ -42,7 +42,8 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// rabbitmqctl's listings (list_queues, list_exchanges, list_bindings, list_connections,
-    /// list_channels, list_consumers, list_vhosts) from a running broker's management API:
+    /// list_channels, list_consumers, list_vhosts, list_permissions, list_user_permissions
+    /// USER) from a running broker's management API:
     /// ctl [--mgmt ADDR] [--user U] [--password P] [-p VHOST] [-q] [-s] COMMAND [COLUMN...]
     Ctl {
         /// Options, the command and its columns.

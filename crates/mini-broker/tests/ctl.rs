@@ -280,3 +280,64 @@ async fn unreachable_api_fails_with_unavailable() {
         Some(mini_broker::ctl::EXIT_UNAVAILABLE)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_listings_print_like_rabbitmqctl() {
+    let running = broker().await;
+    // Exactly what rabbitmqctl 3.10 prints for the default guest.
+    assert_eq!(
+        stdout(&ctl(&running, &["list_permissions"]).await),
+        "Listing permissions for vhost \"/\" ...\nuser\tconfigure\twrite\tread\nguest\t.*\t.*\t.*\n"
+    );
+    assert_eq!(
+        stdout(&ctl(&running, &["list_user_permissions", "guest"]).await),
+        "Listing permissions for user \"guest\" ...\nvhost\tconfigure\twrite\tread\n/\t.*\t.*\t.*\n"
+    );
+    running
+        .broker
+        .permissions
+        .set(mini_broker::permissions::Permission::new("guest", "/", "", "^w", "r.*x").unwrap());
+    assert_eq!(
+        stdout(&ctl(&running, &["-q", "list_user_permissions", "guest"]).await),
+        "vhost\tconfigure\twrite\tread\n/\t\t^w\tr.*x\n"
+    );
+    // Nothing to list: rabbitmqctl prints an empty line.
+    running.broker.permissions.clear("guest", "/");
+    assert_eq!(
+        stdout(&ctl(&running, &["list_permissions", "-p", "/"]).await),
+        "Listing permissions for vhost \"/\" ...\n\n"
+    );
+    assert_eq!(
+        stdout(&ctl(&running, &["-q", "list_user_permissions", "guest"]).await),
+        "\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_listings_of_unknown_users_and_vhosts_fail_like_rabbitmqctl() {
+    let running = broker().await;
+    let user = ctl(&running, &["list_user_permissions", "nobody"]).await;
+    assert_eq!(user.status.code(), Some(mini_broker::ctl::EXIT_UNAVAILABLE));
+    assert_eq!(
+        String::from_utf8_lossy(&user.stdout),
+        "Listing permissions for user \"nobody\" ...\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&user.stderr),
+        "Error:\n{:no_such_user, \"nobody\"}\n"
+    );
+    let vhost = ctl(&running, &["list_permissions", "-p", "nowhere"]).await;
+    assert_eq!(vhost.status.code(), Some(mini_broker::ctl::EXIT_DATAERR));
+    assert_eq!(
+        String::from_utf8_lossy(&vhost.stdout),
+        "Listing permissions for vhost \"nowhere\" ...\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&vhost.stderr),
+        "Virtual host 'nowhere' does not exist\n"
+    );
+    let no_user = ctl(&running, &["list_user_permissions"]).await;
+    assert_eq!(no_user.status.code(), Some(mini_broker::ctl::EXIT_USAGE));
+    assert!(String::from_utf8_lossy(&no_user.stderr)
+        .starts_with("Error (argument validation): not enough arguments.\n"));
+}
