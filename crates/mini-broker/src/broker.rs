@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use amqp_codec::{FieldTable, FieldValue, ShortString};
 
+use crate::alarms::{Resource, ResourceAlarms};
 use crate::config::BrokerConfig;
 use crate::delivery::lock;
 use crate::error::{
@@ -34,11 +35,17 @@ pub struct Broker {
     pub connections: crate::registry::Registry,
     /// When the broker started.
     pub started: Instant,
-    /// The memory alarm: true while queued messages exceed the high watermark. Connections
+    /// True while any resource alarm is on (memory or disk, [`crate::alarms`]). Connections
     /// watch it to send connection.blocked / unblocked and to stop reading from publishers.
     pub alarm: tokio::sync::watch::Sender<bool>,
+    /// Which alarms are on; `alarm` is their "any".
+    resource_alarms: std::sync::Mutex<ResourceAlarms>,
     /// The high watermark in bytes of queued message bodies.
     memory_high_watermark: AtomicU64,
+    /// Free bytes in the data directory below which the disk alarm goes on.
+    disk_free_limit: AtomicU64,
+    /// Free bytes in the data directory when last measured (`u64::MAX`: not measured).
+    disk_free: AtomicU64,
     store: Option<Arc<Store>>,
     /// Every user's permissions per vhost (from the configuration, changed by the
     /// management API); connections check theirs through a [`crate::permissions::Permit`].
@@ -154,6 +161,7 @@ impl Broker {
                 tracing::error!("permissions not set, no user may open a vhost: {err}");
                 Default::default()
             });
+        let disk_free_limit = config.disk_free_limit;
         Arc::new(Broker {
             permissions: Arc::new(permissions),
             config,
@@ -162,7 +170,10 @@ impl Broker {
             connections: crate::registry::Registry::default(),
             started: Instant::now(),
             alarm: tokio::sync::watch::channel(false).0,
+            resource_alarms: Default::default(),
             memory_high_watermark: AtomicU64::new(watermark),
+            disk_free_limit: AtomicU64::new(disk_free_limit),
+            disk_free: AtomicU64::new(u64::MAX),
             store,
             stats: Arc::new(MessageStats::default()),
         })
@@ -193,7 +204,7 @@ impl Broker {
     pub fn check_memory(&self) -> bool {
         let used = self.memory_used();
         let alarm = used > self.memory_high_watermark();
-        if *self.alarm.borrow() != alarm {
+        if self.set_alarm(Resource::Memory, alarm) {
             if alarm {
                 tracing::warn!(
                     "memory alarm set: {used} bytes queued, above the high watermark of {} bytes; publishers are blocked",
@@ -202,7 +213,87 @@ impl Broker {
             } else {
                 tracing::info!("memory alarm cleared: {used} bytes queued");
             }
-            self.alarm.send_replace(alarm);
+        }
+        alarm
+    }
+
+    /// The alarms on now.
+    pub fn alarms(&self) -> ResourceAlarms {
+        *lock(&self.resource_alarms)
+    }
+
+    /// Sets one alarm; when that turns "any alarm" on or off, tells the connections (the
+    /// [`Broker::alarm`] watch). Returns whether this alarm changed.
+    fn set_alarm(&self, resource: Resource, on: bool) -> bool {
+        let mut alarms = lock(&self.resource_alarms);
+        let changed = alarms.set(resource, on);
+        if alarms.any() != *self.alarm.borrow() {
+            self.alarm.send_replace(alarms.any());
+        }
+        changed
+    }
+
+    /// The free disk space limit in bytes (`disk_free_limit`).
+    pub fn disk_free_limit(&self) -> u64 {
+        self.disk_free_limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit (as `rabbitmqctl set_disk_free_limit` does) and re-evaluates the
+    /// disk alarm.
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.disk_free_limit.store(bytes, Ordering::Relaxed);
+        self.check_disk();
+    }
+
+    /// Free bytes in the data directory when last measured; None before the first
+    /// measurement or without a data directory.
+    pub fn disk_free(&self) -> Option<u64> {
+        Some(self.disk_free.load(Ordering::Relaxed)).filter(|&free| free != u64::MAX)
+    }
+
+    /// Measures the free space in the data directory (statvfs), then re-evaluates the disk
+    /// alarm. Called every second by the housekeeping task.
+    pub fn measure_disk_free(&self) -> bool {
+        if let Some(free) = self
+            .store
+            .as_ref()
+            .and_then(|store| crate::alarms::free_disk_space(store.dir()))
+        {
+            self.disk_free.store(free, Ordering::Relaxed);
+        }
+        self.check_disk()
+    }
+
+    /// Raises or clears the disk alarm: on while the message store cannot write (disk full,
+    /// IO error: it retries every second by itself) or the free space last measured is
+    /// below `disk_free_limit`. Returns the alarm state. A broker without a data directory
+    /// has no disk alarm.
+    pub fn check_disk(&self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let failing = store.has_failed();
+        let limit = self.disk_free_limit();
+        let free = self.disk_free();
+        let low = free.is_some_and(|free| free < limit);
+        let alarm = failing || low;
+        if self.set_alarm(Resource::Disk, alarm) {
+            let dir = store.dir().display();
+            if low {
+                tracing::warn!(
+                    "disk resource limit alarm set: free disk space in {dir} is insufficient (free bytes: {}, limit: {limit}); publishers will be blocked until this alarm clears",
+                    free.unwrap_or_default()
+                );
+            } else if failing {
+                tracing::warn!(
+                    "disk resource limit alarm set: the message store in {dir} cannot write; publishers will be blocked until it can write again"
+                );
+            } else {
+                tracing::info!(
+                    "disk resource limit alarm cleared: the message store in {dir} writes and {} bytes are free (limit: {limit}); publishers are unblocked",
+                    free.map_or_else(|| "?".to_owned(), |f| f.to_string())
+                );
+            }
         }
         alarm
     }

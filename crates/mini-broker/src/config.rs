@@ -82,6 +82,10 @@ pub struct BrokerConfig {
     /// Queued body bytes above which publishers are blocked (connection.blocked);
     /// 0: 40% of the machine's memory, as RabbitMQ's default vm_memory_high_watermark.
     pub memory_high_watermark: u64,
+    /// Free bytes in the data directory below which publishers are blocked (the disk
+    /// alarm; RabbitMQ's disk_free_limit, 50 MB by default). 0: only a failing store
+    /// raises the disk alarm.
+    pub disk_free_limit: u64,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +104,7 @@ impl Default for BrokerConfig {
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
             memory_high_watermark: 0,
+            disk_free_limit: crate::alarms::DEFAULT_DISK_FREE_LIMIT,
         }
     }
 }

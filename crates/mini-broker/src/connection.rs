@@ -354,7 +354,7 @@ impl ServerConnection {
         }
     }
 
-    /// The memory alarm changed: tell the client (connection.blocked / unblocked), if it
+    /// A resource alarm changed: tell the client (connection.blocked / unblocked), if it
     /// asked to be told. Returns whether reading from the socket must pause: RabbitMQ stops
     /// reading from connections that publish while the alarm is on.
     pub fn alarm_changed(&mut self, alarm: bool) -> bool {
@@ -366,7 +366,7 @@ impl ServerConnection {
                 self.outbox.send_method(
                     0,
                     ConnectionBlocked {
-                        reason: ShortString::from_static("low on memory"),
+                        reason: ShortString::from(self.broker.alarms().blocked_reason()),
                     },
                 );
             } else {
@@ -383,7 +383,7 @@ impl ServerConnection {
         self.has_published
     }
 
-    /// The reader stopped reading on purpose (memory alarm): silence is not the client's
+    /// The reader stopped reading on purpose (a resource alarm): silence is not the client's
     /// fault, so it does not count as missed heartbeats.
     pub fn reading_paused(&mut self, now: Instant) {
         self.last_received = now;

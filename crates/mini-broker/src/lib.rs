@@ -16,11 +16,13 @@
 //! - [`broker`]: users, vhosts, declares and routing; [`exchange`]: routing tables;
 //!   [`queue`]: messages, consumers, round-robin dispatch with prefetch.
 //! - [`delivery`]: outboxes and channel links, the path from a queue to a socket.
+//! - [`alarms`]: the memory and disk alarms that block publishers (connection.blocked).
 //! - [`config`], [`error`], [`registry`] (live connections), [`message`];
 //!   [`permissions`]: users' configure/write/read patterns per vhost, checked as RabbitMQ does.
 //! - [`mgmt`]: the management HTTP API (RabbitMQ's, for `rabbitmqadmin`); [`metrics`]:
 //!   Prometheus text on its `/metrics`; [`ctl`]: `mini-broker ctl`, rabbitmqctl's listings.
 
+pub mod alarms;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -153,9 +155,11 @@ pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
     })
 }
 
-/// Periodic work: expire messages past their TTL and queues past their x-expires.
+/// Periodic work: expire messages past their TTL and queues past their x-expires; watch
+/// memory and disk for the alarms (free disk space measured every second).
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -163,6 +167,12 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         }
         let now = Instant::now();
         broker.check_memory();
+        if ticks % 10 == 0 {
+            broker.measure_disk_free();
+        } else {
+            broker.check_disk();
+        }
+        ticks += 1;
         for vhost in broker.vhosts() {
             let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
             for queue in queues {

@@ -6,7 +6,8 @@
 //! `rabbitmq_queue_messages_unacked`, `rabbitmq_queue_messages`,
 //! `rabbitmq_queue_messages_ready_bytes` and `rabbitmq_queue_consumers`, labelled with
 //! `vhost` and `queue`; broker-wide `rabbitmq_connections`, `rabbitmq_channels`,
-//! `rabbitmq_consumers`, `rabbitmq_queues`, the memory alarm and resident memory.
+//! `rabbitmq_consumers`, `rabbitmq_queues`, the memory and disk alarms, free disk space and
+//! its limit, and resident memory.
 //! These are gauges read from the live state when scraped. The `rabbitmq_global_messages_*_total`
 //! counters (received, routed, returned, confirmed, delivered, redelivered, acknowledged) give
 //! the message rates through Prometheus's `rate()`.
@@ -132,10 +133,26 @@ pub fn render(broker: &Broker) -> String {
         "Consumers currently connected",
         &single(consumer_total),
     );
+    let alarms = broker.alarms();
     family(
         "rabbitmq_alarms_memory_used_watermark",
         "1 if the memory alarm is in effect",
-        &single(u64::from(*broker.alarm.borrow())),
+        &single(u64::from(alarms.memory)),
+    );
+    family(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "1 if the disk alarm is in effect",
+        &single(u64::from(alarms.disk)),
+    );
+    family(
+        "rabbitmq_disk_space_available_bytes",
+        "Disk space available in bytes",
+        &single(broker.disk_free().unwrap_or(0)),
+    );
+    family(
+        "rabbitmq_disk_space_available_limit_bytes",
+        "Free disk space low watermark in bytes",
+        &single(broker.disk_free_limit()),
     );
     family(
         "rabbitmq_resident_memory_limit_bytes",

@@ -185,7 +185,7 @@ fn reserve_for_next_read(buf: &mut BytesMut, frame_max: u32) {
     }
 }
 
-/// A receiver of the broker's memory alarm.
+/// A receiver of the broker's resource alarms (on while memory or disk is low).
 fn broker_alarm(connection: &ServerConnection) -> watch::Receiver<bool> {
     connection.broker().alarm.subscribe()
 }

@@ -451,6 +451,9 @@ impl Api {
             ["healthchecks", "node"] if get => {
                 Ok(Response::json(200, &Json::object().with("status", "ok")))
             }
+            ["health", "checks", check @ ("alarms" | "local-alarms")] if get => {
+                Ok(self.alarms_check(*check == "alarms"))
+            }
             ["queues"] if get => self.list_queues(request, caller, None),
             ["queues", vhost] if get => self.list_queues(request, caller, Some(vhost)),
             ["queues", vhost, name] => match method {
@@ -904,13 +907,45 @@ impl Api {
         Ok(Response::empty(204))
     }
 
+    /// `GET /api/health/checks/alarms` (`local-alarms`): 200 `{"status":"ok"}`, or 503 with
+    /// the alarms in effect, as RabbitMQ answers (monitoring uses the status code).
+    fn alarms_check(&self, cluster: bool) -> Response {
+        let alarms = self.broker.alarms();
+        if !alarms.any() {
+            return Response::json(200, &Json::object().with("status", "ok"));
+        }
+        let reason = if cluster {
+            "There are alarms in effect in the cluster"
+        } else {
+            "There are alarms in effect on the node"
+        };
+        let listed = alarms
+            .resources()
+            .into_iter()
+            .map(|r| Json::object().with("node", NODE).with("resource", r.name()))
+            .collect::<Vec<_>>();
+        Response::json(
+            503,
+            &Json::object()
+                .with("status", "failed")
+                .with("reason", reason)
+                .with("alarms", listed),
+        )
+    }
+
     fn node_json(&self) -> Json {
+        let alarms = self.broker.alarms();
         Json::object()
             .with("name", NODE)
             .with("type", "disc")
             .with("running", true)
             .with("uptime", self.broker.started.elapsed().as_millis() as u64)
             .with("mem_used", crate::metrics::resident_memory())
+            .with("mem_limit", self.broker.memory_high_watermark())
+            .with("mem_alarm", alarms.memory)
+            .with("disk_free", self.broker.disk_free().unwrap_or(0))
+            .with("disk_free_limit", self.broker.disk_free_limit())
+            .with("disk_free_alarm", alarms.disk)
             .with(
                 "processors",
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
