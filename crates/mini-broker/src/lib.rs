@@ -43,7 +43,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 pub use broker::Broker;
@@ -111,8 +111,20 @@ impl RunningBroker {
     }
 }
 
+/// How many connections the kernel queues before they are accepted (as tokio's default).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Starts a broker in this tokio runtime.
+///
+/// Order, as RabbitMQ boots: the ports are taken first (so that a port in use fails at
+/// once, not after a long recovery), then the store recovers from the data directory and
+/// the broker puts back durable definitions and persistent messages, and only then are the
+/// ports listened on. Until recovery is done, a client's connect is refused rather than
+/// accepted into a broker that does not yet have its queues.
 pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
+    let amqp_socket = reserve_port(options.listen)?;
+    let amqp_addr = amqp_socket.local_addr()?;
+    let mgmt_socket = options.mgmt_listen.map(reserve_port).transpose()?;
     let store = match &options.data_dir {
         Some(dir) => {
             let mut store_options = store::StoreOptions::new(dir);
@@ -121,13 +133,12 @@ pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
         }
         None => None,
     };
-    let listener = TcpListener::bind(options.listen).await?;
-    let amqp_addr = listener.local_addr()?;
-    let mgmt_listener = match options.mgmt_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+    let broker = Broker::with_store(options.config, store);
+    let listener = amqp_socket.listen(LISTEN_BACKLOG)?;
+    let mgmt_listener = match mgmt_socket {
+        Some(socket) => Some(socket.listen(LISTEN_BACKLOG)?),
         None => None,
     };
-    let broker = Broker::with_store(options.config, store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(housekeeping(broker.clone(), shutdown_rx.clone()));
     let mgmt_addr = match mgmt_listener {
@@ -153,6 +164,21 @@ pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
         shutdown,
         server,
     })
+}
+
+/// A socket bound to `addr` but not listening: connects to it are refused until
+/// [`TcpSocket::listen`]. SO_REUSEADDR on Unix, as `TcpListener::bind` sets it, so that a
+/// restarted broker can take its port back at once.
+fn reserve_port(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Periodic work: expire messages past their TTL and queues past their x-expires; watch
