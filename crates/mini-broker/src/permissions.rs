@@ -82,6 +82,9 @@ pub struct InvalidPattern {
 pub struct Pattern {
     source: String,
     regex: regex::bytes::Regex,
+    /// `.*`, the pattern of nearly every permission: every name matches (an empty match
+    /// at the start is a match), so the check on each publish skips the regex.
+    everything: bool,
 }
 
 impl Pattern {
@@ -93,6 +96,7 @@ impl Pattern {
             reason: err.to_string(),
         })?;
         Ok(Pattern {
+            everything: source == ".*",
             source: source.to_owned(),
             regex,
         })
@@ -110,7 +114,7 @@ impl Pattern {
 
     /// Whether the pattern occurs in `name` (a search, not a whole-name match).
     pub fn matches(&self, name: &[u8]) -> bool {
-        self.regex.is_match(name)
+        self.everything || self.regex.is_match(name)
     }
 }
 
@@ -469,6 +473,16 @@ mod tests {
         let anchored = Pattern::new("^foo$").unwrap();
         assert!(anchored.matches(b"foo"));
         assert!(!anchored.matches(b"my-foo"));
+    }
+
+    #[test]
+    fn everything_pattern_matches_every_name_as_the_regex_does() {
+        let everything = Pattern::everything();
+        let regex = regex::bytes::Regex::new(".*").unwrap();
+        for name in [&b""[..], b"q", b"a\nb", b"\xff\xfe", "ünï".as_bytes()] {
+            assert!(everything.matches(name));
+            assert!(regex.is_match(name));
+        }
     }
 
     #[test]
