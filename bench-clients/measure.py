@@ -11,7 +11,8 @@ against mini-broker and RabbitMQ, alternating brokers, several repetitions, one 
 Expects release builds: amqp-perf and mini-broker in $PERF_BIN (default /tmp/target-perf/release),
 the bench-clients binaries in $CLIENTS_BIN (default /tmp/target-perf-clients/release), and
 RabbitMQ on 127.0.0.1:5672 (guest/guest). mini-broker is started fresh for every run, on port
-5700 with an empty data directory. Before each run it waits (up to 5 minutes) until no compiler
+5700 with an empty data directory. `bench/compare` imports this file and sets the paths, ports
+and waits below before it calls the same functions. Before each run it waits (up to 5 minutes) until no compiler
 is running on the machine, and records the load average with the result. Other work on the
 machine competes for the two cores, so the benchmark processes run at nice -15 and RabbitMQ's
 threads are reniced to -15 for the duration (and back to 0 afterwards).
@@ -28,12 +29,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 PERF_BIN = os.environ.get("PERF_BIN", "/tmp/target-perf/release")
 CLIENTS_BIN = os.environ.get("CLIENTS_BIN", "/tmp/target-perf-clients/release")
 MINI_PORT = 5700
 RABBIT_PORT = 5672
+# The RabbitMQ to compare with; the bench-clients programs take its host and port (and log in
+# as guest/guest on vhost /).
+RABBIT_URI = f"amqp://guest:guest@127.0.0.1:{RABBIT_PORT}/%2f"
 NICE = ["nice", "-n", "-15"]
+QUIET_WAIT = int(os.environ.get("QUIET_WAIT", "45"))
 BUSY = {"rustc", "cc1", "cc1plus", "ld", "ld.lld", "cc", "collect2", "lld", "mold"}
 
 BROKER_SCENARIOS = {
@@ -60,11 +66,14 @@ def busy_processes():
     return names
 
 
-def wait_quiet(limit=int(os.environ.get("QUIET_WAIT", "45"))):
+def wait_quiet(limit=None):
+    """Waits (up to `limit` seconds, default QUIET_WAIT) until no compiler runs; returns what
+    it saw, with the load average, for the record."""
+    limit = QUIET_WAIT if limit is None else limit
     start = time.time()
     while busy_processes() and time.time() - start < limit:
-        time.sleep(2)
-    time.sleep(1)
+        time.sleep(1)
+    time.sleep(0.5)
     return {"waited_s": round(time.time() - start, 1), "busy_at_start": busy_processes(),
             "load1": os.getloadavg()[0]}
 
@@ -94,6 +103,9 @@ class MiniBroker:
     def rss_kib(self):
         return vm_rss_kib(self.proc.pid)
 
+    def peak_rss_kib(self):
+        return proc_status_kib(self.proc.pid, "VmHWM")
+
     def __exit__(self, *exc):
         self.proc.terminate()
         try:
@@ -104,27 +116,47 @@ class MiniBroker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+def proc_status_kib(pid, field):
+    """A kB field of /proc/PID/status (VmRSS, VmHWM), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return None
 
 
+def vm_rss_kib(pid):
+    return proc_status_kib(pid, "VmRSS")
+
+
 def beam_pid():
-    out = subprocess.run(["pgrep", "-u", "rabbitmq", "beam.smp"], capture_output=True, text=True)
+    """The RabbitMQ node's beam.smp: the oldest one (rabbitmqctl runs short-lived ones too)."""
+    out = subprocess.run(["pgrep", "-o", "-u", "rabbitmq", "beam.smp"], capture_output=True,
+                         text=True)
     pids = out.stdout.split()
     return int(pids[0]) if pids else None
 
 
-def rabbit_memory_total():
-    out = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"], capture_output=True,
-                         text=True)
+def rabbit_status():
+    """`rabbitmqctl status` as JSON, or None (no rabbitmqctl, node down)."""
     try:
-        status = json.loads(out.stdout)
-        return status["memory"]["total"]["erlang"]
-    except (ValueError, KeyError, TypeError):
+        out = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"],
+                             capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def rabbit_memory_total():
+    """The node's own memory total (bytes, its `erlang` strategy), or None."""
+    try:
+        return rabbit_status()["memory"]["total"]["erlang"]
+    except (KeyError, TypeError):
         return None
 
 
@@ -132,9 +164,16 @@ def uri(port):
     return f"amqp://guest:guest@127.0.0.1:{port}/%2f"
 
 
-def run_perf(port, flags):
-    cmd = [*NICE, f"{PERF_BIN}/amqp-perf", "--uri", uri(port), "--json", "--quiet", *flags]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def run_perf(target, flags, timeout=600):
+    """One amqp-perf run against a port on 127.0.0.1 or a URI; its JSON summary, with the
+    exit status and the command."""
+    target_uri = target if isinstance(target, str) else uri(target)
+    cmd = [*NICE, f"{PERF_BIN}/amqp-perf", "--uri", target_uri, "--json", "--quiet", *flags]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s", "exit": None,
+                "command": " ".join(cmd[3:])}
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
     result = json.loads(line) if line.startswith("{") else {"error": out.stderr.strip()}
     result["exit"] = out.returncode
@@ -142,8 +181,16 @@ def run_perf(port, flags):
     return result
 
 
-def emit(out, record):
+def print_record(record):
     print(json.dumps(record), flush=True)
+
+
+# What emit shows of each record as it comes (bench/compare prints a shorter line).
+SHOW = print_record
+
+
+def emit(out, record):
+    SHOW(record)
     with open(out, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -172,15 +219,16 @@ def client_runs(args):
                 for client in clients + ["amqp-perf"]:
                     quiet = wait_quiet()
                     ctx = MiniBroker() if broker == "mini" else None
-                    port = MINI_PORT if broker == "mini" else RABBIT_PORT
+                    target = MINI_PORT if broker == "mini" else RABBIT_URI
+                    host, port = host_port(target)
                     if ctx:
                         ctx.__enter__()
                     try:
                         if client == "amqp-perf":
-                            result = perf_client_equivalent(port, test, args.n)
+                            result = perf_client_equivalent(target, test, args.n)
                         else:
-                            cmd = [*NICE, f"{CLIENTS_BIN}/bench-{client}", "--port", str(port),
-                                   "--test", test, "-n", str(args.n)]
+                            cmd = [*NICE, f"{CLIENTS_BIN}/bench-{client}", "--host", host,
+                                   "--port", str(port), "--test", test, "-n", str(args.n)]
                             out = subprocess.run(cmd, capture_output=True, text=True,
                                                  timeout=900)
                             lines = out.stdout.strip().splitlines()
@@ -193,6 +241,14 @@ def client_runs(args):
                             ctx.__exit__(None, None, None)
                     emit(args.out, {"kind": "client", "client": client, "test": test,
                                     "broker": broker, "rep": rep, **quiet, "result": result})
+
+
+def host_port(target):
+    """(host, port) of a port on 127.0.0.1 or of an amqp:// URI."""
+    if not isinstance(target, str):
+        return "127.0.0.1", target
+    parsed = urllib.parse.urlsplit(target)
+    return parsed.hostname or "127.0.0.1", parsed.port or 5672
 
 
 def perf_client_equivalent(port, test, n):
