@@ -139,7 +139,7 @@ fn short(value: f64) -> String {
         format!("{:.0}k", value / 1e3)
     } else if value >= 1e3 {
         format!("{:.1}k", value / 1e3)
-    } else if value >= 10.0 {
+    } else if value >= 10.0 || value == 0.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
@@ -267,6 +267,7 @@ mod tests {
         assert_eq!(short(1_210_000.0), "1.21M");
         assert_eq!(short(456.4), "456");
         assert_eq!(short(5.84), "5.8");
+        assert_eq!(short(0.0), "0");
     }
 
     #[test]
