@@ -17,7 +17,7 @@ use crate::error::{
     exchange_resource, field_type_name, field_value_text, queue_resource, AmqpError,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::message::{MessageContent, QueuedMessage};
+use crate::message::{Deadline, MessageContent, QueuedMessage};
 use crate::queue::{integer_argument, Overflow, Queue, QueueDeclaration, QueueSettings, QueueType};
 use crate::store::definitions::{
     table_from_json, table_to_json, BindingDefinition, ExchangeDefinition, QueueDefinition,
@@ -353,39 +353,30 @@ fn restore_messages(
     for Recovered { record } in recovered {
         let vhost = vhosts.get(&*String::from_utf8_lossy(&record.vhost));
         let queue = vhost.and_then(|v| v.queue(&ShortString::new(record.queue.clone())));
-        let properties = decode_header(&record.header);
-        let (Some(queue), Some(properties)) = (queue, properties) else {
+        let content = MessageContent::from_stored(
+            &record.exchange,
+            &record.routing_key,
+            &record.header,
+            record.body,
+        );
+        let (Some(queue), Some(content)) = (queue, content) else {
             store.ack(record.id);
             continue;
         };
-        let content = Arc::new(MessageContent {
-            exchange: ShortString::new(record.exchange),
-            routing_key: ShortString::new(record.routing_key),
-            properties,
-            body: record.body,
-        });
         queue.restore(QueuedMessage {
-            content,
+            content: Arc::new(content),
             redelivered: record.delivered,
             expires_at: queue
                 .settings
                 .message_ttl
-                .and_then(|ttl| Instant::now().checked_add(ttl)),
+                .and_then(|ttl| Instant::now().checked_add(ttl))
+                .map(Deadline::at),
             persist_id: Some(record.id),
         });
         restored += 1;
     }
     if restored > 0 {
         tracing::info!("restored {restored} persistent messages to their queues");
-    }
-}
-
-/// The properties of a stored content header frame.
-fn decode_header(header: &[u8]) -> Option<amqp_codec::BasicProperties> {
-    let mut buf = bytes::BytesMut::from(header);
-    match amqp_codec::decode(&mut buf, &amqp_codec::Limits::with_frame_max(0)) {
-        Ok(Some(amqp_codec::Frame::Header(_, header))) => Some(header.properties),
-        _ => None,
     }
 }
 

@@ -38,9 +38,11 @@ use amqp_codec::{
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::broker::{generated_queue_name, Broker, ExchangeFlags, MessageStats, QueueFlags, VHost};
-use crate::delivery::{lock, ChannelLink, Outbox, Unacked};
+use crate::delivery::{lock, ChannelLink, ContentMethod, Outbox, Unacked};
 use crate::error::{erlang_binary_p, erlang_binary_w, queue_resource, AmqpError};
-use crate::message::{MessageContent, QueuedMessage};
+use crate::message::{
+    encode_properties, properties_of_header_payload, Deadline, MessageContent, QueuedMessage,
+};
 use crate::permissions::Permit;
 use crate::queue::{DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
@@ -80,7 +82,9 @@ pub const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 /// A channel's transaction buffer: what tx.commit applies.
 #[derive(Default)]
 struct Transaction {
-    publishes: Vec<Command>,
+    /// Each publish with the property octets of its content header (see
+    /// [`ServerChannel::properties_wire`]).
+    publishes: Vec<(Command, Option<Bytes>)>,
     acks: Vec<TxAck>,
 }
 
@@ -112,6 +116,9 @@ struct ServerChannel {
     expect: Expect,
     /// We sent channel.close and wait for close-ok.
     closing: bool,
+    /// The property flags and list of the last content header, as received, to be kept
+    /// with the message as they are (None: re-encode the decoded properties).
+    properties_wire: Option<Bytes>,
     /// Consumers on this channel: tag to queue.
     consumers: HashMap<ShortString, Arc<Queue>>,
     /// basic.qos prefetch for consumers started after it (per consumer).
@@ -811,7 +818,7 @@ impl ServerConnection {
                 0,
                 0,
             )),
-            (Expect::Header(..), ChannelFrame::Header(_)) => None,
+            (Expect::Header(..), ChannelFrame::Header(..)) => None,
             (Expect::Header(..), ChannelFrame::OddHeader { class_id, weight: 0 })
                 if *class_id != expected_class =>
             {
@@ -848,8 +855,9 @@ impl ServerConnection {
                 }
                 channel.assembler.feed_method(method)
             }
-            ChannelFrame::Header(header) => {
+            ChannelFrame::Header(header, payload) => {
                 channel.expect = Expect::Body(expected_class, expected_method);
+                channel.properties_wire = properties_of_header_payload(&payload);
                 channel.assembler.feed_header(header)
             }
             ChannelFrame::Body(body) => channel.assembler.feed_body(body),
@@ -894,6 +902,7 @@ impl ServerConnection {
                 assembler: ContentAssembler::new(self.broker.config.max_message_size),
                 expect: Expect::Method,
                 closing: false,
+                properties_wire: None,
                 consumers: HashMap::new(),
                 prefetch_count: 0,
                 confirm_seq: None,
@@ -1217,7 +1226,9 @@ impl ServerConnection {
                 }
                 self.permit.publish(&publish.exchange)?;
                 self.has_published = true;
-                let transactional = self.channel(id)?.tx.is_some();
+                let channel = self.channel(id)?;
+                let properties_wire = channel.properties_wire.take();
+                let transactional = channel.tx.is_some();
                 if transactional {
                     // Checked now, as RabbitMQ checks, applied on commit.
                     vhost.check_publish(&publish.exchange)?;
@@ -1226,13 +1237,16 @@ impl ServerConnection {
                         .channel(id)?
                         .tx
                         .get_or_insert_with(Transaction::default);
-                    tx.publishes.push(Command {
-                        method: publish.into(),
-                        content: Some(content),
-                    });
+                    tx.publishes.push((
+                        Command {
+                            method: publish.into(),
+                            content: Some(content),
+                        },
+                        properties_wire,
+                    ));
                     return Ok(());
                 }
-                self.publish(id, publish, content, &vhost, now)?;
+                self.publish(id, publish, content, properties_wire, &vhost, now)?;
             }
             Method::BasicGet(get) => self.get(id, get, &vhost)?,
             Method::BasicAck(ack) => {
@@ -1310,11 +1324,11 @@ impl ServerConnection {
                     AmqpError::precondition_failed("channel is not transactional")
                 })?;
                 let work = std::mem::take(tx);
-                for command in work.publishes {
+                for (command, properties_wire) in work.publishes {
                     if let (Method::BasicPublish(publish), Some(content)) =
                         (command.method, command.content)
                     {
-                        self.publish(id, publish, content, &vhost, now)?;
+                        self.publish(id, publish, content, properties_wire, &vhost, now)?;
                     }
                 }
                 for ack in work.acks {
@@ -1401,6 +1415,7 @@ impl ServerConnection {
         id: ChannelId,
         publish: BasicPublish,
         content: amqp_codec::Content,
+        properties_wire: Option<Bytes>,
         vhost: &Arc<VHost>,
         now: Instant,
     ) -> Result<(), AmqpError> {
@@ -1453,12 +1468,19 @@ impl ServerConnection {
             self.route_buf = queues;
             return Err(error);
         }
-        let message = Arc::new(MessageContent {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
-            properties,
-            body: content.body,
-        });
+        // The properties go on as they came, unless the BCC header was taken out.
+        let properties_wire = match (&extra_keys, properties_wire) {
+            (None, Some(wire)) => wire,
+            _ => encode_properties(&properties),
+        };
+        let message = Arc::new(MessageContent::from_wire(
+            publish.exchange.as_bytes(),
+            publish.routing_key.as_bytes(),
+            &properties_wire,
+            properties.delivery_mode,
+            properties.priority,
+            content.body,
+        ));
         let stats = &self.broker.stats;
         MessageStats::add(&stats.published, 1);
         if !queues.is_empty() {
@@ -1466,19 +1488,11 @@ impl ServerConnection {
         }
         if queues.is_empty() && publish.mandatory {
             MessageStats::add(&stats.returned, 1);
-            let returned = QueuedMessage {
-                content: message.clone(),
-                redelivered: false,
-                expires_at: None,
-                persist_id: None,
-            };
-            let method = Method::BasicReturn(BasicReturn {
+            let method = ContentMethod::Return {
                 reply_code: ReplyCode::NO_ROUTE.0,
-                reply_text: ShortString::from_static("NO_ROUTE"),
-                exchange: publish.exchange.clone(),
-                routing_key: publish.routing_key.clone(),
-            });
-            self.outbox.send_content(id, &method, &returned);
+                reply_text: b"NO_ROUTE",
+            };
+            self.outbox.send_content(id, &method, &message);
         }
         let mut rejected = false;
         let mut header = None;
@@ -1503,7 +1517,7 @@ impl ServerConnection {
                 content: message.clone(),
                 redelivered: false,
                 // A TTL too long to represent never expires.
-                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
+                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)).map(Deadline::at),
                 persist_id,
             };
             let mut dead = DeadLetters::new();
@@ -1591,14 +1605,12 @@ impl ServerConnection {
                 if !get.no_ack {
                     queue.count_unacked(1);
                 }
-                let method = Method::BasicGetOk(BasicGetOk {
+                let method = ContentMethod::GetOk {
                     delivery_tag: tag,
                     redelivered: message.redelivered,
-                    exchange: message.content.exchange.clone(),
-                    routing_key: message.content.routing_key.clone(),
                     message_count: remaining as u32,
-                });
-                self.outbox.send_content(id, &method, &message);
+                };
+                self.outbox.send_content(id, &method, &message.content);
             }
             None => self.outbox.send_method(id, BasicGetEmpty),
         }
@@ -1746,14 +1758,16 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
     let mut targets = Vec::new();
     for (message, reason) in dead {
         let content = &message.content;
-        let mut properties = content.properties.clone();
+        let mut properties = content.properties();
         let mut headers = properties.headers.take().unwrap_or_default();
         if queue.settings.queue_type == QueueType::Quorum {
             // The delivery count is a quorum queue's view of a delivery, not the message's.
             headers.remove("x-delivery-count");
         }
         // The message's routing keys: its own and its CC header's.
-        let mut original_keys = vec![content.routing_key.clone()];
+        let mut original_keys = vec![ShortString::new(Bytes::copy_from_slice(
+            content.routing_key(),
+        ))];
         if let Ok(Some(cc)) = routing_headers(Some(&headers)) {
             original_keys.extend(cc);
         }
@@ -1761,25 +1775,32 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
             Some(key) => vec![key.clone()],
             None => original_keys.clone(),
         };
-        add_x_death(&mut headers, queue, reason, content, &original_keys);
+        add_x_death(
+            &mut headers,
+            queue,
+            reason,
+            content.exchange(),
+            properties.expiration.as_ref(),
+            &original_keys,
+        );
         properties.headers = Some(sorted_table(&headers));
         if reason == "expired" {
             // The per-message TTL is what expired it; RabbitMQ removes it.
             properties.expiration = None;
         }
         let routing_key = routing_keys.first().cloned().unwrap_or_default();
-        let dead_content = Arc::new(MessageContent {
-            exchange: exchange.clone(),
-            routing_key,
-            properties,
-            body: content.body.clone(),
-        });
+        let dead_content = Arc::new(MessageContent::with_properties(
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            &properties,
+            content.body_bytes(),
+        ));
         targets.clear();
         if vhost
             .route_keys(
                 &exchange,
                 &routing_keys,
-                dead_content.properties.headers.as_ref(),
+                properties.headers.as_ref(),
                 false,
                 &mut targets,
             )
@@ -1787,12 +1808,7 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
         {
             continue;
         }
-        let deaths = match dead_content
-            .properties
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("x-death"))
-        {
+        let deaths = match properties.headers.as_ref().and_then(|h| h.get("x-death")) {
             Some(FieldValue::Array(deaths)) => Some(deaths),
             _ => None,
         };
@@ -1812,7 +1828,8 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
                 expires_at: target
                     .settings
                     .message_ttl
-                    .and_then(|ttl| now.checked_add(ttl)),
+                    .and_then(|ttl| now.checked_add(ttl))
+                    .map(Deadline::at),
                 persist_id,
             };
             let mut more = DeadLetters::new();
@@ -1854,7 +1871,7 @@ fn sorted_table(table: &FieldTable) -> FieldTable {
 /// Logs a persistent message entering a durable queue; returns its store id (None when
 /// nothing needs storing), or Err when the store has failed. `header` caches the encoded
 /// content header across the queues of one publish.
-fn persist(
+pub(crate) fn persist(
     queue: &Queue,
     content: &MessageContent,
     header: &mut Option<bytes::Bytes>,
@@ -1868,32 +1885,17 @@ fn persist(
     if store.has_failed() {
         return Err(());
     }
-    let header = header
-        .get_or_insert_with(|| {
-            let mut buf = BytesMut::new();
-            let frame = Frame::Header(
-                0,
-                amqp_codec::ContentHeader::basic(
-                    content.body.len() as u64,
-                    content.properties.clone(),
-                ),
-            );
-            if let Err(err) = frame.encode(&mut buf, 0) {
-                tracing::error!("cannot encode a content header for the store: {err}");
-            }
-            buf.freeze()
-        })
-        .clone();
+    let header = header.get_or_insert_with(|| content.header_frame()).clone();
     let id = store.next_id();
     store.publish(PublishRecord {
         id,
         delivered: false,
         vhost: bytes::Bytes::copy_from_slice(queue.vhost.as_bytes()),
         queue: queue.name.bytes().clone(),
-        exchange: content.exchange.bytes().clone(),
-        routing_key: content.routing_key.bytes().clone(),
+        exchange: Bytes::copy_from_slice(content.exchange()),
+        routing_key: Bytes::copy_from_slice(content.routing_key()),
         header,
-        body: content.body.clone(),
+        body: content.body_bytes(),
     });
     Ok(Some(id))
 }
@@ -1907,9 +1909,11 @@ fn add_x_death(
     headers: &mut FieldTable,
     queue: &Queue,
     reason: &'static str,
-    content: &MessageContent,
+    exchange: &[u8],
+    expiration: Option<&ShortString>,
     routing_keys: &[ShortString],
 ) {
+    let exchange = String::from_utf8_lossy(exchange);
     let mut deaths = match headers.remove("x-death") {
         Some(FieldValue::Array(array)) => Some(array.0),
         _ => None,
@@ -1945,13 +1949,13 @@ fn add_x_death(
             entry.insert("reason", reason);
             entry.insert("queue", &*queue_name);
             entry.insert("time", FieldValue::Timestamp(timestamp));
-            entry.insert("exchange", &*content.exchange.to_str_lossy());
+            entry.insert("exchange", &*exchange);
             let keys = routing_keys
                 .iter()
                 .map(|k| FieldValue::from(&*k.to_str_lossy()))
                 .collect();
             entry.insert("routing-keys", FieldValue::Array(FieldArray(keys)));
-            if let Some(expiration) = &content.properties.expiration {
+            if let Some(expiration) = expiration {
                 entry.insert("original-expiration", &*expiration.to_str_lossy());
             }
             if deaths.is_some() {
@@ -1964,7 +1968,7 @@ fn add_x_death(
     let mut deaths = deaths.unwrap_or_default();
     deaths.insert(0, FieldValue::Table(entry));
     if !headers.contains_key("x-first-death-reason") {
-        headers.insert("x-first-death-exchange", &*content.exchange.to_str_lossy());
+        headers.insert("x-first-death-exchange", &*exchange);
         headers.insert("x-first-death-queue", &*queue_name);
         headers.insert("x-first-death-reason", reason);
     }
@@ -2092,7 +2096,9 @@ fn frame_description(raw: &RawFrame) -> String {
 #[allow(clippy::large_enum_variant)]
 enum ChannelFrame {
     Method(Method),
-    Header(ContentHeader),
+    /// A content header, with its payload as received (its properties are kept as they
+    /// are).
+    Header(ContentHeader, Bytes),
     /// A content header of another class than basic, or with a weight: RabbitMQ's content
     /// assembly refuses it with a text that depends on what it expected.
     OddHeader {
@@ -2146,7 +2152,9 @@ fn analyze_frame(raw: &RawFrame, limits: &Limits) -> Analyzed {
                 return Analyzed::Frame(ChannelFrame::OddHeader { class_id, weight });
             }
             match decode_payload(FrameType::HEADER, raw.channel, payload.clone(), limits) {
-                Ok(Frame::Header(_, header)) => Analyzed::Frame(ChannelFrame::Header(header)),
+                Ok(Frame::Header(_, header)) => {
+                    Analyzed::Frame(ChannelFrame::Header(header, payload.clone()))
+                }
                 Ok(_) => Analyzed::Unknown,
                 Err(err) => Analyzed::BadProperties(err),
             }

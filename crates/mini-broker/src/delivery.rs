@@ -3,9 +3,10 @@
 //! A queue hands a message to a consumer by writing basic.deliver, its content header and its
 //! body frames straight into the consumer connection's [`Outbox`], and by recording the
 //! delivery in the channel's [`ChannelLink`] until it is acked. The connection's writer task
-//! drains the outbox into the socket, many frames per write. Bodies are [`Bytes`] shared with
-//! the publisher's frame: nothing is copied between publish and deliver except into the
-//! socket buffer.
+//! drains the outbox into the socket, many frames per write. A message's content header goes
+//! out with the property octets its publisher sent ([`put_content`]): nothing is decoded or
+//! re-encoded per delivery. Small bodies live in the message's own allocation, large ones are
+//! the [`bytes::Bytes`] of the publisher's frame (see [`crate::message`]).
 //!
 //! Lock order, always: queue, then channel link, then outbox. Nobody takes a queue while
 //! holding a link or an outbox.
@@ -14,13 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use amqp_codec::methods::BasicDeliver;
-use amqp_codec::{encode_content, ChannelId, Frame, Method, ShortString};
-use bytes::BytesMut;
+use amqp_codec::content::max_body_frame_payload;
+use amqp_codec::methods::{BasicDeliver, BasicGetOk, BasicReturn};
+use amqp_codec::{ChannelId, Frame, FrameType, Method, ShortString};
+use bytes::{BufMut, BytesMut};
 use tokio::sync::Notify;
 
 use crate::broker::MessageStats;
-use crate::message::QueuedMessage;
+use crate::message::{put_header_frame, MessageContent, QueuedMessage};
 use crate::queue::Queue;
 
 /// Above this many buffered bytes a connection gets no more deliveries until its writer
@@ -114,13 +116,18 @@ impl Outbox {
     }
 
     /// Appends a method with content (deliver, get-ok, return) and wakes the writer.
-    pub fn send_content(&self, channel: ChannelId, method: &Method, message: &QueuedMessage) {
+    pub fn send_content(
+        &self,
+        channel: ChannelId,
+        method: &ContentMethod<'_>,
+        content: &MessageContent,
+    ) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
         let mut buf = lock(&self.buf);
         let was_empty = buf.filling.is_empty();
-        self.encode_content(&mut buf.filling, channel, method, message);
+        self.encode_content(&mut buf.filling, channel, method, content);
         drop(buf);
         self.wake_if(was_empty);
     }
@@ -130,8 +137,8 @@ impl Outbox {
     fn send_content_unless_full(
         &self,
         channel: ChannelId,
-        method: &Method,
-        message: &QueuedMessage,
+        method: &ContentMethod<'_>,
+        content: &MessageContent,
     ) -> bool {
         let mut buf = lock(&self.buf);
         if buf.filling.len() >= OUTBOX_HIGH_WATER {
@@ -141,7 +148,7 @@ impl Outbox {
             return true;
         }
         let was_empty = buf.filling.is_empty();
-        self.encode_content(&mut buf.filling, channel, method, message);
+        self.encode_content(&mut buf.filling, channel, method, content);
         drop(buf);
         self.wake_if(was_empty);
         true
@@ -151,19 +158,11 @@ impl Outbox {
         &self,
         buf: &mut BytesMut,
         channel: ChannelId,
-        method: &Method,
-        message: &QueuedMessage,
+        method: &ContentMethod<'_>,
+        content: &MessageContent,
     ) {
-        let content = &message.content;
-        if let Err(err) = encode_content(
-            buf,
-            channel,
-            method,
-            &content.properties,
-            &content.body,
-            self.frame_max(),
-        ) {
-            tracing::error!("cannot encode a delivery: {err}");
+        if let Err(err) = put_content(buf, channel, method, content, self.frame_max()) {
+            tracing::error!("cannot encode a {}: {err}", method.name());
         }
     }
 
@@ -246,6 +245,172 @@ impl Outbox {
             .into_iter()
             .filter_map(|q| q.upgrade())
             .collect()
+    }
+}
+
+/// A method that carries content, as the broker sends it; the exchange and routing key are
+/// the message's own.
+#[derive(Debug, Clone, Copy)]
+pub enum ContentMethod<'a> {
+    /// basic.deliver (spec 1.8.3.9) to a consumer.
+    Deliver {
+        /// The consumer's tag.
+        consumer_tag: &'a [u8],
+        /// The channel's delivery tag.
+        delivery_tag: u64,
+        /// Whether it was delivered before.
+        redelivered: bool,
+    },
+    /// basic.get-ok (spec 1.8.3.11).
+    GetOk {
+        /// The channel's delivery tag.
+        delivery_tag: u64,
+        /// Whether it was delivered before.
+        redelivered: bool,
+        /// Messages left in the queue.
+        message_count: u32,
+    },
+    /// basic.return (spec 1.8.3.8) of an unroutable mandatory message.
+    Return {
+        /// Why (312 NO_ROUTE).
+        reply_code: u16,
+        /// The reply text.
+        reply_text: &'a [u8],
+    },
+}
+
+impl ContentMethod<'_> {
+    /// The method id in class basic.
+    fn method_id(&self) -> u16 {
+        match self {
+            ContentMethod::Deliver { .. } => BasicDeliver::METHOD_ID,
+            ContentMethod::GetOk { .. } => BasicGetOk::METHOD_ID,
+            ContentMethod::Return { .. } => BasicReturn::METHOD_ID,
+        }
+    }
+
+    /// The method's name, for log lines.
+    fn name(&self) -> &'static str {
+        match self {
+            ContentMethod::Deliver { .. } => "basic.deliver",
+            ContentMethod::GetOk { .. } => "basic.get-ok",
+            ContentMethod::Return { .. } => "basic.return",
+        }
+    }
+}
+
+/// Why a delivery could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {size}-octet frame is larger than frame_max {frame_max}")]
+pub struct FrameTooLarge {
+    /// The frame's size, its 8 octets of framing included.
+    pub size: usize,
+    /// The negotiated frame_max.
+    pub frame_max: u32,
+}
+
+/// Writes a content-carrying method, its content header and its body frames (spec 4.2.6),
+/// the header's properties as the publisher encoded them. The same octets as
+/// `amqp_codec::encode_content` of the method and the decoded properties, without building
+/// either. On error (a frame larger than `frame_max`) nothing is left in `buf`.
+pub fn put_content(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &ContentMethod<'_>,
+    content: &MessageContent,
+    frame_max: u32,
+) -> Result<(), FrameTooLarge> {
+    let start = buf.len();
+    let result = put_content_unchecked(buf, channel, method, content, frame_max);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn put_content_unchecked(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &ContentMethod<'_>,
+    content: &MessageContent,
+    frame_max: u32,
+) -> Result<(), FrameTooLarge> {
+    let body = content.body();
+    let chunk = max_body_frame_payload(frame_max);
+    let (exchange, routing_key) = (content.exchange(), content.routing_key());
+    let properties = content.properties_wire();
+    buf.reserve(
+        body.len() + body.len().div_ceil(chunk) * 8 + 2 * 8 + 32 + 3 * 256 + properties.len(),
+    );
+    let method_start = buf.len();
+    buf.put_u8(FrameType::METHOD.0);
+    buf.put_u16(channel);
+    buf.put_u32(0); // size, set below
+    buf.put_u16(BasicDeliver::CLASS_ID);
+    buf.put_u16(method.method_id());
+    match *method {
+        ContentMethod::Deliver {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+        } => {
+            put_short_string(buf, consumer_tag);
+            buf.put_u64(delivery_tag);
+            buf.put_u8(u8::from(redelivered));
+            put_short_string(buf, exchange);
+            put_short_string(buf, routing_key);
+        }
+        ContentMethod::GetOk {
+            delivery_tag,
+            redelivered,
+            message_count,
+        } => {
+            buf.put_u64(delivery_tag);
+            buf.put_u8(u8::from(redelivered));
+            put_short_string(buf, exchange);
+            put_short_string(buf, routing_key);
+            buf.put_u32(message_count);
+        }
+        ContentMethod::Return {
+            reply_code,
+            reply_text,
+        } => {
+            buf.put_u16(reply_code);
+            put_short_string(buf, reply_text);
+            put_short_string(buf, exchange);
+            put_short_string(buf, routing_key);
+        }
+    }
+    let payload = buf.len() - method_start - 7;
+    buf[method_start + 3..method_start + 7].copy_from_slice(&(payload as u32).to_be_bytes());
+    buf.put_u8(amqp_codec::FRAME_END);
+    check_frame_max(buf.len() - method_start, frame_max)?;
+    let header_start = buf.len();
+    put_header_frame(buf, channel, body.len() as u64, properties);
+    check_frame_max(buf.len() - header_start, frame_max)?;
+    for part in body.chunks(chunk) {
+        buf.put_u8(FrameType::BODY.0);
+        buf.put_u16(channel);
+        buf.put_u32(part.len() as u32);
+        buf.put_slice(part);
+        buf.put_u8(amqp_codec::FRAME_END);
+    }
+    Ok(())
+}
+
+/// A short string: its length octet, then its octets (at most 255: what the broker holds
+/// came from short strings).
+fn put_short_string(buf: &mut BytesMut, value: &[u8]) {
+    let value = value.get(..255).unwrap_or(value);
+    buf.put_u8(value.len() as u8);
+    buf.put_slice(value);
+}
+
+fn check_frame_max(size: usize, frame_max: u32) -> Result<(), FrameTooLarge> {
+    if frame_max != 0 && size > frame_max as usize {
+        Err(FrameTooLarge { size, frame_max })
+    } else {
+        Ok(())
     }
 }
 
@@ -339,16 +504,14 @@ impl ChannelLink {
             return Err(message);
         }
         let tag = state.next_tag;
-        let deliver = Method::BasicDeliver(BasicDeliver {
-            consumer_tag: consumer_tag.clone(),
+        let deliver = ContentMethod::Deliver {
+            consumer_tag: consumer_tag.as_bytes(),
             delivery_tag: tag,
             redelivered: message.redelivered,
-            exchange: message.content.exchange.clone(),
-            routing_key: message.content.routing_key.clone(),
-        });
+        };
         if !self
             .outbox
-            .send_content_unless_full(self.id, &deliver, &message)
+            .send_content_unless_full(self.id, &deliver, &message.content)
         {
             self.outbox.pause(queue);
             return Err(message);
@@ -435,6 +598,127 @@ mod tests {
         assert_eq!(second.len(), 8);
         outbox.send(&Frame::Heartbeat);
         assert_eq!(lock(&outbox.buf).filling.capacity(), capacity);
+    }
+
+    use amqp_codec::{encode_content, BasicProperties, FieldTable, FieldValue};
+    use bytes::Bytes;
+
+    fn sample_properties() -> BasicProperties {
+        let mut headers = FieldTable::new();
+        headers.insert("x-trace", "abc");
+        headers.insert("count", FieldValue::I64(7));
+        BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(headers),
+            delivery_mode: Some(2),
+            priority: Some(5),
+            correlation_id: Some("c-1".into()),
+            expiration: Some("60000".into()),
+            timestamp: Some(1_700_000_000),
+            ..BasicProperties::default()
+        }
+    }
+
+    /// The codec's encoding of the same delivery, for comparison.
+    fn codec_encoding(
+        method: Method,
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) -> BytesMut {
+        let mut expected = BytesMut::new();
+        encode_content(&mut expected, 3, &method, properties, body, frame_max).unwrap();
+        expected
+    }
+
+    #[test]
+    fn put_content_writes_what_the_codec_writes_for_deliver_get_ok_and_return() {
+        for properties in [BasicProperties::default(), sample_properties()] {
+            for body_len in [0, 1, 16, 4096, 5000, 70_000] {
+                let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
+                let content = MessageContent::with_properties(
+                    b"amq.direct",
+                    b"some.key",
+                    &properties,
+                    Bytes::from(body.clone()),
+                );
+                for frame_max in [4096, 131_072] {
+                    let cases = [
+                        (
+                            ContentMethod::Deliver {
+                                consumer_tag: b"amq.ctag-1",
+                                delivery_tag: 42,
+                                redelivered: true,
+                            },
+                            Method::BasicDeliver(BasicDeliver {
+                                consumer_tag: "amq.ctag-1".into(),
+                                delivery_tag: 42,
+                                redelivered: true,
+                                exchange: "amq.direct".into(),
+                                routing_key: "some.key".into(),
+                            }),
+                        ),
+                        (
+                            ContentMethod::GetOk {
+                                delivery_tag: 7,
+                                redelivered: false,
+                                message_count: 99,
+                            },
+                            Method::BasicGetOk(BasicGetOk {
+                                delivery_tag: 7,
+                                redelivered: false,
+                                exchange: "amq.direct".into(),
+                                routing_key: "some.key".into(),
+                                message_count: 99,
+                            }),
+                        ),
+                        (
+                            ContentMethod::Return {
+                                reply_code: 312,
+                                reply_text: b"NO_ROUTE",
+                            },
+                            Method::BasicReturn(BasicReturn {
+                                reply_code: 312,
+                                reply_text: "NO_ROUTE".into(),
+                                exchange: "amq.direct".into(),
+                                routing_key: "some.key".into(),
+                            }),
+                        ),
+                    ];
+                    for (ours, theirs) in cases {
+                        let mut buf = BytesMut::new();
+                        put_content(&mut buf, 3, &ours, &content, frame_max).unwrap();
+                        assert_eq!(
+                            buf,
+                            codec_encoding(theirs, &properties, &body, frame_max),
+                            "{ours:?}, {body_len} octets, frame_max {frame_max}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn put_content_refuses_a_header_larger_than_frame_max_and_leaves_nothing() {
+        let mut headers = FieldTable::new();
+        headers.insert("big", "x".repeat(5000).as_str());
+        let properties = BasicProperties {
+            headers: Some(headers),
+            ..BasicProperties::default()
+        };
+        let content =
+            MessageContent::with_properties(b"", b"q", &properties, Bytes::from_static(b"hi"));
+        let mut buf = BytesMut::from(&b"before"[..]);
+        let method = ContentMethod::GetOk {
+            delivery_tag: 1,
+            redelivered: false,
+            message_count: 0,
+        };
+        let error = put_content(&mut buf, 1, &method, &content, 4096).unwrap_err();
+        assert_eq!(error.frame_max, 4096);
+        assert!(error.size > 5000);
+        assert_eq!(&buf[..], b"before");
     }
 
     #[test]

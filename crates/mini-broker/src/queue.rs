@@ -290,7 +290,7 @@ impl Queue {
         // nobody takes at once expires.
         if !state.consumers.is_empty() {
             let now = Instant::now();
-            let expire_before = expires_at.map_or(now, |at| at.min(now));
+            let expire_before = expires_at.map_or(now, |at| at.instant().min(now));
             self.dispatch_at(&mut state, dead, expire_before);
         }
         if state.ready.front().is_some_and(|m| m.expires_at.is_some()) {
@@ -417,7 +417,7 @@ impl Queue {
         while state
             .ready
             .front()
-            .is_some_and(|m| m.expires_at.is_some_and(|at| at < now))
+            .is_some_and(|m| m.expires_at.is_some_and(|at| at.is_before(now)))
         {
             if let Some(expired) = state.ready.pop_front() {
                 state.ready_bytes -= expired.content.size();
@@ -621,13 +621,13 @@ impl Queue {
 /// A message's priority in a queue with `x-max-priority` `max`: its `priority` property
 /// capped at `max` (none: 0), as RabbitMQ orders a priority queue.
 fn message_priority(message: &QueuedMessage, max: u8) -> u8 {
-    message.content.properties.priority.unwrap_or(0).min(max)
+    message.content.priority().unwrap_or(0).min(max)
 }
 
 /// How often a quorum queue message was returned: its `x-delivery-count` header.
 fn delivery_count(content: &MessageContent) -> i64 {
     match content
-        .properties
+        .properties()
         .headers
         .as_ref()
         .and_then(|h| h.get("x-delivery-count"))
@@ -640,7 +640,7 @@ fn delivery_count(content: &MessageContent) -> i64 {
 /// The content with `x-delivery-count` set to `count`, as a quorum queue delivers it. Like
 /// RabbitMQ when it sets a header, the headers come out sorted by name.
 fn with_delivery_count(content: &Arc<MessageContent>, count: i64) -> Arc<MessageContent> {
-    let mut properties = content.properties.clone();
+    let mut properties = content.properties();
     let mut entries: Vec<(ShortString, FieldValue)> = properties
         .headers
         .take()
@@ -654,10 +654,5 @@ fn with_delivery_count(content: &Arc<MessageContent>, count: i64) -> Arc<Message
     entries.push(("x-delivery-count".into(), FieldValue::I64(count)));
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     properties.headers = Some(entries.into_iter().collect());
-    Arc::new(MessageContent {
-        exchange: content.exchange.clone(),
-        routing_key: content.routing_key.clone(),
-        properties,
-        body: content.body.clone(),
-    })
+    Arc::new(content.with_new_properties(&properties))
 }

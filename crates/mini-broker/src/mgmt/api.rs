@@ -26,11 +26,11 @@ use super::json::{json_to_table, Json};
 use super::objects::{self, QueueCounts, Snapshot, NODE};
 use crate::broker::{Broker, ExchangeFlags, QueueFlags, VHost};
 use crate::config::UserConfig;
-use crate::connection::{dead_letter, notify_cancelled};
+use crate::connection::{dead_letter, notify_cancelled, persist};
 use crate::delivery::{ChannelLink, Outbox, Unacked};
 use crate::error::{queue_resource, AmqpError};
 use crate::exchange::Destination;
-use crate::message::{MessageContent, QueuedMessage};
+use crate::message::{Deadline, MessageContent, QueuedMessage};
 use crate::permissions::{InvalidPattern, Permission, Permissions, Permit};
 use crate::queue::{DeadLetters, Enqueued, Queue};
 
@@ -1247,25 +1247,25 @@ impl Api {
             .as_ref()
             .and_then(|e| e.as_str()?.parse::<u64>().ok())
             .map(Duration::from_millis);
-        let content = Arc::new(MessageContent {
-            exchange,
-            routing_key,
-            properties,
-            body: Bytes::from(payload),
-        });
+        let content = Arc::new(MessageContent::with_properties(
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            &properties,
+            Bytes::from(payload),
+        ));
         let now = Instant::now();
         for queue in &queues {
             let ttl = match (queue.settings.message_ttl, per_message_ttl) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let Ok(persist_id) = persist(queue, &content) else {
+            let Ok(persist_id) = persist(queue, &content, &mut None) else {
                 continue;
             };
             let message = QueuedMessage {
                 content: content.clone(),
                 redelivered: false,
-                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
+                expires_at: ttl.and_then(|ttl| now.checked_add(ttl)).map(Deadline::at),
                 persist_id,
             };
             let mut dead = DeadLetters::new();
@@ -1509,7 +1509,7 @@ fn message_json(
     truncate: Option<u64>,
 ) -> Json {
     let content = &message.content;
-    let mut payload: &[u8] = &content.body;
+    let mut payload: &[u8] = content.body();
     if let Some(limit) = truncate {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         payload = payload.get(..limit).unwrap_or(payload);
@@ -1521,10 +1521,19 @@ fn message_json(
     Json::object()
         .with("payload_bytes", content.size())
         .with("redelivered", message.redelivered)
-        .with("exchange", content.exchange.to_str_lossy().as_ref())
-        .with("routing_key", content.routing_key.to_str_lossy().as_ref())
+        .with(
+            "exchange",
+            String::from_utf8_lossy(content.exchange()).as_ref(),
+        )
+        .with(
+            "routing_key",
+            String::from_utf8_lossy(content.routing_key()).as_ref(),
+        )
         .with("message_count", remaining)
-        .with("properties", objects::properties_json(&content.properties))
+        .with(
+            "properties",
+            objects::properties_json(&content.properties()),
+        )
         .with("payload", payload)
         .with("payload_encoding", payload_encoding)
 }
@@ -1635,42 +1644,6 @@ fn properties_from_json(json: &Json) -> Result<BasicProperties, Response> {
         }
     }
     Ok(properties)
-}
-
-/// Logs a persistent message entering a durable queue, as basic.publish does; the store id,
-/// None when nothing needs storing, Err when the store has failed (the queue is skipped).
-///
-/// This repeats `connection::persist`, which is private to the connection module.
-fn persist(queue: &Queue, content: &MessageContent) -> Result<Option<u64>, ()> {
-    let Some(store) = &queue.store else {
-        return Ok(None);
-    };
-    if !content.is_persistent() {
-        return Ok(None);
-    }
-    if store.has_failed() {
-        return Err(());
-    }
-    let mut header = bytes::BytesMut::new();
-    let frame = amqp_codec::Frame::Header(
-        0,
-        amqp_codec::ContentHeader::basic(content.body.len() as u64, content.properties.clone()),
-    );
-    if let Err(err) = frame.encode(&mut header, 0) {
-        tracing::error!("cannot encode a content header for the store: {err}");
-    }
-    let id = store.next_id();
-    store.publish(crate::store::log::PublishRecord {
-        id,
-        delivered: false,
-        vhost: Bytes::copy_from_slice(queue.vhost.as_bytes()),
-        queue: queue.name.bytes().clone(),
-        exchange: content.exchange.bytes().clone(),
-        routing_key: content.routing_key.bytes().clone(),
-        header: header.freeze(),
-        body: content.body.clone(),
-    });
-    Ok(Some(id))
 }
 
 /// The overview's `message_stats`: counts since the broker started, named as RabbitMQ's
