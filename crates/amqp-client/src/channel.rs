@@ -17,7 +17,9 @@ use amqp_codec::{BasicProperties, ChannelId, Command, FieldTable, Method, ShortS
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{Confirmation, Connection, Request, DEFAULT_CONSUMER_BUFFER};
+use crate::connection::{
+    Acknowledgement, Confirmation, Connection, Request, Shared, DEFAULT_CONSUMER_BUFFER,
+};
 use crate::consumer::{Consumer, Delivery, GetMessage, Returned};
 use crate::error::Error;
 
@@ -94,8 +96,15 @@ impl ChannelShared {
 }
 
 /// A channel on a [`Connection`]. Clones share the channel.
+///
+/// A clone is one reference count: every [`Delivery`] carries one, to ack through.
 #[derive(Clone)]
 pub struct Channel {
+    inner: Arc<ChannelHandle>,
+}
+
+/// What a [`Channel`] handle holds.
+struct ChannelHandle {
     id: ChannelId,
     connection: Connection,
     shared: Arc<ChannelShared>,
@@ -103,14 +112,16 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("id", &self.id).finish()
+        f.debug_struct("Channel")
+            .field("id", &self.inner.id)
+            .finish()
     }
 }
 
 /// The broker's answer to one publish in confirm mode: await it for the [`Confirmation`].
 pub struct PublishConfirm {
     inner: Option<oneshot::Receiver<Result<Confirmation, Error>>>,
-    connection: Connection,
+    connection: Arc<Shared>,
 }
 
 impl Future for PublishConfirm {
@@ -122,7 +133,7 @@ impl Future for PublishConfirm {
             None => Poll::Ready(Ok(Confirmation::NotRequested)),
             Some(rx) => Pin::new(rx)
                 .poll(cx)
-                .map(|r| r.unwrap_or_else(|_| Err(this.connection.shared.closed_error()))),
+                .map(|r| r.unwrap_or_else(|_| Err(this.connection.closed_error()))),
         }
     }
 }
@@ -134,25 +145,27 @@ impl Channel {
         shared: Arc<ChannelShared>,
     ) -> Channel {
         Channel {
-            id,
-            connection,
-            shared,
+            inner: Arc::new(ChannelHandle {
+                id,
+                connection,
+                shared,
+            }),
         }
     }
 
     /// The channel number.
     pub fn id(&self) -> ChannelId {
-        self.id
+        self.inner.id
     }
 
     /// The connection this channel belongs to.
     pub fn connection(&self) -> &Connection {
-        &self.connection
+        &self.inner.connection
     }
 
     /// Fails with why the channel ended, if it has.
     fn check_open(&self) -> Result<(), Error> {
-        match self.shared.closed.get() {
+        match self.inner.shared.closed.get() {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
@@ -161,29 +174,33 @@ impl Channel {
     async fn call(&self, method: Method) -> Result<Command, Error> {
         self.check_open()?;
         let (reply, rx) = oneshot::channel();
-        self.connection
+        self.inner
+            .connection
             .send(Request::Call {
-                channel: self.id,
-                method,
+                channel: self.inner.id,
+                method: Box::new(method),
                 reply,
             })
             .await?;
         let result = rx
             .await
-            .map_err(|_| self.connection.shared.closed_error())?;
+            .map_err(|_| self.inner.connection.shared.closed_error())?;
         if let Err(err @ Error::ChannelClosed(_)) = &result {
             // The task records it too; this makes it visible before the call returns.
-            self.shared.set_closed(err.clone());
+            self.inner.shared.set_closed(err.clone());
         }
         result
     }
 
-    async fn send(&self, method: Method) -> Result<(), Error> {
+    /// Sends an ack, nack or reject: it waits for room in the request queue, never for the
+    /// socket or a reply.
+    async fn acknowledge(&self, ack: Acknowledgement) -> Result<(), Error> {
         self.check_open()?;
-        self.connection
-            .send(Request::Send {
-                channel: self.id,
-                method,
+        self.inner
+            .connection
+            .send(Request::Acknowledge {
+                channel: self.inner.id,
+                ack,
             })
             .await
     }
@@ -424,43 +441,45 @@ impl Channel {
     ) -> Result<PublishConfirm, Error> {
         self.check_open()?;
         self.wait_unblocked().await?;
-        let (confirm, rx) = if self.shared.confirm_mode.load(Ordering::Relaxed) {
+        let (confirm, rx) = if self.inner.shared.confirm_mode.load(Ordering::Relaxed) {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        self.connection
+        self.inner
+            .connection
             .send(Request::Publish {
-                channel: self.id,
+                channel: self.inner.id,
                 exchange: exchange.into(),
                 routing_key: routing_key.into(),
                 mandatory,
-                properties,
+                properties: boxed_properties(properties),
                 body: body.into(),
                 confirm,
             })
             .await?;
         Ok(PublishConfirm {
             inner: rx,
-            connection: self.connection.clone(),
+            connection: self.inner.connection.shared.clone(),
         })
     }
 
     /// How long [`basic_publish`](Self::basic_publish) waits while the connection is blocked
     /// before failing with [`Error::Timeout`]; None (the default) waits as long as it takes.
     pub fn set_blocked_publish_timeout(&self, timeout: Option<Duration>) {
-        if let Ok(mut slot) = self.shared.blocked_publish_timeout.lock() {
+        if let Ok(mut slot) = self.inner.shared.blocked_publish_timeout.lock() {
             *slot = timeout;
         }
     }
 
     async fn wait_unblocked(&self) -> Result<(), Error> {
-        if !self.connection.is_blocked() {
+        if !self.inner.connection.is_blocked() {
             return Ok(());
         }
-        let mut watch = self.connection.blocked_watch();
+        let mut watch = self.inner.connection.blocked_watch();
         let timeout = self
+            .inner
             .shared
             .blocked_publish_timeout
             .lock()
@@ -469,7 +488,7 @@ impl Channel {
         let unblocked = async {
             while *watch.borrow_and_update() {
                 if watch.changed().await.is_err() {
-                    return Err(self.connection.shared.closed_error());
+                    return Err(self.inner.connection.shared.closed_error());
                 }
             }
             Ok(())
@@ -522,17 +541,18 @@ impl Channel {
             no_wait: false,
             arguments,
         };
-        self.connection
+        self.inner
+            .connection
             .send(Request::Consume {
-                channel: self.id,
-                method: method.into(),
+                channel: self.inner.id,
+                method: Box::new(method.into()),
                 buffer,
                 reply,
             })
             .await?;
         let consumer = rx
             .await
-            .map_err(|_| self.connection.shared.closed_error())??;
+            .map_err(|_| self.inner.connection.shared.closed_error())??;
         Ok(consumer.attach(self.clone()))
     }
 
@@ -565,7 +585,7 @@ impl Channel {
             Method::BasicGetEmpty(_) => return Ok(None),
             other => return Err(unexpected(other)),
         };
-        let mut delivery = Delivery::from_command(self.id, reply)
+        let mut delivery = Delivery::from_get_ok(self.inner.id, reply)
             .ok_or_else(|| Error::UnexpectedFrame("basic.get-ok without content".into()))?;
         delivery.channel = Some(self.clone());
         Ok(Some(GetMessage {
@@ -576,13 +596,10 @@ impl Channel {
 
     /// Acknowledges a delivery (or every one up to it, with `multiple`).
     pub async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
-        self.send(
-            BasicAck {
-                delivery_tag,
-                multiple,
-            }
-            .into(),
-        )
+        self.acknowledge(Acknowledgement::Ack(BasicAck {
+            delivery_tag,
+            multiple,
+        }))
         .await
     }
 
@@ -593,26 +610,20 @@ impl Channel {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), Error> {
-        self.send(
-            BasicNack {
-                delivery_tag,
-                multiple,
-                requeue,
-            }
-            .into(),
-        )
+        self.acknowledge(Acknowledgement::Nack(BasicNack {
+            delivery_tag,
+            multiple,
+            requeue,
+        }))
         .await
     }
 
     /// Rejects one delivery: requeue or drop.
     pub async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), Error> {
-        self.send(
-            BasicReject {
-                delivery_tag,
-                requeue,
-            }
-            .into(),
-        )
+        self.acknowledge(Acknowledgement::Reject(BasicReject {
+            delivery_tag,
+            requeue,
+        }))
         .await
     }
 
@@ -626,9 +637,10 @@ impl Channel {
     pub async fn returns(&self, buffer: usize) -> Result<mpsc::Receiver<Returned>, Error> {
         self.check_open()?;
         let (sender, receiver) = mpsc::channel(buffer.max(1));
-        self.connection
+        self.inner
+            .connection
             .send(Request::Returns {
-                channel: self.id,
+                channel: self.inner.id,
                 sender,
             })
             .await?;
@@ -639,7 +651,10 @@ impl Channel {
 
     /// Puts the channel in confirm mode (confirm.select): every publish is acked or nacked.
     pub async fn confirm_select(&self) -> Result<(), Error> {
-        self.shared.confirm_mode.store(true, Ordering::Relaxed);
+        self.inner
+            .shared
+            .confirm_mode
+            .store(true, Ordering::Relaxed);
         self.call(ConfirmSelect { nowait: false }.into())
             .await
             .map(drop)
@@ -650,14 +665,15 @@ impl Channel {
     pub async fn wait_for_confirms(&self) -> Result<bool, Error> {
         self.check_open()?;
         let (reply, rx) = oneshot::channel();
-        self.connection
+        self.inner
+            .connection
             .send(Request::WaitForConfirms {
-                channel: self.id,
+                channel: self.inner.id,
                 reply,
             })
             .await?;
         rx.await
-            .map_err(|_| self.connection.shared.closed_error())?
+            .map_err(|_| self.inner.connection.shared.closed_error())?
     }
 
     /// Starts transactions on this channel (tx.select).
@@ -678,22 +694,32 @@ impl Channel {
     /// Closes the channel (channel.close 200, waiting for close-ok). Closing it again is a
     /// no-op; a channel the server closed answers with the server's reason.
     pub async fn close(&self) -> Result<(), Error> {
-        match self.shared.closed.get() {
+        match self.inner.shared.closed.get() {
             Some(Error::ChannelClosedLocally) => return Ok(()),
             Some(reason) => return Err(reason.clone()),
             None => {}
         }
         let (reply, rx) = oneshot::channel();
-        self.connection
+        self.inner
+            .connection
             .send(Request::CloseChannel {
-                channel: self.id,
+                channel: self.inner.id,
                 reply,
             })
             .await?;
         rx.await
-            .map_err(|_| self.connection.shared.closed_error())??;
-        self.shared.set_closed(Error::ChannelClosedLocally);
+            .map_err(|_| self.inner.connection.shared.closed_error())??;
+        self.inner.shared.set_closed(Error::ChannelClosedLocally);
         Ok(())
+    }
+}
+
+/// A publish's properties as the request carries them: boxed, and only when there are any.
+fn boxed_properties(properties: BasicProperties) -> Option<Box<BasicProperties>> {
+    if properties.flags() == 0 {
+        None
+    } else {
+        Some(Box::new(properties))
     }
 }
 

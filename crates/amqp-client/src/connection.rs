@@ -2,7 +2,7 @@
 //! cheap cloneable [`Connection`] and [`Channel`] handles talk to it over a bounded queue.
 //!
 //! ```text
-//!  Channel ─┐  Request (bounded mpsc)   ┌──────────── connection task ────────────┐
+//!  Channel ─┐  Request (bounded queue)  ┌──────────── connection task ────────────┐
 //!  Channel ─┼──────────────────────────►│ ConnectionCore (sans-IO)                │◄──► TCP
 //!  Connection┘  oneshot replies,        │ read ► handle_input   take_output ► write│
 //!               delivery streams ◄──────│ events ► replies, consumers, confirms    │
@@ -13,10 +13,12 @@
 //! When the task ends, for whatever reason, every pending reply, confirm and consumer is
 //! ended with the error that ended the connection: nothing waits forever.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use amqp_codec::methods::{BasicAck, BasicDeliver, BasicNack, BasicReject};
 use amqp_codec::trace::Tracer;
 use amqp_codec::tune::Tune;
 use amqp_codec::{
@@ -28,9 +30,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::{Channel, ChannelShared};
-use crate::consumer::{Consumer, Delivery, Returned};
-use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event};
+use crate::consumer::{Consumer, DeliveryItem, Returned};
+use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event, Message};
 use crate::error::Error;
+use crate::queue::{self, TrySendError};
 use crate::uri::AmqpUri;
 
 /// How many requests may queue up for the connection task before callers wait.
@@ -53,8 +56,10 @@ pub enum Confirmation {
 }
 
 /// A request from a handle to the connection task.
-// Publish carries its properties inline: boxing them would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+///
+/// Requests are kept small (about 130 octets) because every one is moved into the request
+/// queue and out again: the frequent ones (publishes, acks) carry their fields inline, with a
+/// publish's properties boxed only when it has any; the rare ones box their method.
 pub(crate) enum Request {
     OpenChannel {
         shared: Arc<ChannelShared>,
@@ -62,25 +67,25 @@ pub(crate) enum Request {
     },
     Call {
         channel: ChannelId,
-        method: Method,
+        method: Box<Method>,
         reply: oneshot::Sender<Result<Command, Error>>,
     },
     Consume {
         channel: ChannelId,
-        method: Method,
+        method: Box<Method>,
         buffer: usize,
         reply: oneshot::Sender<Result<Consumer, Error>>,
     },
-    Send {
+    Acknowledge {
         channel: ChannelId,
-        method: Method,
+        ack: Acknowledgement,
     },
     Publish {
         channel: ChannelId,
         exchange: ShortString,
         routing_key: ShortString,
         mandatory: bool,
-        properties: BasicProperties,
+        properties: Option<Box<BasicProperties>>,
         body: Bytes,
         confirm: Option<oneshot::Sender<Result<Confirmation, Error>>>,
     },
@@ -104,6 +109,25 @@ pub(crate) enum Request {
     Close {
         reply: oneshot::Sender<Result<Command, Error>>,
     },
+}
+
+/// What a consumer says about a delivery: basic.ack, basic.nack or basic.reject. None of them
+/// gets a reply.
+#[derive(Debug, Clone)]
+pub(crate) enum Acknowledgement {
+    Ack(BasicAck),
+    Nack(BasicNack),
+    Reject(BasicReject),
+}
+
+impl From<Acknowledgement> for Method {
+    fn from(ack: Acknowledgement) -> Method {
+        match ack {
+            Acknowledgement::Ack(ack) => ack.into(),
+            Acknowledgement::Nack(nack) => nack.into(),
+            Acknowledgement::Reject(reject) => reject.into(),
+        }
+    }
 }
 
 /// What the core hands back with a reply: where the reply goes.
@@ -130,7 +154,10 @@ pub(crate) enum Token {
 pub(crate) struct Shared {
     /// Why the connection ended, once it has.
     pub(crate) close_reason: Mutex<Option<Error>>,
-    /// Whether the server blocked publishers (connection.blocked).
+    /// Whether the server blocked publishers (connection.blocked): read by every publish,
+    /// so a plain flag rather than the watch's lock.
+    pub(crate) blocked_now: AtomicBool,
+    /// The same, for those who wait for a change.
     pub(crate) blocked: watch::Receiver<bool>,
     pub(crate) server_properties: FieldTable,
     pub(crate) tune: Tune,
@@ -151,7 +178,7 @@ impl Shared {
 /// closed or every handle (connections and channels) is dropped.
 #[derive(Clone)]
 pub struct Connection {
-    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) requests: queue::Sender<Request>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -192,7 +219,7 @@ impl Connection {
             Ok(peer) => Tracer::new("client", peer),
             Err(_) => Tracer::new("client", config.uri.socket_address()),
         };
-        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (requests, request_rx) = queue::bounded(REQUEST_QUEUE);
         let (blocked_tx, blocked_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = ConnectionTask {
@@ -205,7 +232,7 @@ impl Connection {
             blocked_rx,
             ready: Some(ready_tx),
             shared: None,
-            consumers: HashMap::new(),
+            consumers: Consumers::default(),
             confirms: HashMap::new(),
             returns: HashMap::new(),
             channels: HashMap::new(),
@@ -274,7 +301,7 @@ impl Connection {
 
     /// Whether the server currently blocks publishers (connection.blocked).
     pub fn is_blocked(&self) -> bool {
-        *self.shared.blocked.borrow()
+        self.shared.blocked_now.load(Ordering::Acquire)
     }
 
     /// A watch on the blocked state: changes on connection.blocked / unblocked.
@@ -308,11 +335,15 @@ struct ConfirmWaiter {
     reply: oneshot::Sender<Result<bool, Error>>,
 }
 
+/// Whoever waits for one publish's confirm, if anyone.
+type ConfirmSender = Option<oneshot::Sender<Result<Confirmation, Error>>>;
+
 /// Per-channel publisher-confirm bookkeeping.
 #[derive(Default)]
 struct ConfirmState {
-    /// Unconfirmed publish sequence numbers, with whoever waits for each.
-    pending: BTreeMap<u64, Option<oneshot::Sender<Result<Confirmation, Error>>>>,
+    /// Unconfirmed publish sequence numbers in ascending order (they are handed out in
+    /// order), with whoever waits for each. The broker confirms mostly from the front.
+    pending: VecDeque<(u64, ConfirmSender)>,
     /// wait_for_confirms callers.
     waiters: Vec<ConfirmWaiter>,
     last_seq: u64,
@@ -320,42 +351,57 @@ struct ConfirmState {
 
 impl ConfirmState {
     fn confirm(&mut self, delivery_tag: u64, multiple: bool, ack: bool) {
-        let confirmed: Vec<u64> = if multiple {
-            self.pending
-                .range(..=delivery_tag)
-                .map(|(seq, _)| *seq)
-                .collect()
-        } else {
-            vec![delivery_tag]
-        };
         let outcome = if ack {
             Confirmation::Ack
         } else {
             Confirmation::Nack
         };
-        for seq in confirmed {
-            if let Some(Some(waiter)) = self.pending.remove(&seq) {
-                let _ = waiter.send(Ok(outcome));
+        if multiple {
+            while let Some(&(seq, _)) = self.pending.front() {
+                if seq > delivery_tag {
+                    break;
+                }
+                if let Some((seq, waiter)) = self.pending.pop_front() {
+                    self.settle(seq, waiter, outcome);
+                }
             }
-            if !ack {
-                for waiter in &mut self.waiters {
-                    if seq <= waiter.upto {
-                        waiter.all_acked = false;
-                    }
+        } else if let Ok(at) = self
+            .pending
+            .binary_search_by_key(&delivery_tag, |(seq, _)| *seq)
+        {
+            if let Some((seq, waiter)) = self.pending.remove(at) {
+                self.settle(seq, waiter, outcome);
+            }
+        }
+        if !self.waiters.is_empty() {
+            self.resolve_waiters();
+        }
+    }
+
+    /// Tells publish `seq`'s waiter, and the wait_for_confirms callers, how it went.
+    fn settle(&mut self, seq: u64, waiter: ConfirmSender, outcome: Confirmation) {
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(Ok(outcome));
+        }
+        if outcome == Confirmation::Nack {
+            for waiter in &mut self.waiters {
+                if seq <= waiter.upto {
+                    waiter.all_acked = false;
                 }
             }
         }
-        self.resolve_waiters();
     }
 
     fn resolve_waiters(&mut self) {
-        let oldest = self.pending.keys().next().copied().unwrap_or(u64::MAX);
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|waiter| waiter.upto < oldest);
-        self.waiters = waiting;
-        for waiter in done {
-            let _ = waiter.reply.send(Ok(waiter.all_acked));
+        let oldest = self.pending.front().map_or(u64::MAX, |(seq, _)| *seq);
+        let mut at = 0;
+        while at < self.waiters.len() {
+            if self.waiters[at].upto < oldest {
+                let waiter = self.waiters.swap_remove(at);
+                let _ = waiter.reply.send(Ok(waiter.all_acked));
+            } else {
+                at += 1;
+            }
         }
     }
 
@@ -373,8 +419,62 @@ impl ConfirmState {
 
 /// A delivery that could not be handed to its consumer because its buffer is full.
 struct Stalled {
-    sender: mpsc::Sender<Result<Delivery, Error>>,
-    delivery: Delivery,
+    sender: queue::Sender<DeliveryItem>,
+    delivery: Message<BasicDeliver>,
+}
+
+/// The consumers' delivery queues, by channel and consumer tag: every delivery looks its
+/// consumer up here. A channel rarely has more than a few consumers, so each channel's are
+/// a short list compared by tag, which is cheaper than hashing the tag.
+#[derive(Default)]
+struct Consumers {
+    by_channel: BTreeMap<ChannelId, Vec<(ShortString, queue::Sender<DeliveryItem>)>>,
+}
+
+impl Consumers {
+    fn insert(
+        &mut self,
+        channel: ChannelId,
+        tag: ShortString,
+        sender: queue::Sender<DeliveryItem>,
+    ) {
+        let consumers = self.by_channel.entry(channel).or_default();
+        consumers.retain(|(t, _)| *t != tag);
+        consumers.push((tag, sender));
+    }
+
+    fn get(&self, channel: ChannelId, tag: &ShortString) -> Option<&queue::Sender<DeliveryItem>> {
+        let consumers = self.by_channel.get(&channel)?;
+        consumers.iter().find(|(t, _)| t == tag).map(|(_, s)| s)
+    }
+
+    fn remove(
+        &mut self,
+        channel: ChannelId,
+        tag: &ShortString,
+    ) -> Option<queue::Sender<DeliveryItem>> {
+        let consumers = self.by_channel.get_mut(&channel)?;
+        let at = consumers.iter().position(|(t, _)| t == tag)?;
+        let (_, sender) = consumers.swap_remove(at);
+        if consumers.is_empty() {
+            self.by_channel.remove(&channel);
+        }
+        Some(sender)
+    }
+
+    /// Every consumer of `channel`, leaving none.
+    fn remove_channel(&mut self, channel: ChannelId) -> Vec<queue::Sender<DeliveryItem>> {
+        let consumers = self.by_channel.remove(&channel).unwrap_or_default();
+        consumers.into_iter().map(|(_, sender)| sender).collect()
+    }
+
+    /// Every consumer, leaving none.
+    fn drain(&mut self) -> impl Iterator<Item = queue::Sender<DeliveryItem>> {
+        std::mem::take(&mut self.by_channel)
+            .into_values()
+            .flatten()
+            .map(|(_, sender)| sender)
+    }
 }
 
 /// The task that owns the socket.
@@ -384,12 +484,12 @@ struct ConnectionTask {
     /// Prints the frames read and written when `AMQP_TRACE` is set.
     tracer: Tracer,
     read_buf: BytesMut,
-    requests: mpsc::Receiver<Request>,
+    requests: queue::Receiver<Request>,
     blocked: watch::Sender<bool>,
     blocked_rx: watch::Receiver<bool>,
     ready: Option<oneshot::Sender<Result<Arc<Shared>, Error>>>,
     shared: Option<Arc<Shared>>,
-    consumers: HashMap<(ChannelId, ShortString), mpsc::Sender<Result<Delivery, Error>>>,
+    consumers: Consumers,
     confirms: HashMap<ChannelId, ConfirmState>,
     returns: HashMap<ChannelId, mpsc::Sender<Returned>>,
     /// The open channels' shared state, to tell their handles when they end.
@@ -415,10 +515,11 @@ impl ConnectionTask {
             let stalled_sender = self.stalled.as_ref().map(|s| s.sender.clone());
             tokio::select! {
                 biased;
-                permit = async { stalled_sender.as_ref()?.reserve().await.ok() }, if stalled_sender.is_some() => {
-                    if let Some(stalled) = self.stalled.take() {
-                        if let Some(permit) = permit {
-                            permit.send(Ok(stalled.delivery));
+                () = poll_ready(stalled_sender.as_ref()), if stalled_sender.is_some() => {
+                    if let Some(Stalled { sender, delivery }) = self.stalled.take() {
+                        // Fails only when the consumer is gone meanwhile: then it is dropped.
+                        if let Err(TrySendError::Full(Ok(delivery))) = sender.try_send(Ok(delivery)) {
+                            self.stalled = Some(Stalled { sender, delivery });
                         }
                     }
                 }
@@ -432,8 +533,8 @@ impl ConnectionTask {
                             // Take whatever else is queued, so several frames go out per write.
                             for _ in 0..256 {
                                 match self.requests.try_recv() {
-                                    Ok(request) => self.handle_request(request),
-                                    Err(_) => break,
+                                    Some(request) => self.handle_request(request),
+                                    None => break,
                                 }
                             }
                         }
@@ -517,7 +618,7 @@ impl ConnectionTask {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(reason.clone()));
         }
-        for (_, sender) in self.consumers.drain() {
+        for sender in self.consumers.drain() {
             end_consumer(sender, reason.clone());
         }
         for (_, mut confirms) in self.confirms.drain() {
@@ -527,7 +628,7 @@ impl ConnectionTask {
             channel.set_closed(reason.clone());
         }
         self.requests.close();
-        while let Ok(request) = self.requests.try_recv() {
+        while let Some(request) = self.requests.try_recv() {
             fail_request(request, &reason);
         }
     }
@@ -545,6 +646,7 @@ impl ConnectionTask {
                 } => {
                     let shared = Arc::new(Shared {
                         close_reason: Mutex::new(None),
+                        blocked_now: AtomicBool::new(false),
                         blocked: self.blocked_rx.clone(),
                         server_properties,
                         tune,
@@ -554,34 +656,33 @@ impl ConnectionTask {
                         let _ = ready.send(Ok(shared));
                     }
                 }
-                Event::Reply { token, result } => self.reply(token, result),
-                Event::Delivery { channel, command } => {
-                    let Some(delivery) = Delivery::from_command(channel, command) else {
+                Event::Reply { token, result } => self.reply(token, result.map(|reply| *reply)),
+                Event::Delivery { channel, message } => {
+                    let Some(sender) = self.consumers.get(channel, &message.method.consumer_tag)
+                    else {
                         continue;
                     };
-                    let key = (channel, delivery.consumer_tag.clone());
-                    if let Some(sender) = self.consumers.get(&key) {
-                        match sender.try_send(Ok(delivery)) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(Ok(delivery))) => {
-                                self.stalled = Some(Stalled {
-                                    sender: sender.clone(),
-                                    delivery,
-                                });
-                            }
-                            Err(_) => {
-                                // The consumer was dropped; its messages stay unacked until
-                                // the channel closes and RabbitMQ requeues them.
-                                self.consumers.remove(&key);
+                    match sender.try_send(Ok(message)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(Ok(delivery))) => {
+                            self.stalled = Some(Stalled {
+                                sender: sender.clone(),
+                                delivery,
+                            });
+                        }
+                        Err(TrySendError::Full(Err(_))) => {}
+                        Err(TrySendError::Closed(item)) => {
+                            // The consumer was dropped; its messages stay unacked until
+                            // the channel closes and RabbitMQ requeues them.
+                            if let Ok(message) = item {
+                                self.consumers.remove(channel, &message.method.consumer_tag);
                             }
                         }
                     }
                 }
-                Event::Return { channel, command } => {
-                    if let (Some(sender), Some(returned)) =
-                        (self.returns.get(&channel), Returned::from_command(command))
-                    {
-                        let _ = sender.try_send(returned);
+                Event::Return { channel, message } => {
+                    if let Some(sender) = self.returns.get(&channel) {
+                        let _ = sender.try_send(Returned::from_message(message));
                     }
                 }
                 Event::Confirm {
@@ -598,22 +699,14 @@ impl ConnectionTask {
                     channel,
                     consumer_tag,
                 } => {
-                    if let Some(sender) = self.consumers.remove(&(channel, consumer_tag.clone())) {
+                    if let Some(sender) = self.consumers.remove(channel, &consumer_tag) {
                         end_consumer(sender, Error::ConsumerCancelled(consumer_tag.to_string()));
                     }
                 }
                 Event::ChannelClosed { channel, error } => {
                     let err = error.unwrap_or(Error::ChannelClosedLocally);
-                    let keys: Vec<_> = self
-                        .consumers
-                        .keys()
-                        .filter(|(c, _)| *c == channel)
-                        .cloned()
-                        .collect();
-                    for key in keys {
-                        if let Some(sender) = self.consumers.remove(&key) {
-                            end_consumer(sender, err.clone());
-                        }
+                    for sender in self.consumers.remove_channel(channel) {
+                        end_consumer(sender, err.clone());
                     }
                     if let Some(mut confirms) = self.confirms.remove(&channel) {
                         confirms.fail(&err);
@@ -623,24 +716,27 @@ impl ConnectionTask {
                         shared.set_closed(err);
                     }
                 }
-                Event::Blocked { .. } => {
-                    let _ = self.blocked.send(true);
-                }
-                Event::Unblocked => {
-                    let _ = self.blocked.send(false);
-                }
+                Event::Blocked { .. } => self.set_blocked(true),
+                Event::Unblocked => self.set_blocked(false),
                 Event::Closed(err) => {
                     if let Some(shared) = &self.shared {
                         if let Ok(mut slot) = shared.close_reason.lock() {
                             *slot = Some(err.clone());
                         }
                     }
-                    let _ = self.blocked.send(false);
+                    self.set_blocked(false);
                     return true;
                 }
             }
         }
         true
+    }
+
+    fn set_blocked(&mut self, blocked: bool) {
+        if let Some(shared) = &self.shared {
+            shared.blocked_now.store(blocked, Ordering::Release);
+        }
+        let _ = self.blocked.send(blocked);
     }
 
     fn reply(&mut self, token: Token, result: Result<Command, Error>) {
@@ -661,7 +757,7 @@ impl ConnectionTask {
                 }) = &result
                 {
                     // Dropping the sender ends the stream after the deliveries before it.
-                    self.consumers.remove(&(channel, ok.consumer_tag.clone()));
+                    self.consumers.remove(channel, &ok.consumer_tag);
                 }
                 let _ = reply.send(result);
             }
@@ -674,9 +770,9 @@ impl ConnectionTask {
                     method: Method::BasicConsumeOk(ok),
                     ..
                 }) => {
-                    let (sender, receiver) = mpsc::channel(buffer.max(1));
+                    let (sender, receiver) = queue::bounded(buffer);
                     self.consumers
-                        .insert((channel, ok.consumer_tag.clone()), sender);
+                        .insert(channel, ok.consumer_tag.clone(), sender);
                     let _ = reply.send(Ok(Consumer::new(channel, ok.consumer_tag, receiver)));
                 }
                 Ok(other) => {
@@ -704,12 +800,12 @@ impl ConnectionTask {
                 method,
                 reply,
             } => {
-                let token = match method {
+                let token = match *method {
                     Method::BasicCancel(_) => Token::Cancel { channel, reply },
                     _ => Token::Reply(reply),
                 };
                 // A refusal comes back as an event with the token, like any reply.
-                let _ = self.core.call(channel, method, token);
+                let _ = self.core.call(channel, *method, token);
             }
             Request::Consume {
                 channel,
@@ -722,10 +818,10 @@ impl ConnectionTask {
                     buffer,
                     reply,
                 };
-                let _ = self.core.call(channel, method, token);
+                let _ = self.core.call(channel, *method, token);
             }
-            Request::Send { channel, method } => {
-                let _ = self.core.send(channel, method);
+            Request::Acknowledge { channel, ack } => {
+                let _ = self.core.send(channel, ack.into());
             }
             Request::Publish {
                 channel,
@@ -742,11 +838,12 @@ impl ConnectionTask {
                     mandatory,
                     immediate: false,
                 };
-                match self.core.publish(channel, publish, &properties, &body) {
+                let properties = properties.as_deref().unwrap_or(&NO_PROPERTIES);
+                match self.core.publish(channel, publish, properties, &body) {
                     Ok(Some(seq)) => {
                         let state = self.confirms.entry(channel).or_default();
                         state.last_seq = seq;
-                        state.pending.insert(seq, confirm);
+                        state.pending.push_back((seq, confirm));
                     }
                     Ok(None) => {
                         if let Some(confirm) = confirm {
@@ -792,15 +889,11 @@ impl ConnectionTask {
     }
 }
 
-/// Ends a consumer's stream with `err` as its last item. When its buffer is full, a task of
-/// its own hands the error over after the deliveries ahead of it: the connection task never
-/// waits for a consumer, and the error is not lost.
-fn end_consumer(sender: mpsc::Sender<Result<Delivery, Error>>, err: Error) {
-    if let Err(mpsc::error::TrySendError::Full(last)) = sender.try_send(Err(err)) {
-        tokio::spawn(async move {
-            let _ = sender.send(last).await;
-        });
-    }
+/// Ends a consumer's stream with `err` as its last item, after the deliveries ahead of it,
+/// even when its buffer is full: the connection task never waits for a consumer, and the
+/// error is not lost.
+fn end_consumer(sender: queue::Sender<DeliveryItem>, err: Error) {
+    let _ = sender.send_last(Err(err));
 }
 
 /// Ends a request that never reached the core.
@@ -826,13 +919,24 @@ fn fail_request(request: Request, err: &Error) {
         Request::WaitForConfirms { reply, .. } => {
             let _ = reply.send(Err(err.clone()));
         }
-        Request::Send { .. } | Request::Returns { .. } => {}
+        Request::Acknowledge { .. } | Request::Returns { .. } => {}
     }
 }
+
+/// The properties of a publish that has none.
+static NO_PROPERTIES: LazyLock<BasicProperties> = LazyLock::new(BasicProperties::default);
 
 /// The last `n` octets of `buf`: those a read just appended.
 fn tail(buf: &[u8], n: usize) -> &[u8] {
     buf.get(buf.len().saturating_sub(n)..).unwrap_or_default()
+}
+
+/// Ready when `sender` has room (never, without a sender).
+async fn poll_ready<T>(sender: Option<&queue::Sender<T>>) {
+    match sender {
+        Some(sender) => std::future::poll_fn(|cx| sender.poll_ready(cx)).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

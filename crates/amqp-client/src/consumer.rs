@@ -4,12 +4,18 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use amqp_codec::methods::{BasicDeliver, BasicReturn};
 use amqp_codec::{BasicProperties, ChannelId, Command, Method, ShortString};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::channel::Channel;
+use crate::core::Message;
 use crate::error::Error;
+use crate::queue;
+
+/// What a consumer's queue carries: a delivery in the core's compact form (turned into a
+/// [`Delivery`] when the application takes it), or the error that ended the consumer.
+pub(crate) type DeliveryItem = Result<Message<BasicDeliver>, Error>;
 
 /// A message delivered to a consumer (basic.deliver with its content), or fetched with
 /// basic.get (basic.get-ok).
@@ -36,20 +42,31 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn from_command(channel_id: ChannelId, command: Command) -> Option<Delivery> {
+    /// A basic.deliver as the consumer hands it to the application.
+    pub(crate) fn from_message(
+        mut message: Message<BasicDeliver>,
+        channel_id: ChannelId,
+        channel: Option<Channel>,
+    ) -> Delivery {
+        let properties = message.take_properties();
+        let deliver = message.method;
+        Delivery {
+            channel_id,
+            consumer_tag: deliver.consumer_tag,
+            delivery_tag: deliver.delivery_tag,
+            redelivered: deliver.redelivered,
+            exchange: deliver.exchange,
+            routing_key: deliver.routing_key,
+            properties,
+            body: message.body,
+            channel,
+        }
+    }
+
+    /// A basic.get-ok with its content.
+    pub(crate) fn from_get_ok(channel_id: ChannelId, command: Command) -> Option<Delivery> {
         let content = command.content?;
         match command.method {
-            Method::BasicDeliver(deliver) => Some(Delivery {
-                channel_id,
-                consumer_tag: deliver.consumer_tag,
-                delivery_tag: deliver.delivery_tag,
-                redelivered: deliver.redelivered,
-                exchange: deliver.exchange,
-                routing_key: deliver.routing_key,
-                properties: content.header.properties,
-                body: content.body,
-                channel: None,
-            }),
             Method::BasicGetOk(get) => Some(Delivery {
                 channel_id,
                 consumer_tag: ShortString::default(),
@@ -117,18 +134,16 @@ pub struct Returned {
 }
 
 impl Returned {
-    pub(crate) fn from_command(command: Command) -> Option<Returned> {
-        let content = command.content?;
-        match command.method {
-            Method::BasicReturn(ret) => Some(Returned {
-                reply_code: ret.reply_code,
-                reply_text: ret.reply_text,
-                exchange: ret.exchange,
-                routing_key: ret.routing_key,
-                properties: content.header.properties,
-                body: content.body,
-            }),
-            _ => None,
+    pub(crate) fn from_message(mut message: Message<BasicReturn>) -> Returned {
+        let properties = message.take_properties();
+        let ret = message.method;
+        Returned {
+            reply_code: ret.reply_code,
+            reply_text: ret.reply_text,
+            exchange: ret.exchange,
+            routing_key: ret.routing_key,
+            properties,
+            body: message.body,
         }
     }
 }
@@ -146,7 +161,7 @@ impl Returned {
 pub struct Consumer {
     channel_id: ChannelId,
     tag: ShortString,
-    receiver: mpsc::Receiver<Result<Delivery, Error>>,
+    receiver: queue::Receiver<DeliveryItem>,
     channel: Option<Channel>,
 }
 
@@ -163,7 +178,7 @@ impl Consumer {
     pub(crate) fn new(
         channel_id: ChannelId,
         tag: ShortString,
-        receiver: mpsc::Receiver<Result<Delivery, Error>>,
+        receiver: queue::Receiver<DeliveryItem>,
     ) -> Consumer {
         Consumer {
             channel_id,
@@ -189,14 +204,12 @@ impl Consumer {
     }
 
     fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, Error>>> {
-        self.receiver.poll_recv(cx).map(|item| {
-            item.map(|result| {
-                result.map(|mut delivery| {
-                    delivery.channel = self.channel.clone();
-                    delivery
-                })
+        let item = std::task::ready!(self.receiver.poll_recv(cx));
+        Poll::Ready(item.map(|result| {
+            result.map(|message| {
+                Delivery::from_message(message, self.channel_id, self.channel.clone())
             })
-        })
+        }))
     }
 }
 

@@ -40,12 +40,15 @@
 //! - [`channel`]: [`Channel`] and every AMQP operation.
 //! - [`consumer`]: [`Consumer`] streams, [`Delivery`], [`Returned`].
 //! - [`error`]: [`Error`], which says whose doing a failure was.
+//! - `queue` (private): the bounded queues between the handles, the connection task and the
+//!   consumers.
 
 pub mod channel;
 pub mod connection;
 pub mod consumer;
 pub mod core;
 pub mod error;
+mod queue;
 pub mod uri;
 
 pub use amqp_codec::{BasicProperties, FieldTable, FieldValue, ShortString};

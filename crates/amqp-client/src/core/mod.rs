@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use amqp_codec::methods::*;
 use amqp_codec::tune::{client_tune_ok, Tune};
 use amqp_codec::{
-    decode, encode_content, BasicProperties, ChannelId, Command, FieldTable, FieldValue, Frame,
-    Limits, LongString, Method, ReplyCode, ShortString,
+    decode, encode_content, BasicProperties, ChannelId, Command, Content, FieldTable, FieldValue,
+    Frame, Limits, LongString, Method, ReplyCode, ShortString,
 };
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ServerClose};
 use crate::uri::{AmqpUri, AuthMechanism};
@@ -145,26 +145,27 @@ pub enum Event<T> {
         /// The negotiated limits.
         tune: Tune,
     },
-    /// A request finished: its reply, or the error that ended it.
+    /// A request finished: its reply, or the error that ended it. (Boxed: replies are rare,
+    /// and a [`Command`] is over 500 octets, which every event would otherwise occupy.)
     Reply {
         /// The token the request was made with.
         token: T,
         /// The reply command, or why there is none.
-        result: Result<Command, Error>,
+        result: Result<Box<Command>, Error>,
     },
     /// A message for a consumer (basic.deliver with its content).
     Delivery {
         /// The channel it came on.
         channel: ChannelId,
         /// basic.deliver and its content.
-        command: Command,
+        message: Message<BasicDeliver>,
     },
     /// A mandatory message the server could not route (basic.return with its content).
     Return {
         /// The channel it came on.
         channel: ChannelId,
         /// basic.return and its content.
-        command: Command,
+        message: Message<BasicReturn>,
     },
     /// A publisher confirm (basic.ack or basic.nack from the server in confirm mode).
     Confirm {
@@ -200,6 +201,44 @@ pub enum Event<T> {
     Unblocked,
     /// The connection is gone; every pending request has already been failed.
     Closed(Error),
+}
+
+/// A method that carried content (basic.deliver, basic.return, basic.get-ok) with that
+/// content, in the form the core hands it up: about 150 octets instead of a [`Command`]'s
+/// 550, because the properties, absent from most messages, are boxed only when present.
+/// Every queue a delivery passes through on its way to the application moves it, so its size
+/// is paid several times per message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message<M> {
+    /// The method's fields (consumer tag, delivery tag, exchange, routing key, ...).
+    pub method: M,
+    /// The content properties; None when the message has none at all.
+    pub properties: Option<Box<BasicProperties>>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl<M> Message<M> {
+    /// Pairs `method` with its content; None if it came without one (the assembler always
+    /// gives a content-carrying method its content, so this does not happen).
+    pub fn new(method: M, content: Option<Content>) -> Option<Message<M>> {
+        let Content { header, body } = content?;
+        let properties = if header.properties.flags() == 0 {
+            None
+        } else {
+            Some(Box::new(header.properties))
+        };
+        Some(Message {
+            method,
+            properties,
+            body,
+        })
+    }
+
+    /// The properties, unboxed (all absent when there were none).
+    pub fn take_properties(&mut self) -> BasicProperties {
+        self.properties.take().map(|p| *p).unwrap_or_default()
+    }
 }
 
 /// One connection's protocol state. See the module docs.
@@ -434,10 +473,10 @@ impl<T> ConnectionCore<T> {
             } else {
                 self.events.push_back(Event::Reply {
                     token,
-                    result: Ok(Command {
+                    result: Ok(Box::new(Command {
                         method: key,
                         content: None,
-                    }),
+                    })),
                 });
             }
         }
@@ -717,10 +756,10 @@ impl<T> ConnectionCore<T> {
                 if let Some((_, token)) = token {
                     self.events.push_back(Event::Reply {
                         token,
-                        result: Ok(Command {
+                        result: Ok(Box::new(Command {
                             method: ConnectionCloseOk.into(),
                             content: None,
-                        }),
+                        })),
                     });
                 }
                 self.terminate(Error::ConnectionClosedLocally);
@@ -746,10 +785,10 @@ impl<T> ConnectionCore<T> {
                 {
                     Some((_, token)) => self.events.push_back(Event::Reply {
                         token,
-                        result: Ok(Command {
+                        result: Ok(Box::new(Command {
                             method: ok.into(),
                             content: None,
-                        }),
+                        })),
                     }),
                     None => self.protocol_violation(
                         ReplyCode::COMMAND_INVALID,
@@ -860,7 +899,7 @@ impl<T> ConnectionCore<T> {
                         if let Some(token) = channel.close_token.take() {
                             self.events.push_back(Event::Reply {
                                 token,
-                                result: Ok(command),
+                                result: Ok(Box::new(command)),
                             });
                         }
                     }
@@ -875,7 +914,7 @@ impl<T> ConnectionCore<T> {
                         if let Some(token) = channel.close_token.take() {
                             self.events.push_back(Event::Reply {
                                 token,
-                                result: Ok(command),
+                                result: Ok(Box::new(command)),
                             });
                         }
                     }
@@ -889,14 +928,22 @@ impl<T> ConnectionCore<T> {
             return;
         }
         match command.method {
-            Method::BasicDeliver(_) => self.events.push_back(Event::Delivery {
-                channel: id,
-                command,
-            }),
-            Method::BasicReturn(_) => self.events.push_back(Event::Return {
-                channel: id,
-                command,
-            }),
+            Method::BasicDeliver(deliver) => {
+                if let Some(message) = Message::new(deliver, command.content) {
+                    self.events.push_back(Event::Delivery {
+                        channel: id,
+                        message,
+                    });
+                }
+            }
+            Method::BasicReturn(ret) => {
+                if let Some(message) = Message::new(ret, command.content) {
+                    self.events.push_back(Event::Return {
+                        channel: id,
+                        message,
+                    });
+                }
+            }
             Method::BasicAck(ack) if channel.in_confirm_mode() => {
                 self.events.push_back(Event::Confirm {
                     channel: id,
@@ -960,7 +1007,7 @@ impl<T> ConnectionCore<T> {
                     }
                     self.events.push_back(Event::Reply {
                         token,
-                        result: Ok(command),
+                        result: Ok(Box::new(command)),
                     });
                 }
                 None => self.protocol_violation(
