@@ -233,7 +233,7 @@ impl Connection {
             ready: Some(ready_tx),
             shared: None,
             consumers: Consumers::default(),
-            confirms: HashMap::new(),
+            confirms: BTreeMap::new(),
             returns: HashMap::new(),
             channels: HashMap::new(),
             stalled: None,
@@ -365,6 +365,15 @@ impl ConfirmState {
                     self.settle(seq, waiter, outcome);
                 }
             }
+        } else if self
+            .pending
+            .front()
+            .is_some_and(|(seq, _)| *seq == delivery_tag)
+        {
+            // The usual case: confirms come in publish order.
+            if let Some((seq, waiter)) = self.pending.pop_front() {
+                self.settle(seq, waiter, outcome);
+            }
         } else if let Ok(at) = self
             .pending
             .binary_search_by_key(&delivery_tag, |(seq, _)| *seq)
@@ -490,7 +499,7 @@ struct ConnectionTask {
     ready: Option<oneshot::Sender<Result<Arc<Shared>, Error>>>,
     shared: Option<Arc<Shared>>,
     consumers: Consumers,
-    confirms: HashMap<ChannelId, ConfirmState>,
+    confirms: BTreeMap<ChannelId, ConfirmState>,
     returns: HashMap<ChannelId, mpsc::Sender<Returned>>,
     /// The open channels' shared state, to tell their handles when they end.
     channels: HashMap<ChannelId, Arc<ChannelShared>>,
@@ -621,7 +630,7 @@ impl ConnectionTask {
         for sender in self.consumers.drain() {
             end_consumer(sender, reason.clone());
         }
-        for (_, mut confirms) in self.confirms.drain() {
+        for (_, mut confirms) in std::mem::take(&mut self.confirms) {
             confirms.fail(&reason);
         }
         for (_, channel) in self.channels.drain() {
@@ -943,5 +952,130 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type ConfirmReceiver = oneshot::Receiver<Result<Confirmation, Error>>;
+
+    /// A channel with publishes 1..=n sent, each with a waiter.
+    fn published(n: u64) -> (ConfirmState, Vec<ConfirmReceiver>) {
+        let mut state = ConfirmState::default();
+        let mut receivers = Vec::new();
+        for seq in 1..=n {
+            let (tx, rx) = oneshot::channel();
+            state.pending.push_back((seq, Some(tx)));
+            state.last_seq = seq;
+            receivers.push(rx);
+        }
+        (state, receivers)
+    }
+
+    fn outcome(rx: &mut ConfirmReceiver) -> Option<Confirmation> {
+        rx.try_recv().ok().and_then(Result::ok)
+    }
+
+    fn wait_for_confirms(state: &mut ConfirmState) -> oneshot::Receiver<Result<bool, Error>> {
+        let (reply, rx) = oneshot::channel();
+        state.waiters.push(ConfirmWaiter {
+            upto: state.last_seq,
+            all_acked: true,
+            reply,
+        });
+        state.resolve_waiters();
+        rx
+    }
+
+    #[test]
+    fn multiple_ack_confirms_every_publish_up_to_the_tag_and_no_further() {
+        let (mut state, mut rx) = published(4);
+        state.confirm(3, true, true);
+        let outcomes: Vec<_> = rx.iter_mut().map(outcome).collect();
+        let ack = Some(Confirmation::Ack);
+        assert_eq!(outcomes, vec![ack, ack, ack, None]);
+        assert_eq!(state.pending.len(), 1);
+    }
+
+    #[test]
+    fn single_confirms_out_of_order_settle_exactly_their_publish() {
+        let (mut state, mut rx) = published(3);
+        state.confirm(2, false, false);
+        state.confirm(3, false, true);
+        state.confirm(1, false, true);
+        let outcomes: Vec<_> = rx.iter_mut().map(outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Some(Confirmation::Ack),
+                Some(Confirmation::Nack),
+                Some(Confirmation::Ack)
+            ]
+        );
+        assert!(state.pending.is_empty());
+    }
+
+    #[test]
+    fn confirm_of_an_unknown_or_repeated_tag_changes_nothing() {
+        let (mut state, mut rx) = published(2);
+        state.confirm(1, false, true);
+        state.confirm(1, false, false);
+        state.confirm(7, false, true);
+        assert_eq!(outcome(&mut rx[0]), Some(Confirmation::Ack));
+        assert_eq!(outcome(&mut rx[1]), None);
+        assert_eq!(state.pending.len(), 1);
+    }
+
+    #[test]
+    fn wait_for_confirms_answers_once_everything_before_it_is_confirmed() {
+        let (mut state, _rx) = published(3);
+        let mut waiter = wait_for_confirms(&mut state);
+        state.confirm(2, true, true);
+        assert!(waiter.try_recv().is_err(), "publish 3 is still unconfirmed");
+        state.confirm(3, false, true);
+        assert!(matches!(waiter.try_recv(), Ok(Ok(true))));
+    }
+
+    #[test]
+    fn wait_for_confirms_answers_false_when_a_publish_before_it_was_nacked() {
+        let (mut state, _rx) = published(2);
+        let mut waiter = wait_for_confirms(&mut state);
+        state.confirm(1, false, false);
+        state.confirm(2, false, true);
+        assert!(matches!(waiter.try_recv(), Ok(Ok(false))));
+    }
+
+    #[test]
+    fn wait_for_confirms_with_nothing_pending_answers_at_once() {
+        let mut state = ConfirmState::default();
+        let mut waiter = wait_for_confirms(&mut state);
+        assert!(matches!(waiter.try_recv(), Ok(Ok(true))));
+    }
+
+    #[test]
+    fn failing_the_channel_ends_every_pending_confirm_and_waiter_with_the_error() {
+        let (mut state, mut rx) = published(2);
+        let mut waiter = wait_for_confirms(&mut state);
+        state.fail(&Error::ChannelClosedLocally);
+        for rx in &mut rx {
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(Err(Error::ChannelClosedLocally))
+            ));
+        }
+        assert!(matches!(
+            waiter.try_recv(),
+            Ok(Err(Error::ChannelClosedLocally))
+        ));
+    }
+
+    #[test]
+    fn requests_and_events_stay_small() {
+        // They are moved through queues once or more per message; see Request's docs.
+        assert!(std::mem::size_of::<Request>() <= 160);
+        assert!(std::mem::size_of::<Event<Token>>() <= 160);
+        assert!(std::mem::size_of::<DeliveryItem>() <= 160);
     }
 }
