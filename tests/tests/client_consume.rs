@@ -58,6 +58,18 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         .expect("a delivery, not an error")
 }
 
+/// Cancels the consumer and closes its channel, which requeues what is unacked; returns a
+/// new channel on the same connection. The queue hears of the close just after close-ok, so
+/// the caller polls for the requeued messages.
+async fn cancel_and_close(channel: &Channel, consumer: &Consumer) -> Channel {
+    channel
+        .basic_cancel(&consumer.tag().to_str_lossy())
+        .await
+        .unwrap();
+    channel.close().await.unwrap();
+    channel.connection().create_channel().await.unwrap()
+}
+
 fn body(delivery: &Delivery) -> String {
     String::from_utf8_lossy(&delivery.body).into_owned()
 }
@@ -276,14 +288,8 @@ async fn ack_multiple_settles_every_delivery_up_to_the_tag() {
     }
     assert_eq!(tags, [1, 2, 3, 4]);
     channel.basic_ack(3, true).await.unwrap();
-    channel
-        .basic_cancel(&consumer.tag().to_str_lossy())
-        .await
-        .unwrap();
-    // Closing the channel requeues what is unacked: only the fourth. (The queue hears of the
-    // close just after close-ok, so poll for it.)
-    channel.close().await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
+    // Only the fourth is requeued.
+    let channel = cancel_and_close(&channel, &consumer).await;
     let mut left = None;
     for _ in 0..100 {
         left = channel.basic_get(&queue, true).await.unwrap();
@@ -296,6 +302,51 @@ async fn ack_multiple_settles_every_delivery_up_to_the_tag() {
     assert_eq!(body(&left.delivery), "4");
     assert!(left.delivery.redelivered);
     assert_eq!(left.message_count, 0);
+    connection.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn acks_made_back_to_back_settle_exactly_the_deliveries_acked() {
+    // The client may write a run of acks of the oldest deliveries as one multiple ack: it
+    // must never settle a delivery that was not acked.
+    let Some(url) =
+        rabbitmq_url("acks_made_back_to_back_settle_exactly_the_deliveries_acked").await
+    else {
+        return;
+    };
+    let connection = Connection::open(&url).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let bodies: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let queue = queue_with(&channel, &bodies).await;
+    let mut consumer = consume(&channel, &queue).await;
+    let mut deliveries = Vec::new();
+    for _ in 0..200 {
+        deliveries.push(next(&mut consumer).await);
+    }
+    // The first 99 can go out as multiple acks; after 100 every ack goes as made.
+    let unacked = ["100", "101", "200"];
+    for delivery in deliveries
+        .iter()
+        .filter(|d| !unacked.contains(&body(d).as_str()))
+    {
+        delivery.ack().await.unwrap();
+    }
+    let channel = cancel_and_close(&channel, &consumer).await;
+    let mut requeued = Vec::new();
+    for _ in 0..100 {
+        match channel.basic_get(&queue, true).await.unwrap() {
+            Some(got) => {
+                assert!(got.delivery.redelivered);
+                requeued.push(body(&got.delivery));
+                if got.message_count == 0 {
+                    break;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(requeued, unacked);
     connection.close().await.unwrap();
 }
 

@@ -241,13 +241,28 @@ impl<M> Message<M> {
     }
 }
 
+/// Acks of consecutive oldest deliveries on one channel, written as one.
+#[derive(Debug, Clone, Copy)]
+struct AckRun {
+    channel: ChannelId,
+    /// The last (highest) tag acked.
+    upto: u64,
+    /// How many acks it stands for.
+    count: u32,
+}
+
 /// One connection's protocol state. See the module docs.
 pub struct ConnectionCore<T> {
     config: ConnectionConfig,
     state: ConnectionState,
     tune: Tune,
     limits: Limits,
-    output: BytesMut,
+    /// Bytes to write. Written through [`output`](Self::output), which first writes the
+    /// pending ack run, so frames keep the order they were made in.
+    out: BytesMut,
+    /// Acks of the oldest unacked deliveries of one channel, made one by one and not written
+    /// yet: they go out as one basic.ack (see `channel::Unacked`).
+    pending_ack: Option<AckRun>,
     events: VecDeque<Event<T>>,
     channels: BTreeMap<ChannelId, ChannelCore<T>>,
     /// Channels the server closed, with its reason: requests that were already on their way
@@ -278,7 +293,8 @@ impl<T> ConnectionCore<T> {
                 heartbeat: 0,
             },
             limits: Limits::with_frame_max(131_072),
-            output,
+            out: output,
+            pending_ack: None,
             events: VecDeque::new(),
             channels: BTreeMap::new(),
             closed_channels: BTreeMap::new(),
@@ -364,8 +380,8 @@ impl<T> ConnectionCore<T> {
             self.terminate(Error::HeartbeatTimeout(interval.as_secs() * 2));
             return;
         }
-        if now.saturating_duration_since(self.last_sent) >= interval / 2 && self.output.is_empty() {
-            let _ = Frame::Heartbeat.encode(&mut self.output, 0);
+        if now.saturating_duration_since(self.last_sent) >= interval / 2 && !self.has_output() {
+            let _ = Frame::Heartbeat.encode(self.output(), 0);
         }
     }
 
@@ -380,7 +396,7 @@ impl<T> ConnectionCore<T> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let interval = self.heartbeat_interval()?;
         let silence = self.last_received + interval * 2;
-        if self.output.is_empty() {
+        if !self.has_output() {
             Some((self.last_sent + interval / 2).min(silence))
         } else {
             Some(silence)
@@ -400,16 +416,17 @@ impl<T> ConnectionCore<T> {
 
     /// Takes the bytes to write, if any; `now` records when traffic last went out.
     pub fn take_output(&mut self, now: Instant) -> Option<BytesMut> {
-        if self.output.is_empty() {
+        self.flush_pending_ack();
+        if self.out.is_empty() {
             return None;
         }
         self.last_sent = now;
-        Some(self.output.split())
+        Some(self.out.split())
     }
 
     /// Whether bytes are waiting to be written.
     pub fn has_output(&self) -> bool {
-        !self.output.is_empty()
+        !self.out.is_empty() || self.pending_ack.is_some()
     }
 
     /// The next event, if any.
@@ -485,10 +502,66 @@ impl<T> ConnectionCore<T> {
 
     /// Sends a method that gets no reply (basic.ack, basic.nack, basic.reject, a no-wait
     /// method). Nothing waits for the socket.
+    ///
+    /// Single acks of a channel's oldest unacked deliveries, sent one after the other, are
+    /// written as one basic.ack with `multiple` set when the output is taken (or when any
+    /// other frame is written first): the server settles exactly the same deliveries, from
+    /// one frame instead of many.
     pub fn send(&mut self, channel: ChannelId, method: Method) -> Result<(), Error> {
         self.check_channel(channel)?;
+        if let Method::BasicAck(BasicAck {
+            delivery_tag,
+            multiple: false,
+        }) = method
+        {
+            if self.join_ack_run(channel, delivery_tag) {
+                return Ok(());
+            }
+        }
         self.note_outgoing(channel, &method);
         self.write_method(channel, method)
+    }
+
+    /// Adds an ack to the pending run if it acks the channel's oldest unacked delivery.
+    fn join_ack_run(&mut self, channel: ChannelId, delivery_tag: u64) -> bool {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        if !c.unacked.take_oldest(delivery_tag) {
+            return false;
+        }
+        match &mut self.pending_ack {
+            Some(run) if run.channel == channel => {
+                run.upto = delivery_tag;
+                run.count += 1;
+            }
+            _ => {
+                self.flush_pending_ack();
+                self.pending_ack = Some(AckRun {
+                    channel,
+                    upto: delivery_tag,
+                    count: 1,
+                });
+            }
+        }
+        true
+    }
+
+    /// Writes the pending ack run: one basic.ack, `multiple` if it stands for several.
+    fn flush_pending_ack(&mut self) {
+        if let Some(run) = self.pending_ack.take() {
+            let ack = BasicAck {
+                delivery_tag: run.upto,
+                multiple: run.count > 1,
+            };
+            let _ = Frame::Method(run.channel, ack.into()).encode(&mut self.out, 0);
+        }
+    }
+
+    /// Where frames are written: after the pending ack run, which was made before them.
+    fn output(&mut self) -> &mut BytesMut {
+        self.flush_pending_ack();
+        &mut self.out
     }
 
     /// Publishes a message: basic.publish, its content header and body frames. Returns the
@@ -502,14 +575,8 @@ impl<T> ConnectionCore<T> {
     ) -> Result<Option<u64>, Error> {
         self.check_channel(channel)?;
         let method = Method::BasicPublish(publish);
-        encode_content(
-            &mut self.output,
-            channel,
-            &method,
-            properties,
-            body,
-            self.tune.frame_max,
-        )?;
+        let frame_max = self.tune.frame_max;
+        encode_content(self.output(), channel, &method, properties, body, frame_max)?;
         Ok(self
             .channels
             .get_mut(&channel)
@@ -614,15 +681,20 @@ impl<T> ConnectionCore<T> {
         }
     }
 
-    /// Bookkeeping for methods that change the channel's mode.
+    /// Bookkeeping for methods that change the channel's mode or its unacked deliveries.
     fn note_outgoing(&mut self, channel: ChannelId, method: &Method) {
-        if let (Method::ConfirmSelect(_), Some(c)) = (method, self.channels.get_mut(&channel)) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if let Method::ConfirmSelect(_) = method {
             c.enter_confirm_mode();
         }
+        c.unacked.sent(method);
     }
 
     fn write_method(&mut self, channel: ChannelId, method: Method) -> Result<(), Error> {
-        Frame::Method(channel, method).encode(&mut self.output, self.tune.frame_max)?;
+        let frame_max = self.tune.frame_max;
+        Frame::Method(channel, method).encode(self.output(), frame_max)?;
         Ok(())
     }
 
@@ -638,7 +710,7 @@ impl<T> ConnectionCore<T> {
             class_id: 0,
             method_id: 0,
         };
-        let _ = Frame::Method(0, close.into()).encode(&mut self.output, 0);
+        let _ = Frame::Method(0, close.into()).encode(self.output(), 0);
         if self.state != ConnectionState::Closed {
             self.state = ConnectionState::Closing;
         }
@@ -728,7 +800,7 @@ impl<T> ConnectionCore<T> {
                 });
             }
             (_, Method::ConnectionClose(close)) => {
-                let _ = Frame::Method(0, ConnectionCloseOk.into()).encode(&mut self.output, 0);
+                let _ = Frame::Method(0, ConnectionCloseOk.into()).encode(self.output(), 0);
                 let server_close = ServerClose {
                     code: ReplyCode(close.reply_code),
                     text: close.reply_text,
@@ -909,7 +981,7 @@ impl<T> ConnectionCore<T> {
                     });
                 }
                 Method::ChannelClose(_) => {
-                    let _ = Frame::Method(id, ChannelCloseOk.into()).encode(&mut self.output, 0);
+                    let _ = Frame::Method(id, ChannelCloseOk.into()).encode(self.output(), 0);
                     if let Some(mut channel) = self.channels.remove(&id) {
                         if let Some(token) = channel.close_token.take() {
                             self.events.push_back(Event::Reply {
@@ -929,6 +1001,9 @@ impl<T> ConnectionCore<T> {
         }
         match command.method {
             Method::BasicDeliver(deliver) => {
+                channel
+                    .unacked
+                    .delivered_to(&deliver.consumer_tag, deliver.delivery_tag);
                 if let Some(message) = Message::new(deliver, command.content) {
                     self.events.push_back(Event::Delivery {
                         channel: id,
@@ -961,11 +1036,12 @@ impl<T> ConnectionCore<T> {
                 })
             }
             Method::BasicCancel(cancel) => {
+                channel.unacked.consumer_ended(&cancel.consumer_tag);
                 if !cancel.no_wait {
                     let ok = BasicCancelOk {
                         consumer_tag: cancel.consumer_tag.clone(),
                     };
-                    let _ = Frame::Method(id, ok.into()).encode(&mut self.output, 0);
+                    let _ = Frame::Method(id, ok.into()).encode(self.output(), 0);
                 }
                 self.events.push_back(Event::ConsumerCancelled {
                     channel: id,
@@ -976,10 +1052,10 @@ impl<T> ConnectionCore<T> {
                 let ok = ChannelFlowOk {
                     active: flow.active,
                 };
-                let _ = Frame::Method(id, ok.into()).encode(&mut self.output, 0);
+                let _ = Frame::Method(id, ok.into()).encode(self.output(), 0);
             }
             Method::ChannelClose(close) => {
-                let _ = Frame::Method(id, ChannelCloseOk.into()).encode(&mut self.output, 0);
+                let _ = Frame::Method(id, ChannelCloseOk.into()).encode(self.output(), 0);
                 let err = Error::ChannelClosed(ServerClose {
                     code: ReplyCode(close.reply_code),
                     text: close.reply_text,

@@ -924,3 +924,215 @@ fn unexpected_reply_is_a_protocol_violation() {
         Some(Error::UnexpectedFrame(_))
     ));
 }
+
+// ---- acks of the oldest deliveries go out as one -------------------------------------------
+
+/// Starts a consumer `tag` on `ch` (basic.consume, consume-ok).
+fn consume(pair: &mut Pair, ch: ChannelId, tag: &str, no_ack: bool) {
+    let consume = BasicConsume {
+        queue: "q".into(),
+        consumer_tag: tag.into(),
+        no_ack,
+        ..Default::default()
+    };
+    pair.client.call(ch, consume.into(), 50).unwrap();
+    pair.server_reads();
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicConsumeOk {
+            consumer_tag: tag.into(),
+        }
+        .into(),
+    ));
+    pair.events();
+}
+
+/// The server delivers a two-octet message to consumer `tag`.
+fn deliver(pair: &mut Pair, ch: ChannelId, tag: &str, delivery_tag: u64) {
+    pair.server_sends(Frame::Method(
+        ch,
+        BasicDeliver {
+            consumer_tag: tag.into(),
+            delivery_tag,
+            ..Default::default()
+        }
+        .into(),
+    ));
+    pair.server_sends(Frame::Header(
+        ch,
+        ContentHeader::basic(2, BasicProperties::default()),
+    ));
+    pair.server_sends(Frame::Body(ch, Bytes::from_static(b"hi")));
+}
+
+/// A channel with consumer "c" (manual acks) and deliveries 1..=`deliveries` to it.
+fn consuming(deliveries: u64) -> (Pair, ChannelId) {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    consume(&mut pair, ch, "c", false);
+    for tag in 1..=deliveries {
+        deliver(&mut pair, ch, "c", tag);
+    }
+    (pair, ch)
+}
+
+fn ack(ch: ChannelId, delivery_tag: u64, multiple: bool) -> Frame {
+    Frame::Method(
+        ch,
+        BasicAck {
+            delivery_tag,
+            multiple,
+        }
+        .into(),
+    )
+}
+
+fn send_ack(pair: &mut Pair, ch: ChannelId, delivery_tag: u64) {
+    let method = BasicAck {
+        delivery_tag,
+        multiple: false,
+    };
+    pair.client.send(ch, method.into()).unwrap();
+}
+
+#[test]
+fn acks_of_the_oldest_deliveries_sent_together_are_written_as_one_multiple_ack() {
+    let (mut pair, ch) = consuming(4);
+    for tag in 1..=3 {
+        send_ack(&mut pair, ch, tag);
+    }
+    assert!(pair.client.has_output());
+    assert_eq!(pair.server_reads(), vec![ack(ch, 3, true)]);
+    // Delivery 4 is the oldest now; a lone ack goes out as it was made.
+    send_ack(&mut pair, ch, 4);
+    assert_eq!(pair.server_reads(), vec![ack(ch, 4, false)]);
+}
+
+#[test]
+fn an_ack_that_is_not_of_the_oldest_delivery_is_written_as_made_after_the_run_before_it() {
+    let (mut pair, ch) = consuming(4);
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 2);
+    send_ack(&mut pair, ch, 4);
+    send_ack(&mut pair, ch, 3);
+    assert_eq!(
+        pair.server_reads(),
+        vec![ack(ch, 2, true), ack(ch, 4, false), ack(ch, 3, false)]
+    );
+}
+
+#[test]
+fn other_frames_keep_their_place_between_acks() {
+    let (mut pair, ch) = consuming(3);
+    send_ack(&mut pair, ch, 1);
+    let nack = BasicNack {
+        delivery_tag: 2,
+        multiple: false,
+        requeue: true,
+    };
+    pair.client.send(ch, nack.clone().into()).unwrap();
+    send_ack(&mut pair, ch, 3);
+    assert_eq!(
+        pair.server_reads(),
+        vec![
+            ack(ch, 1, false),
+            Frame::Method(ch, nack.into()),
+            ack(ch, 3, false)
+        ]
+    );
+}
+
+#[test]
+fn a_repeated_ack_is_still_written_so_the_server_can_refuse_it() {
+    let (mut pair, ch) = consuming(1);
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 1);
+    assert_eq!(
+        pair.server_reads(),
+        vec![ack(ch, 1, false), ack(ch, 1, false)]
+    );
+}
+
+#[test]
+fn deliveries_to_a_no_ack_consumer_do_not_break_a_run_of_acks() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    consume(&mut pair, ch, "manual", false);
+    consume(&mut pair, ch, "auto", true);
+    deliver(&mut pair, ch, "manual", 1);
+    deliver(&mut pair, ch, "auto", 2);
+    deliver(&mut pair, ch, "manual", 3);
+    // Tag 2 needs no ack: 1 and 3 are the two oldest unacked, and one ack settles both.
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 3);
+    assert_eq!(pair.server_reads(), vec![ack(ch, 3, true)]);
+    // A (wrong) ack of the no-ack delivery is written as made: the server refuses it.
+    send_ack(&mut pair, ch, 2);
+    assert_eq!(pair.server_reads(), vec![ack(ch, 2, false)]);
+}
+
+#[test]
+fn acks_in_a_transaction_are_written_as_made() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    consume(&mut pair, ch, "c", false);
+    pair.client.call(ch, TxSelect.into(), 9).unwrap();
+    pair.server_reads();
+    pair.server_sends(Frame::Method(ch, TxSelectOk.into()));
+    for tag in 1..=2 {
+        deliver(&mut pair, ch, "c", tag);
+    }
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 2);
+    assert_eq!(
+        pair.server_reads(),
+        vec![ack(ch, 1, false), ack(ch, 2, false)]
+    );
+}
+
+#[test]
+fn acks_on_two_channels_are_runs_of_their_own_in_order() {
+    let mut pair = Pair::open();
+    let a = pair.open_channel(1);
+    let b = pair.open_channel(2);
+    consume(&mut pair, a, "ca", false);
+    consume(&mut pair, b, "cb", false);
+    for tag in 1..=2 {
+        deliver(&mut pair, a, "ca", tag);
+        deliver(&mut pair, b, "cb", tag);
+    }
+    send_ack(&mut pair, a, 1);
+    send_ack(&mut pair, a, 2);
+    send_ack(&mut pair, b, 1);
+    send_ack(&mut pair, b, 2);
+    assert_eq!(pair.server_reads(), vec![ack(a, 2, true), ack(b, 2, true)]);
+}
+
+#[test]
+fn basic_get_ok_without_no_ack_is_tracked_like_a_delivery() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    for tag in 1..=2 {
+        let get = BasicGet {
+            queue: "q".into(),
+            no_ack: false,
+        };
+        pair.client.call(ch, get.into(), 10).unwrap();
+        pair.server_reads();
+        pair.server_sends(Frame::Method(
+            ch,
+            BasicGetOk {
+                delivery_tag: tag,
+                ..Default::default()
+            }
+            .into(),
+        ));
+        pair.server_sends(Frame::Header(
+            ch,
+            ContentHeader::basic(0, BasicProperties::default()),
+        ));
+    }
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 2);
+    assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
+}
