@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use amqp_client::{
     BasicConsumeOptions, BasicProperties, Connection, FieldTable, FieldValue, QueueDeclareOptions,
+    ShortString,
 };
 use amqp_codec::{FieldArray, LongString};
 use bytes::Bytes;
@@ -240,11 +241,21 @@ async fn publishes_arrive_in_order_on_one_channel() {
         .await
         .unwrap();
     let count = 2000u32;
+    // Every other one through basic_publish_to, with the address made once.
+    let (exchange, routing_key) = (ShortString::from(""), ShortString::from(queue.as_str()));
     for i in 0..count {
-        channel
-            .basic_publish("", &queue, BasicProperties::default(), i.to_string(), false)
-            .await
-            .unwrap();
+        let properties = BasicProperties::default();
+        if i % 2 == 0 {
+            channel
+                .basic_publish("", &queue, properties, i.to_string(), false)
+                .await
+                .unwrap();
+        } else {
+            channel
+                .basic_publish_to(&exchange, &routing_key, properties, i.to_string(), false)
+                .await
+                .unwrap();
+        }
     }
     for i in 0..count {
         let delivery = tokio::time::timeout(PROMPTLY, consumer.next())

@@ -439,7 +439,36 @@ impl Channel {
         body: impl Into<Bytes>,
         mandatory: bool,
     ) -> Result<PublishConfirm, Error> {
+        let address = (exchange.into(), routing_key.into());
+        self.publish(address, properties, body.into(), mandatory)
+            .await
+    }
+
+    /// [`basic_publish`](Self::basic_publish) to an exchange and routing key made into
+    /// [`ShortString`]s once: each publish then takes a reference to them instead of copying
+    /// them into a new allocation (a help when publishing many messages to one queue).
+    pub async fn basic_publish_to(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        properties: BasicProperties,
+        body: impl Into<Bytes>,
+        mandatory: bool,
+    ) -> Result<PublishConfirm, Error> {
+        let address = (exchange.clone(), routing_key.clone());
+        self.publish(address, properties, body.into(), mandatory)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        (exchange, routing_key): (ShortString, ShortString),
+        properties: BasicProperties,
+        body: Bytes,
+        mandatory: bool,
+    ) -> Result<PublishConfirm, Error> {
         self.check_open()?;
+        let properties = boxed_properties(properties);
         self.wait_unblocked().await?;
         let (confirm, rx) = if self.inner.shared.confirm_mode.load(Ordering::Relaxed) {
             let (tx, rx) = oneshot::channel();
@@ -451,11 +480,11 @@ impl Channel {
             .connection
             .send(Request::Publish {
                 channel: self.inner.id,
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
+                exchange,
+                routing_key,
                 mandatory,
-                properties: boxed_properties(properties),
-                body: body.into(),
+                properties,
+                body,
                 confirm,
             })
             .await?;
