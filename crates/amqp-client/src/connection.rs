@@ -237,6 +237,7 @@ impl Connection {
             returns: HashMap::new(),
             channels: HashMap::new(),
             stalled: None,
+            to_wake: Vec::new(),
         };
         tokio::spawn(task.run());
         let shared = ready_rx
@@ -504,6 +505,8 @@ struct ConnectionTask {
     /// The open channels' shared state, to tell their handles when they end.
     channels: HashMap<ChannelId, Arc<ChannelShared>>,
     stalled: Option<Stalled>,
+    /// Consumers to wake at the end of [`dispatch_events`](Self::dispatch_events).
+    to_wake: Vec<std::task::Waker>,
 }
 
 impl ConnectionTask {
@@ -643,7 +646,19 @@ impl ConnectionTask {
     }
 
     /// Hands the core's events to their destinations. Returns false when the task must end.
+    ///
+    /// The consumers that were waiting are woken once, when everything the core had for them
+    /// is in their queues: a consumer wakes to a batch (all the deliveries of one socket
+    /// read), not once per delivery.
     fn dispatch_events(&mut self) -> bool {
+        let go_on = self.dispatch_events_to_queues();
+        for waker in self.to_wake.drain(..) {
+            waker.wake();
+        }
+        go_on
+    }
+
+    fn dispatch_events_to_queues(&mut self) -> bool {
         while self.stalled.is_none() {
             let Some(event) = self.core.poll_event() else {
                 break;
@@ -671,8 +686,13 @@ impl ConnectionTask {
                     else {
                         continue;
                     };
-                    match sender.try_send(Ok(message)) {
-                        Ok(()) => {}
+                    match sender.try_send_deferred(Ok(message)) {
+                        Ok(None) => {}
+                        Ok(Some(waker)) => {
+                            if !self.to_wake.iter().any(|w| w.will_wake(&waker)) {
+                                self.to_wake.push(waker);
+                            }
+                        }
                         Err(TrySendError::Full(Ok(delivery))) => {
                             self.stalled = Some(Stalled {
                                 sender: sender.clone(),

@@ -185,6 +185,20 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// [`try_send`](Self::try_send) without waking the receiver: returns its waker, if it
+    /// waits, for the caller to wake once it has sent everything it has (one wake for a batch,
+    /// so the receiver wakes to a full queue rather than to each item).
+    pub(crate) fn try_send_deferred(&self, item: T) -> Result<Option<Waker>, TrySendError<T>> {
+        let mut state = self.shared.lock();
+        if state.receiver_closed {
+            return Err(TrySendError::Closed(item));
+        }
+        if !state.has_room() {
+            return Err(TrySendError::Full(item));
+        }
+        Ok(state.push(item))
+    }
+
     /// Sends `item` whatever the capacity: the one last item (an error ending a consumer)
     /// that must not wait behind the application, nor be lost. Fails only when the receiver
     /// is gone.
@@ -350,6 +364,31 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
         tx.try_send(3).unwrap();
         assert_eq!(rx.try_recv(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_deferred_send_hands_back_the_waiting_receivers_waker_instead_of_waking_it() {
+        let (tx, mut rx) = bounded(4);
+        let mut receiving = poll_once(&mut rx);
+        assert!(receiving.is_pending());
+        let waker = tx.try_send_deferred(1).unwrap();
+        assert!(waker.is_some(), "the receiver was waiting");
+        assert_eq!(
+            tx.try_send_deferred(2).unwrap().map(|_| ()),
+            None,
+            "taken once"
+        );
+        waker.unwrap().wake();
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
+        receiving = poll_once(&mut rx);
+        assert!(receiving.is_pending());
+    }
+
+    /// Polls `rx` once with a no-op waker, registering it as waiting when empty.
+    fn poll_once(rx: &mut Receiver<i32>) -> Poll<Option<i32>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        rx.poll_recv(&mut cx)
     }
 
     #[test]
