@@ -1,71 +1,219 @@
 //! The domain types of AMQP 0-9-1 (spec 4.2.5): short and long strings, field tables,
 //! field arrays, decimals and field values.
 //!
-//! Strings are [`Bytes`]: decoding one takes a slice of the frame that was read, never a copy.
+//! Long strings are [`Bytes`]: decoding one takes a slice of the frame that was read, never a
+//! copy. Short strings of up to 38 octets are kept inline, longer ones are [`Bytes`] too.
 //! AMQP strings are octet strings; they are shown as UTF-8 where they are valid UTF-8.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 
 /// A `shortstr`: at most 255 octets, prefixed by a one-octet length (spec 4.2.5.3).
 ///
+/// Up to [`ShortString::INLINE_CAPACITY`] octets are kept in the value itself; longer strings
+/// are [`Bytes`]. Nearly every short string on the wire is that short: exchange names, routing
+/// keys, content types, and the consumer tags and queue names RabbitMQ makes up
+/// (`amq.ctag-` or `amq.gen-` and 22 characters). Decoding one is then a copy of a few octets,
+/// with no reference taken on the read buffer and nothing to release when the frame is
+/// dropped; a longer one is a slice of the frame, never a copy.
+///
+/// Two strings are equal, ordered and hashed by their octets alone, however they are held.
 /// The 255-octet limit is checked when the string is encoded, with
 /// [`crate::EncodeError::ShortStringTooLong`]; nothing is ever truncated.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShortString(Bytes);
+#[derive(Clone)]
+pub struct ShortString(ShortOctets);
+
+/// How a [`ShortString`] holds its octets.
+#[derive(Clone)]
+enum ShortOctets {
+    /// `len` octets at the front of `octets`; what follows them is not part of the string.
+    Inline {
+        len: u8,
+        octets: [u8; ShortString::INLINE_CAPACITY],
+    },
+    /// Octets in a shared buffer: a slice of a frame, a `'static` str, or a string too long to
+    /// keep inline.
+    Shared(Bytes),
+}
 
 /// A `longstr`: up to 2^32 - 1 octets, prefixed by a four-octet length (spec 4.2.5.3).
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LongString(Bytes);
 
+impl ShortString {
+    /// The most octets a short string keeps inline. With the length and the tag that tells
+    /// inline from shared, an inline string is as large as a [`Bytes`] and its tag: 40 octets.
+    pub const INLINE_CAPACITY: usize = 38;
+
+    /// A string of these octets, held as [`Bytes`] without a copy.
+    pub fn new(octets: impl Into<Bytes>) -> Self {
+        ShortString(ShortOctets::Shared(octets.into()))
+    }
+
+    /// A string of a `'static` str, without copying it.
+    pub const fn from_static(text: &'static str) -> Self {
+        ShortString(ShortOctets::Shared(Bytes::from_static(text.as_bytes())))
+    }
+
+    /// A copy of `octets`: inline when they fit, else in a new [`Bytes`].
+    pub fn copy_from_slice(octets: &[u8]) -> Self {
+        ShortString::inline(octets)
+            .unwrap_or_else(|| ShortString::new(Bytes::copy_from_slice(octets)))
+    }
+
+    /// A copy of `octets` kept inline, or `None` if they are more than
+    /// [`Self::INLINE_CAPACITY`].
+    pub(crate) fn inline(octets: &[u8]) -> Option<Self> {
+        let len = u8::try_from(octets.len()).ok()?;
+        let mut inline = [0u8; Self::INLINE_CAPACITY];
+        inline.get_mut(..octets.len())?.copy_from_slice(octets);
+        Some(ShortString(ShortOctets::Inline {
+            len,
+            octets: inline,
+        }))
+    }
+
+    /// The octets of the string.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            ShortOctets::Inline { len, octets } => {
+                octets.get(..usize::from(*len)).unwrap_or_default()
+            }
+            ShortOctets::Shared(bytes) => bytes,
+        }
+    }
+
+    /// The octets as [`Bytes`]: a new reference to the shared buffer they live in, or, for a
+    /// string kept inline, a copy.
+    pub fn bytes(&self) -> Bytes {
+        match &self.0 {
+            ShortOctets::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            ShortOctets::Shared(bytes) => bytes.clone(),
+        }
+    }
+
+    /// The octets, consuming the string (a copy if they were kept inline).
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            ShortOctets::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            ShortOctets::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl Default for ShortString {
+    /// The empty string, inline.
+    fn default() -> Self {
+        ShortString(ShortOctets::Inline {
+            len: 0,
+            octets: [0; ShortString::INLINE_CAPACITY],
+        })
+    }
+}
+
+impl PartialEq for ShortString {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ShortString {}
+
+impl PartialOrd for ShortString {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShortString {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl Hash for ShortString {
+    /// Hashes the octets as [`Bytes`] does, so a string hashes the same however it is held.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl From<&str> for ShortString {
+    fn from(text: &str) -> Self {
+        ShortString::copy_from_slice(text.as_bytes())
+    }
+}
+
+impl From<&[u8]> for ShortString {
+    fn from(octets: &[u8]) -> Self {
+        ShortString::copy_from_slice(octets)
+    }
+}
+
+impl LongString {
+    /// A string of these octets.
+    pub fn new(octets: impl Into<Bytes>) -> Self {
+        LongString(octets.into())
+    }
+
+    /// A string of a `'static` str, without copying it.
+    pub const fn from_static(text: &'static str) -> Self {
+        LongString(Bytes::from_static(text.as_bytes()))
+    }
+
+    /// The octets of the string.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The octets, as the shared buffer they live in.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The octets, consuming the string.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<&str> for LongString {
+    fn from(text: &str) -> Self {
+        LongString(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl From<&[u8]> for LongString {
+    fn from(octets: &[u8]) -> Self {
+        LongString(Bytes::copy_from_slice(octets))
+    }
+}
+
+/// What short and long strings have alike, over their octets.
 macro_rules! octet_string {
     ($name:ident) => {
         impl $name {
-            /// A string of these octets.
-            pub fn new(octets: impl Into<Bytes>) -> Self {
-                $name(octets.into())
-            }
-
-            /// A string of a `'static` str, without copying it.
-            pub const fn from_static(text: &'static str) -> Self {
-                $name(Bytes::from_static(text.as_bytes()))
-            }
-
-            /// The octets of the string.
-            pub fn as_bytes(&self) -> &[u8] {
-                &self.0
-            }
-
-            /// The octets, as the shared buffer they live in.
-            pub fn bytes(&self) -> &Bytes {
-                &self.0
-            }
-
-            /// The octets, consuming the string.
-            pub fn into_bytes(self) -> Bytes {
-                self.0
-            }
-
             /// The string as UTF-8, if it is valid UTF-8.
             pub fn as_str(&self) -> Option<&str> {
-                std::str::from_utf8(&self.0).ok()
+                std::str::from_utf8(self.as_bytes()).ok()
             }
 
             /// The string as UTF-8, invalid sequences replaced by U+FFFD.
             pub fn to_str_lossy(&self) -> Cow<'_, str> {
-                String::from_utf8_lossy(&self.0)
+                String::from_utf8_lossy(self.as_bytes())
             }
 
             /// Length in octets.
             pub fn len(&self) -> usize {
-                self.0.len()
+                self.as_bytes().len()
             }
 
             /// Whether the string has no octets.
             pub fn is_empty(&self) -> bool {
-                self.0.is_empty()
+                self.as_bytes().is_empty()
             }
         }
 
@@ -73,7 +221,7 @@ macro_rules! octet_string {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 match self.as_str() {
                     Some(text) => fmt::Debug::fmt(text, f),
-                    None => write!(f, "{}({:02x?})", stringify!($name), &self.0[..]),
+                    None => write!(f, "{}({:02x?})", stringify!($name), self.as_bytes()),
                 }
             }
         }
@@ -84,39 +232,27 @@ macro_rules! octet_string {
             }
         }
 
-        impl From<&str> for $name {
-            fn from(text: &str) -> Self {
-                $name(Bytes::copy_from_slice(text.as_bytes()))
-            }
-        }
-
         impl From<String> for $name {
             fn from(text: String) -> Self {
-                $name(Bytes::from(text))
+                $name::new(Bytes::from(text))
             }
         }
 
         impl From<Bytes> for $name {
             fn from(octets: Bytes) -> Self {
-                $name(octets)
-            }
-        }
-
-        impl From<&[u8]> for $name {
-            fn from(octets: &[u8]) -> Self {
-                $name(Bytes::copy_from_slice(octets))
+                $name::new(octets)
             }
         }
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other.as_bytes()
+                self.as_bytes() == other.as_bytes()
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == other.as_bytes()
+                self.as_bytes() == other.as_bytes()
             }
         }
     };
