@@ -9,8 +9,14 @@
 //! ```
 //!
 //! [`decode`] peeks the 7-octet header, refuses a size the negotiated `frame_max` does not
-//! allow *before* waiting for the payload, checks the end octet, then splits the frame off the
-//! read buffer (no copy) and parses the payload with complete parsers that must consume it all.
+//! allow *before* waiting for the payload, checks the end octet, then parses the payload with
+//! complete parsers that must consume it all. A body frame is split off the read buffer (no
+//! copy) and its payload handed over as [`Bytes`]. Method and content header frames are read
+//! in place: their fixed fields are copied out and their short strings kept inline, and the
+//! frame is split off as [`Bytes`] only if a field must be a slice of it (a long string, a
+//! long short string, a table holding either). Taking a reference on the read buffer's shared
+//! storage, and giving it back when the frame is dropped, costs more than reading a whole
+//! basic.publish, so most method and header frames take none.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -327,11 +333,28 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
     if end != FRAME_END {
         return Err(DecodeError::BadFrameEnd(end));
     }
-    let mut frame = buf.split_to(frame_len);
+    match frame_type {
+        FrameType::METHOD | FrameType::HEADER => {
+            // Read in place (see `Reader`): the frame leaves the buffer when `r` is dropped,
+            // after the frame is built where the caller receives it.
+            let mut r = Reader::in_read_buffer(buf, payload_len, limits.max_table_depth);
+            read_method_or_header(frame_type, channel, &mut r)
+        }
+        FrameType::BODY => Ok(Some(Frame::Body(channel, split_payload(buf, payload_len)))),
+        _ => {
+            let payload = split_payload(buf, payload_len);
+            decode_payload(frame_type, channel, payload, limits).map(Some)
+        }
+    }
+}
+
+/// Splits the whole frame with `payload_len` octets of payload off the front of `buf`, which
+/// holds it, and returns the payload (without a copy).
+pub(crate) fn split_payload(buf: &mut BytesMut, payload_len: usize) -> Bytes {
+    let mut frame = buf.split_to(payload_len.saturating_add(FRAME_OVERHEAD));
     frame.advance(FRAME_HEADER_SIZE);
     frame.truncate(payload_len);
-    let payload = frame.freeze();
-    decode_payload(frame_type, channel, payload, limits).map(Some)
+    frame.freeze()
 }
 
 fn decode_protocol_header(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
@@ -365,50 +388,13 @@ pub fn decode_payload(
     limits: &Limits,
 ) -> Result<Frame, DecodeError> {
     match frame_type {
-        FrameType::METHOD => {
-            let mut r = Reader::new(&payload, "method frame", limits.max_table_depth);
-            let class_id = r.short()?;
-            let method_id = r.short()?;
-            let method = Method::decode(class_id, method_id, &mut r)?;
-            r.finish()?;
-            Ok(Frame::Method(channel, method))
-        }
-        FrameType::HEADER => {
-            let mut r = Reader::new(&payload, "content header", limits.max_table_depth);
-            let class_id = r.short()?;
-            if class_id != ContentHeader::BASIC_CLASS_ID {
-                return Err(DecodeError::UnknownContentClass(class_id));
+        FrameType::METHOD | FrameType::HEADER => {
+            let mut r = Reader::new(payload, "frame", limits.max_table_depth);
+            match read_method_or_header(frame_type, channel, &mut r)? {
+                Some(frame) => Ok(frame),
+                // Not reached: the readers give a frame or an error.
+                None => Err(DecodeError::Truncated("frame")),
             }
-            let weight = r.short()?;
-            if weight != 0 {
-                return Err(DecodeError::NonZeroWeight(weight));
-            }
-            let body_size = r.longlong()?;
-            let flags = r.short()?;
-            // Bit 0 says another flags word follows (spec 4.2.6.1). Basic has 14 properties,
-            // so further words may only carry their own continuation bits.
-            let mut more = flags & 1 == 1;
-            while more {
-                let next = r.short()?;
-                if next & !1 != 0 {
-                    return Err(DecodeError::UnknownPropertyFlags(next));
-                }
-                more = next & 1 == 1;
-            }
-            let unknown = flags & !BasicProperties::KNOWN_FLAGS & !1;
-            if unknown != 0 {
-                return Err(DecodeError::UnknownPropertyFlags(unknown));
-            }
-            let properties = BasicProperties::decode(flags, &mut r)?;
-            r.finish()?;
-            Ok(Frame::Header(
-                channel,
-                ContentHeader {
-                    class_id,
-                    body_size,
-                    properties,
-                },
-            ))
         }
         FrameType::BODY => Ok(Frame::Body(channel, payload)),
         FrameType::HEARTBEAT => {
@@ -423,5 +409,47 @@ pub fn decode_payload(
             Ok(Frame::Heartbeat)
         }
         FrameType(other) => Err(DecodeError::UnknownFrameType(other)),
+    }
+}
+
+/// What [`decode`] returns. The readers of method and content header frames return it too, so
+/// that a frame is built once, in the place where `decode`'s caller receives it, and never
+/// moved: a content header frame is some 470 octets.
+pub(crate) type Decoded = Result<Option<Frame>, DecodeError>;
+
+/// Reads a method or content header frame's payload (the caller has checked which it is).
+fn read_method_or_header(frame_type: FrameType, channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+    if frame_type == FrameType::METHOD {
+        r.set_context("method frame");
+        let class_id = r.short()?;
+        let method_id = r.short()?;
+        Method::read_frame(channel, class_id, method_id, r)
+    } else {
+        r.set_context("content header");
+        let class_id = r.short()?;
+        if class_id != ContentHeader::BASIC_CLASS_ID {
+            return Err(DecodeError::UnknownContentClass(class_id));
+        }
+        let weight = r.short()?;
+        if weight != 0 {
+            return Err(DecodeError::NonZeroWeight(weight));
+        }
+        let body_size = r.longlong()?;
+        let flags = r.short()?;
+        // Bit 0 says another flags word follows (spec 4.2.6.1). Basic has 14 properties,
+        // so further words may only carry their own continuation bits.
+        let mut more = flags & 1 == 1;
+        while more {
+            let next = r.short()?;
+            if next & !1 != 0 {
+                return Err(DecodeError::UnknownPropertyFlags(next));
+            }
+            more = next & 1 == 1;
+        }
+        let unknown = flags & !BasicProperties::KNOWN_FLAGS & !1;
+        if unknown != 0 {
+            return Err(DecodeError::UnknownPropertyFlags(unknown));
+        }
+        BasicProperties::read_header_frame(channel, class_id, body_size, flags, r)
     }
 }

@@ -6,7 +6,9 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::constants::ChannelId;
 use crate::error::{DecodeError, EncodeError};
+use crate::frame::{ContentHeader, Decoded, Frame};
 use crate::spec::{FieldInfo, FieldRef, MethodInfo, WireType};
 use crate::types::{FieldTable, LongString, ShortString};
 use crate::wire::{bit, long_string_len, pack_bits, put_long_string, put_short_string, put_table, short_string_len, table_len, Reader};
@@ -35,13 +37,16 @@ impl ConnectionStart {
     /// The spec's name, `connection.start`.
     pub const NAME: &'static str = "connection.start";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let version_major = r.octet()?;
         let version_minor = r.octet()?;
         let server_properties = r.table()?;
         let mechanisms = r.long_string()?;
         let locales = r.long_string()?;
-        Ok(ConnectionStart { version_major, version_minor, server_properties, mechanisms, locales })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionStart(ConnectionStart { version_major, version_minor, server_properties, mechanisms, locales }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -94,12 +99,15 @@ impl ConnectionStartOk {
     /// The spec's name, `connection.start-ok`.
     pub const NAME: &'static str = "connection.start-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let client_properties = r.table()?;
         let mechanism = r.short_string()?;
         let response = r.long_string()?;
         let locale = r.short_string()?;
-        Ok(ConnectionStartOk { client_properties, mechanism, response, locale })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionStartOk(ConnectionStartOk { client_properties, mechanism, response, locale }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -144,9 +152,12 @@ impl ConnectionSecure {
     /// The spec's name, `connection.secure`.
     pub const NAME: &'static str = "connection.secure";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let challenge = r.long_string()?;
-        Ok(ConnectionSecure { challenge })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionSecure(ConnectionSecure { challenge }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -185,9 +196,12 @@ impl ConnectionSecureOk {
     /// The spec's name, `connection.secure-ok`.
     pub const NAME: &'static str = "connection.secure-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let response = r.long_string()?;
-        Ok(ConnectionSecureOk { response })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionSecureOk(ConnectionSecureOk { response }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -230,11 +244,14 @@ impl ConnectionTune {
     /// The spec's name, `connection.tune`.
     pub const NAME: &'static str = "connection.tune";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let channel_max = r.short()?;
         let frame_max = r.long()?;
         let heartbeat = r.short()?;
-        Ok(ConnectionTune { channel_max, frame_max, heartbeat })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionTune(ConnectionTune { channel_max, frame_max, heartbeat }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -281,11 +298,14 @@ impl ConnectionTuneOk {
     /// The spec's name, `connection.tune-ok`.
     pub const NAME: &'static str = "connection.tune-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let channel_max = r.short()?;
         let frame_max = r.long()?;
         let heartbeat = r.short()?;
-        Ok(ConnectionTuneOk { channel_max, frame_max, heartbeat })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionTuneOk(ConnectionTuneOk { channel_max, frame_max, heartbeat }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -328,11 +348,14 @@ impl ConnectionOpen {
     /// The spec's name, `connection.open`.
     pub const NAME: &'static str = "connection.open";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let virtual_host = r.short_string()?;
         let _reserved_1 = r.short_string()?;
         let _bits = r.bits()?;
-        Ok(ConnectionOpen { virtual_host })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionOpen(ConnectionOpen { virtual_host }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -370,9 +393,12 @@ impl ConnectionOpenOk {
     /// The spec's name, `connection.open-ok`.
     pub const NAME: &'static str = "connection.open-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short_string()?;
-        Ok(ConnectionOpenOk)
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionOpenOk(ConnectionOpenOk))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -416,12 +442,15 @@ impl ConnectionClose {
     /// The spec's name, `connection.close`.
     pub const NAME: &'static str = "connection.close";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let reply_code = r.short()?;
         let reply_text = r.short_string()?;
         let class_id = r.short()?;
         let method_id = r.short()?;
-        Ok(ConnectionClose { reply_code, reply_text, class_id, method_id })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionClose(ConnectionClose { reply_code, reply_text, class_id, method_id }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -463,8 +492,11 @@ impl ConnectionCloseOk {
     /// The spec's name, `connection.close-ok`.
     pub const NAME: &'static str = "connection.close-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ConnectionCloseOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionCloseOk(ConnectionCloseOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -501,9 +533,12 @@ impl ConnectionBlocked {
     /// The spec's name, `connection.blocked`.
     pub const NAME: &'static str = "connection.blocked";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let reason = r.short_string()?;
-        Ok(ConnectionBlocked { reason })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionBlocked(ConnectionBlocked { reason }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -539,8 +574,11 @@ impl ConnectionUnblocked {
     /// The spec's name, `connection.unblocked`.
     pub const NAME: &'static str = "connection.unblocked";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ConnectionUnblocked)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionUnblocked(ConnectionUnblocked))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -579,10 +617,13 @@ impl ConnectionUpdateSecret {
     /// The spec's name, `connection.update-secret`.
     pub const NAME: &'static str = "connection.update-secret";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let new_secret = r.long_string()?;
         let reason = r.short_string()?;
-        Ok(ConnectionUpdateSecret { new_secret, reason })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionUpdateSecret(ConnectionUpdateSecret { new_secret, reason }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -620,8 +661,11 @@ impl ConnectionUpdateSecretOk {
     /// The spec's name, `connection.update-secret-ok`.
     pub const NAME: &'static str = "connection.update-secret-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ConnectionUpdateSecretOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -655,9 +699,12 @@ impl ChannelOpen {
     /// The spec's name, `channel.open`.
     pub const NAME: &'static str = "channel.open";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short_string()?;
-        Ok(ChannelOpen)
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelOpen(ChannelOpen))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -692,9 +739,12 @@ impl ChannelOpenOk {
     /// The spec's name, `channel.open-ok`.
     pub const NAME: &'static str = "channel.open-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.long_string()?;
-        Ok(ChannelOpenOk)
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelOpenOk(ChannelOpenOk))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -732,10 +782,13 @@ impl ChannelFlow {
     /// The spec's name, `channel.flow`.
     pub const NAME: &'static str = "channel.flow";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let bits = r.bits()?;
         let active = bit(bits, 0);
-        Ok(ChannelFlow { active })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelFlow(ChannelFlow { active }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -774,10 +827,13 @@ impl ChannelFlowOk {
     /// The spec's name, `channel.flow-ok`.
     pub const NAME: &'static str = "channel.flow-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let bits = r.bits()?;
         let active = bit(bits, 0);
-        Ok(ChannelFlowOk { active })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelFlowOk(ChannelFlowOk { active }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -822,12 +878,15 @@ impl ChannelClose {
     /// The spec's name, `channel.close`.
     pub const NAME: &'static str = "channel.close";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let reply_code = r.short()?;
         let reply_text = r.short_string()?;
         let class_id = r.short()?;
         let method_id = r.short()?;
-        Ok(ChannelClose { reply_code, reply_text, class_id, method_id })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelClose(ChannelClose { reply_code, reply_text, class_id, method_id }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -869,8 +928,11 @@ impl ChannelCloseOk {
     /// The spec's name, `channel.close-ok`.
     pub const NAME: &'static str = "channel.close-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ChannelCloseOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ChannelCloseOk(ChannelCloseOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -921,7 +983,9 @@ impl ExchangeDeclare {
     /// The spec's name, `exchange.declare`.
     pub const NAME: &'static str = "exchange.declare";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let exchange = r.short_string()?;
         let kind = r.short_string()?;
@@ -932,7 +996,8 @@ impl ExchangeDeclare {
         let internal = bit(bits, 3);
         let no_wait = bit(bits, 4);
         let arguments = r.table()?;
-        Ok(ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeDeclare(ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -979,8 +1044,11 @@ impl ExchangeDeclareOk {
     /// The spec's name, `exchange.declare-ok`.
     pub const NAME: &'static str = "exchange.declare-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ExchangeDeclareOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeDeclareOk(ExchangeDeclareOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1021,13 +1089,16 @@ impl ExchangeDelete {
     /// The spec's name, `exchange.delete`.
     pub const NAME: &'static str = "exchange.delete";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let exchange = r.short_string()?;
         let bits = r.bits()?;
         let if_unused = bit(bits, 0);
         let no_wait = bit(bits, 1);
-        Ok(ExchangeDelete { exchange, if_unused, no_wait })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeDelete(ExchangeDelete { exchange, if_unused, no_wait }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1067,8 +1138,11 @@ impl ExchangeDeleteOk {
     /// The spec's name, `exchange.delete-ok`.
     pub const NAME: &'static str = "exchange.delete-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ExchangeDeleteOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeDeleteOk(ExchangeDeleteOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1113,7 +1187,9 @@ impl ExchangeBind {
     /// The spec's name, `exchange.bind`.
     pub const NAME: &'static str = "exchange.bind";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let destination = r.short_string()?;
         let source = r.short_string()?;
@@ -1121,7 +1197,8 @@ impl ExchangeBind {
         let bits = r.bits()?;
         let no_wait = bit(bits, 0);
         let arguments = r.table()?;
-        Ok(ExchangeBind { destination, source, routing_key, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeBind(ExchangeBind { destination, source, routing_key, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1166,8 +1243,11 @@ impl ExchangeBindOk {
     /// The spec's name, `exchange.bind-ok`.
     pub const NAME: &'static str = "exchange.bind-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ExchangeBindOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeBindOk(ExchangeBindOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1212,7 +1292,9 @@ impl ExchangeUnbind {
     /// The spec's name, `exchange.unbind`.
     pub const NAME: &'static str = "exchange.unbind";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let destination = r.short_string()?;
         let source = r.short_string()?;
@@ -1220,7 +1302,8 @@ impl ExchangeUnbind {
         let bits = r.bits()?;
         let no_wait = bit(bits, 0);
         let arguments = r.table()?;
-        Ok(ExchangeUnbind { destination, source, routing_key, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeUnbind(ExchangeUnbind { destination, source, routing_key, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1265,8 +1348,11 @@ impl ExchangeUnbindOk {
     /// The spec's name, `exchange.unbind-ok`.
     pub const NAME: &'static str = "exchange.unbind-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ExchangeUnbindOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ExchangeUnbindOk(ExchangeUnbindOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1315,7 +1401,9 @@ impl QueueDeclare {
     /// The spec's name, `queue.declare`.
     pub const NAME: &'static str = "queue.declare";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let bits = r.bits()?;
@@ -1325,7 +1413,8 @@ impl QueueDeclare {
         let auto_delete = bit(bits, 3);
         let no_wait = bit(bits, 4);
         let arguments = r.table()?;
-        Ok(QueueDeclare { queue, passive, durable, exclusive, auto_delete, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueDeclare(QueueDeclare { queue, passive, durable, exclusive, auto_delete, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1377,11 +1466,14 @@ impl QueueDeclareOk {
     /// The spec's name, `queue.declare-ok`.
     pub const NAME: &'static str = "queue.declare-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let queue = r.short_string()?;
         let message_count = r.long()?;
         let consumer_count = r.long()?;
-        Ok(QueueDeclareOk { queue, message_count, consumer_count })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueDeclareOk(QueueDeclareOk { queue, message_count, consumer_count }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1432,7 +1524,9 @@ impl QueueBind {
     /// The spec's name, `queue.bind`.
     pub const NAME: &'static str = "queue.bind";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let exchange = r.short_string()?;
@@ -1440,7 +1534,8 @@ impl QueueBind {
         let bits = r.bits()?;
         let no_wait = bit(bits, 0);
         let arguments = r.table()?;
-        Ok(QueueBind { queue, exchange, routing_key, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueBind(QueueBind { queue, exchange, routing_key, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1485,8 +1580,11 @@ impl QueueBindOk {
     /// The spec's name, `queue.bind-ok`.
     pub const NAME: &'static str = "queue.bind-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(QueueBindOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueBindOk(QueueBindOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1525,12 +1623,15 @@ impl QueuePurge {
     /// The spec's name, `queue.purge`.
     pub const NAME: &'static str = "queue.purge";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let bits = r.bits()?;
         let no_wait = bit(bits, 0);
-        Ok(QueuePurge { queue, no_wait })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueuePurge(QueuePurge { queue, no_wait }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1572,9 +1673,12 @@ impl QueuePurgeOk {
     /// The spec's name, `queue.purge-ok`.
     pub const NAME: &'static str = "queue.purge-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let message_count = r.long()?;
-        Ok(QueuePurgeOk { message_count })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueuePurgeOk(QueuePurgeOk { message_count }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1619,14 +1723,17 @@ impl QueueDelete {
     /// The spec's name, `queue.delete`.
     pub const NAME: &'static str = "queue.delete";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let bits = r.bits()?;
         let if_unused = bit(bits, 0);
         let if_empty = bit(bits, 1);
         let no_wait = bit(bits, 2);
-        Ok(QueueDelete { queue, if_unused, if_empty, no_wait })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueDelete(QueueDelete { queue, if_unused, if_empty, no_wait }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1670,9 +1777,12 @@ impl QueueDeleteOk {
     /// The spec's name, `queue.delete-ok`.
     pub const NAME: &'static str = "queue.delete-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let message_count = r.long()?;
-        Ok(QueueDeleteOk { message_count })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueDeleteOk(QueueDeleteOk { message_count }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1717,13 +1827,16 @@ impl QueueUnbind {
     /// The spec's name, `queue.unbind`.
     pub const NAME: &'static str = "queue.unbind";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let exchange = r.short_string()?;
         let routing_key = r.short_string()?;
         let arguments = r.table()?;
-        Ok(QueueUnbind { queue, exchange, routing_key, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueUnbind(QueueUnbind { queue, exchange, routing_key, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1766,8 +1879,11 @@ impl QueueUnbindOk {
     /// The spec's name, `queue.unbind-ok`.
     pub const NAME: &'static str = "queue.unbind-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(QueueUnbindOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::QueueUnbindOk(QueueUnbindOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1808,12 +1924,15 @@ impl BasicQos {
     /// The spec's name, `basic.qos`.
     pub const NAME: &'static str = "basic.qos";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let prefetch_size = r.long()?;
         let prefetch_count = r.short()?;
         let bits = r.bits()?;
         let global = bit(bits, 0);
-        Ok(BasicQos { prefetch_size, prefetch_count, global })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicQos(BasicQos { prefetch_size, prefetch_count, global }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1853,8 +1972,11 @@ impl BasicQosOk {
     /// The spec's name, `basic.qos-ok`.
     pub const NAME: &'static str = "basic.qos-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(BasicQosOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicQosOk(BasicQosOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1903,7 +2025,9 @@ impl BasicConsume {
     /// The spec's name, `basic.consume`.
     pub const NAME: &'static str = "basic.consume";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let consumer_tag = r.short_string()?;
@@ -1913,7 +2037,8 @@ impl BasicConsume {
         let exclusive = bit(bits, 2);
         let no_wait = bit(bits, 3);
         let arguments = r.table()?;
-        Ok(BasicConsume { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicConsume(BasicConsume { queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -1962,9 +2087,12 @@ impl BasicConsumeOk {
     /// The spec's name, `basic.consume-ok`.
     pub const NAME: &'static str = "basic.consume-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let consumer_tag = r.short_string()?;
-        Ok(BasicConsumeOk { consumer_tag })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicConsumeOk(BasicConsumeOk { consumer_tag }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2005,11 +2133,14 @@ impl BasicCancel {
     /// The spec's name, `basic.cancel`.
     pub const NAME: &'static str = "basic.cancel";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let consumer_tag = r.short_string()?;
         let bits = r.bits()?;
         let no_wait = bit(bits, 0);
-        Ok(BasicCancel { consumer_tag, no_wait })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicCancel(BasicCancel { consumer_tag, no_wait }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2050,9 +2181,12 @@ impl BasicCancelOk {
     /// The spec's name, `basic.cancel-ok`.
     pub const NAME: &'static str = "basic.cancel-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let consumer_tag = r.short_string()?;
-        Ok(BasicCancelOk { consumer_tag })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicCancelOk(BasicCancelOk { consumer_tag }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2097,14 +2231,17 @@ impl BasicPublish {
     /// The spec's name, `basic.publish`.
     pub const NAME: &'static str = "basic.publish";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let exchange = r.short_string()?;
         let routing_key = r.short_string()?;
         let bits = r.bits()?;
         let mandatory = bit(bits, 0);
         let immediate = bit(bits, 1);
-        Ok(BasicPublish { exchange, routing_key, mandatory, immediate })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicPublish(BasicPublish { exchange, routing_key, mandatory, immediate }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2155,12 +2292,15 @@ impl BasicReturn {
     /// The spec's name, `basic.return`.
     pub const NAME: &'static str = "basic.return";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let reply_code = r.short()?;
         let reply_text = r.short_string()?;
         let exchange = r.short_string()?;
         let routing_key = r.short_string()?;
-        Ok(BasicReturn { reply_code, reply_text, exchange, routing_key })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicReturn(BasicReturn { reply_code, reply_text, exchange, routing_key }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2213,14 +2353,17 @@ impl BasicDeliver {
     /// The spec's name, `basic.deliver`.
     pub const NAME: &'static str = "basic.deliver";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let consumer_tag = r.short_string()?;
         let delivery_tag = r.longlong()?;
         let bits = r.bits()?;
         let redelivered = bit(bits, 0);
         let exchange = r.short_string()?;
         let routing_key = r.short_string()?;
-        Ok(BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicDeliver(BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2269,12 +2412,15 @@ impl BasicGet {
     /// The spec's name, `basic.get`.
     pub const NAME: &'static str = "basic.get";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short()?;
         let queue = r.short_string()?;
         let bits = r.bits()?;
         let no_ack = bit(bits, 0);
-        Ok(BasicGet { queue, no_ack })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicGet(BasicGet { queue, no_ack }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2324,14 +2470,17 @@ impl BasicGetOk {
     /// The spec's name, `basic.get-ok`.
     pub const NAME: &'static str = "basic.get-ok";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let delivery_tag = r.longlong()?;
         let bits = r.bits()?;
         let redelivered = bit(bits, 0);
         let exchange = r.short_string()?;
         let routing_key = r.short_string()?;
         let message_count = r.long()?;
-        Ok(BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicGetOk(BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2375,9 +2524,12 @@ impl BasicGetEmpty {
     /// The spec's name, `basic.get-empty`.
     pub const NAME: &'static str = "basic.get-empty";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let _reserved_1 = r.short_string()?;
-        Ok(BasicGetEmpty)
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicGetEmpty(BasicGetEmpty))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2417,11 +2569,14 @@ impl BasicAck {
     /// The spec's name, `basic.ack`.
     pub const NAME: &'static str = "basic.ack";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let delivery_tag = r.longlong()?;
         let bits = r.bits()?;
         let multiple = bit(bits, 0);
-        Ok(BasicAck { delivery_tag, multiple })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicAck(BasicAck { delivery_tag, multiple }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2464,11 +2619,14 @@ impl BasicReject {
     /// The spec's name, `basic.reject`.
     pub const NAME: &'static str = "basic.reject";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let delivery_tag = r.longlong()?;
         let bits = r.bits()?;
         let requeue = bit(bits, 0);
-        Ok(BasicReject { delivery_tag, requeue })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicReject(BasicReject { delivery_tag, requeue }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2509,10 +2667,13 @@ impl BasicRecoverAsync {
     /// The spec's name, `basic.recover-async`.
     pub const NAME: &'static str = "basic.recover-async";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let bits = r.bits()?;
         let requeue = bit(bits, 0);
-        Ok(BasicRecoverAsync { requeue })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicRecoverAsync(BasicRecoverAsync { requeue }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2551,10 +2712,13 @@ impl BasicRecover {
     /// The spec's name, `basic.recover`.
     pub const NAME: &'static str = "basic.recover";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let bits = r.bits()?;
         let requeue = bit(bits, 0);
-        Ok(BasicRecover { requeue })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicRecover(BasicRecover { requeue }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2590,8 +2754,11 @@ impl BasicRecoverOk {
     /// The spec's name, `basic.recover-ok`.
     pub const NAME: &'static str = "basic.recover-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(BasicRecoverOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicRecoverOk(BasicRecoverOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2632,12 +2799,15 @@ impl BasicNack {
     /// The spec's name, `basic.nack`.
     pub const NAME: &'static str = "basic.nack";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let delivery_tag = r.longlong()?;
         let bits = r.bits()?;
         let multiple = bit(bits, 0);
         let requeue = bit(bits, 1);
-        Ok(BasicNack { delivery_tag, multiple, requeue })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::BasicNack(BasicNack { delivery_tag, multiple, requeue }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2679,10 +2849,13 @@ impl ConfirmSelect {
     /// The spec's name, `confirm.select`.
     pub const NAME: &'static str = "confirm.select";
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
         let bits = r.bits()?;
         let nowait = bit(bits, 0);
-        Ok(ConfirmSelect { nowait })
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConfirmSelect(ConfirmSelect { nowait }))))
     }
 
     fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2718,8 +2891,11 @@ impl ConfirmSelectOk {
     /// The spec's name, `confirm.select-ok`.
     pub const NAME: &'static str = "confirm.select-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(ConfirmSelectOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::ConfirmSelectOk(ConfirmSelectOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2753,8 +2929,11 @@ impl TxSelect {
     /// The spec's name, `tx.select`.
     pub const NAME: &'static str = "tx.select";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxSelect)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxSelect(TxSelect))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2788,8 +2967,11 @@ impl TxSelectOk {
     /// The spec's name, `tx.select-ok`.
     pub const NAME: &'static str = "tx.select-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxSelectOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxSelectOk(TxSelectOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2823,8 +3005,11 @@ impl TxCommit {
     /// The spec's name, `tx.commit`.
     pub const NAME: &'static str = "tx.commit";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxCommit)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxCommit(TxCommit))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2858,8 +3043,11 @@ impl TxCommitOk {
     /// The spec's name, `tx.commit-ok`.
     pub const NAME: &'static str = "tx.commit-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxCommitOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxCommitOk(TxCommitOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2893,8 +3081,11 @@ impl TxRollback {
     /// The spec's name, `tx.rollback`.
     pub const NAME: &'static str = "tx.rollback";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxRollback)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxRollback(TxRollback))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -2928,8 +3119,11 @@ impl TxRollbackOk {
     /// The spec's name, `tx.rollback-ok`.
     pub const NAME: &'static str = "tx.rollback-ok";
 
-    fn decode(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(TxRollbackOk)
+    /// Reads the arguments and, when they fill the payload exactly, makes the frame.
+    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {
+        r.set_context(Self::NAME);
+        r.finish()?;
+        Ok(Some(Frame::Method(channel, Method::TxRollbackOk(TxRollbackOk))))
     }
 
     fn encode(&self, _buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -3175,267 +3369,75 @@ impl Method {
         self.info().content
     }
 
-    /// Reads the arguments of method `class_id`.`method_id`.
-    pub(crate) fn decode(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Method, DecodeError> {
-        Ok(match (class_id, method_id) {
-            (10, 10) => {
-                r.set_context(ConnectionStart::NAME);
-                Method::ConnectionStart(ConnectionStart::decode(r)?)
-            }
-            (10, 11) => {
-                r.set_context(ConnectionStartOk::NAME);
-                Method::ConnectionStartOk(ConnectionStartOk::decode(r)?)
-            }
-            (10, 20) => {
-                r.set_context(ConnectionSecure::NAME);
-                Method::ConnectionSecure(ConnectionSecure::decode(r)?)
-            }
-            (10, 21) => {
-                r.set_context(ConnectionSecureOk::NAME);
-                Method::ConnectionSecureOk(ConnectionSecureOk::decode(r)?)
-            }
-            (10, 30) => {
-                r.set_context(ConnectionTune::NAME);
-                Method::ConnectionTune(ConnectionTune::decode(r)?)
-            }
-            (10, 31) => {
-                r.set_context(ConnectionTuneOk::NAME);
-                Method::ConnectionTuneOk(ConnectionTuneOk::decode(r)?)
-            }
-            (10, 40) => {
-                r.set_context(ConnectionOpen::NAME);
-                Method::ConnectionOpen(ConnectionOpen::decode(r)?)
-            }
-            (10, 41) => {
-                r.set_context(ConnectionOpenOk::NAME);
-                Method::ConnectionOpenOk(ConnectionOpenOk::decode(r)?)
-            }
-            (10, 50) => {
-                r.set_context(ConnectionClose::NAME);
-                Method::ConnectionClose(ConnectionClose::decode(r)?)
-            }
-            (10, 51) => {
-                r.set_context(ConnectionCloseOk::NAME);
-                Method::ConnectionCloseOk(ConnectionCloseOk::decode(r)?)
-            }
-            (10, 60) => {
-                r.set_context(ConnectionBlocked::NAME);
-                Method::ConnectionBlocked(ConnectionBlocked::decode(r)?)
-            }
-            (10, 61) => {
-                r.set_context(ConnectionUnblocked::NAME);
-                Method::ConnectionUnblocked(ConnectionUnblocked::decode(r)?)
-            }
-            (10, 70) => {
-                r.set_context(ConnectionUpdateSecret::NAME);
-                Method::ConnectionUpdateSecret(ConnectionUpdateSecret::decode(r)?)
-            }
-            (10, 71) => {
-                r.set_context(ConnectionUpdateSecretOk::NAME);
-                Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk::decode(r)?)
-            }
-            (20, 10) => {
-                r.set_context(ChannelOpen::NAME);
-                Method::ChannelOpen(ChannelOpen::decode(r)?)
-            }
-            (20, 11) => {
-                r.set_context(ChannelOpenOk::NAME);
-                Method::ChannelOpenOk(ChannelOpenOk::decode(r)?)
-            }
-            (20, 20) => {
-                r.set_context(ChannelFlow::NAME);
-                Method::ChannelFlow(ChannelFlow::decode(r)?)
-            }
-            (20, 21) => {
-                r.set_context(ChannelFlowOk::NAME);
-                Method::ChannelFlowOk(ChannelFlowOk::decode(r)?)
-            }
-            (20, 40) => {
-                r.set_context(ChannelClose::NAME);
-                Method::ChannelClose(ChannelClose::decode(r)?)
-            }
-            (20, 41) => {
-                r.set_context(ChannelCloseOk::NAME);
-                Method::ChannelCloseOk(ChannelCloseOk::decode(r)?)
-            }
-            (40, 10) => {
-                r.set_context(ExchangeDeclare::NAME);
-                Method::ExchangeDeclare(ExchangeDeclare::decode(r)?)
-            }
-            (40, 11) => {
-                r.set_context(ExchangeDeclareOk::NAME);
-                Method::ExchangeDeclareOk(ExchangeDeclareOk::decode(r)?)
-            }
-            (40, 20) => {
-                r.set_context(ExchangeDelete::NAME);
-                Method::ExchangeDelete(ExchangeDelete::decode(r)?)
-            }
-            (40, 21) => {
-                r.set_context(ExchangeDeleteOk::NAME);
-                Method::ExchangeDeleteOk(ExchangeDeleteOk::decode(r)?)
-            }
-            (40, 30) => {
-                r.set_context(ExchangeBind::NAME);
-                Method::ExchangeBind(ExchangeBind::decode(r)?)
-            }
-            (40, 31) => {
-                r.set_context(ExchangeBindOk::NAME);
-                Method::ExchangeBindOk(ExchangeBindOk::decode(r)?)
-            }
-            (40, 40) => {
-                r.set_context(ExchangeUnbind::NAME);
-                Method::ExchangeUnbind(ExchangeUnbind::decode(r)?)
-            }
-            (40, 51) => {
-                r.set_context(ExchangeUnbindOk::NAME);
-                Method::ExchangeUnbindOk(ExchangeUnbindOk::decode(r)?)
-            }
-            (50, 10) => {
-                r.set_context(QueueDeclare::NAME);
-                Method::QueueDeclare(QueueDeclare::decode(r)?)
-            }
-            (50, 11) => {
-                r.set_context(QueueDeclareOk::NAME);
-                Method::QueueDeclareOk(QueueDeclareOk::decode(r)?)
-            }
-            (50, 20) => {
-                r.set_context(QueueBind::NAME);
-                Method::QueueBind(QueueBind::decode(r)?)
-            }
-            (50, 21) => {
-                r.set_context(QueueBindOk::NAME);
-                Method::QueueBindOk(QueueBindOk::decode(r)?)
-            }
-            (50, 30) => {
-                r.set_context(QueuePurge::NAME);
-                Method::QueuePurge(QueuePurge::decode(r)?)
-            }
-            (50, 31) => {
-                r.set_context(QueuePurgeOk::NAME);
-                Method::QueuePurgeOk(QueuePurgeOk::decode(r)?)
-            }
-            (50, 40) => {
-                r.set_context(QueueDelete::NAME);
-                Method::QueueDelete(QueueDelete::decode(r)?)
-            }
-            (50, 41) => {
-                r.set_context(QueueDeleteOk::NAME);
-                Method::QueueDeleteOk(QueueDeleteOk::decode(r)?)
-            }
-            (50, 50) => {
-                r.set_context(QueueUnbind::NAME);
-                Method::QueueUnbind(QueueUnbind::decode(r)?)
-            }
-            (50, 51) => {
-                r.set_context(QueueUnbindOk::NAME);
-                Method::QueueUnbindOk(QueueUnbindOk::decode(r)?)
-            }
-            (60, 10) => {
-                r.set_context(BasicQos::NAME);
-                Method::BasicQos(BasicQos::decode(r)?)
-            }
-            (60, 11) => {
-                r.set_context(BasicQosOk::NAME);
-                Method::BasicQosOk(BasicQosOk::decode(r)?)
-            }
-            (60, 20) => {
-                r.set_context(BasicConsume::NAME);
-                Method::BasicConsume(BasicConsume::decode(r)?)
-            }
-            (60, 21) => {
-                r.set_context(BasicConsumeOk::NAME);
-                Method::BasicConsumeOk(BasicConsumeOk::decode(r)?)
-            }
-            (60, 30) => {
-                r.set_context(BasicCancel::NAME);
-                Method::BasicCancel(BasicCancel::decode(r)?)
-            }
-            (60, 31) => {
-                r.set_context(BasicCancelOk::NAME);
-                Method::BasicCancelOk(BasicCancelOk::decode(r)?)
-            }
-            (60, 40) => {
-                r.set_context(BasicPublish::NAME);
-                Method::BasicPublish(BasicPublish::decode(r)?)
-            }
-            (60, 50) => {
-                r.set_context(BasicReturn::NAME);
-                Method::BasicReturn(BasicReturn::decode(r)?)
-            }
-            (60, 60) => {
-                r.set_context(BasicDeliver::NAME);
-                Method::BasicDeliver(BasicDeliver::decode(r)?)
-            }
-            (60, 70) => {
-                r.set_context(BasicGet::NAME);
-                Method::BasicGet(BasicGet::decode(r)?)
-            }
-            (60, 71) => {
-                r.set_context(BasicGetOk::NAME);
-                Method::BasicGetOk(BasicGetOk::decode(r)?)
-            }
-            (60, 72) => {
-                r.set_context(BasicGetEmpty::NAME);
-                Method::BasicGetEmpty(BasicGetEmpty::decode(r)?)
-            }
-            (60, 80) => {
-                r.set_context(BasicAck::NAME);
-                Method::BasicAck(BasicAck::decode(r)?)
-            }
-            (60, 90) => {
-                r.set_context(BasicReject::NAME);
-                Method::BasicReject(BasicReject::decode(r)?)
-            }
-            (60, 100) => {
-                r.set_context(BasicRecoverAsync::NAME);
-                Method::BasicRecoverAsync(BasicRecoverAsync::decode(r)?)
-            }
-            (60, 110) => {
-                r.set_context(BasicRecover::NAME);
-                Method::BasicRecover(BasicRecover::decode(r)?)
-            }
-            (60, 111) => {
-                r.set_context(BasicRecoverOk::NAME);
-                Method::BasicRecoverOk(BasicRecoverOk::decode(r)?)
-            }
-            (60, 120) => {
-                r.set_context(BasicNack::NAME);
-                Method::BasicNack(BasicNack::decode(r)?)
-            }
-            (85, 10) => {
-                r.set_context(ConfirmSelect::NAME);
-                Method::ConfirmSelect(ConfirmSelect::decode(r)?)
-            }
-            (85, 11) => {
-                r.set_context(ConfirmSelectOk::NAME);
-                Method::ConfirmSelectOk(ConfirmSelectOk::decode(r)?)
-            }
-            (90, 10) => {
-                r.set_context(TxSelect::NAME);
-                Method::TxSelect(TxSelect::decode(r)?)
-            }
-            (90, 11) => {
-                r.set_context(TxSelectOk::NAME);
-                Method::TxSelectOk(TxSelectOk::decode(r)?)
-            }
-            (90, 20) => {
-                r.set_context(TxCommit::NAME);
-                Method::TxCommit(TxCommit::decode(r)?)
-            }
-            (90, 21) => {
-                r.set_context(TxCommitOk::NAME);
-                Method::TxCommitOk(TxCommitOk::decode(r)?)
-            }
-            (90, 30) => {
-                r.set_context(TxRollback::NAME);
-                Method::TxRollback(TxRollback::decode(r)?)
-            }
-            (90, 31) => {
-                r.set_context(TxRollbackOk::NAME);
-                Method::TxRollbackOk(TxRollbackOk::decode(r)?)
-            }
-            _ => return Err(DecodeError::UnknownMethod { class_id, method_id }),
-        })
+    /// Reads the arguments of method `class_id`.`method_id` into a method frame.
+    pub(crate) fn read_frame(channel: ChannelId, class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Decoded {
+        match (class_id, method_id) {
+            (10, 10) => ConnectionStart::read_frame(channel, r),
+            (10, 11) => ConnectionStartOk::read_frame(channel, r),
+            (10, 20) => ConnectionSecure::read_frame(channel, r),
+            (10, 21) => ConnectionSecureOk::read_frame(channel, r),
+            (10, 30) => ConnectionTune::read_frame(channel, r),
+            (10, 31) => ConnectionTuneOk::read_frame(channel, r),
+            (10, 40) => ConnectionOpen::read_frame(channel, r),
+            (10, 41) => ConnectionOpenOk::read_frame(channel, r),
+            (10, 50) => ConnectionClose::read_frame(channel, r),
+            (10, 51) => ConnectionCloseOk::read_frame(channel, r),
+            (10, 60) => ConnectionBlocked::read_frame(channel, r),
+            (10, 61) => ConnectionUnblocked::read_frame(channel, r),
+            (10, 70) => ConnectionUpdateSecret::read_frame(channel, r),
+            (10, 71) => ConnectionUpdateSecretOk::read_frame(channel, r),
+            (20, 10) => ChannelOpen::read_frame(channel, r),
+            (20, 11) => ChannelOpenOk::read_frame(channel, r),
+            (20, 20) => ChannelFlow::read_frame(channel, r),
+            (20, 21) => ChannelFlowOk::read_frame(channel, r),
+            (20, 40) => ChannelClose::read_frame(channel, r),
+            (20, 41) => ChannelCloseOk::read_frame(channel, r),
+            (40, 10) => ExchangeDeclare::read_frame(channel, r),
+            (40, 11) => ExchangeDeclareOk::read_frame(channel, r),
+            (40, 20) => ExchangeDelete::read_frame(channel, r),
+            (40, 21) => ExchangeDeleteOk::read_frame(channel, r),
+            (40, 30) => ExchangeBind::read_frame(channel, r),
+            (40, 31) => ExchangeBindOk::read_frame(channel, r),
+            (40, 40) => ExchangeUnbind::read_frame(channel, r),
+            (40, 51) => ExchangeUnbindOk::read_frame(channel, r),
+            (50, 10) => QueueDeclare::read_frame(channel, r),
+            (50, 11) => QueueDeclareOk::read_frame(channel, r),
+            (50, 20) => QueueBind::read_frame(channel, r),
+            (50, 21) => QueueBindOk::read_frame(channel, r),
+            (50, 30) => QueuePurge::read_frame(channel, r),
+            (50, 31) => QueuePurgeOk::read_frame(channel, r),
+            (50, 40) => QueueDelete::read_frame(channel, r),
+            (50, 41) => QueueDeleteOk::read_frame(channel, r),
+            (50, 50) => QueueUnbind::read_frame(channel, r),
+            (50, 51) => QueueUnbindOk::read_frame(channel, r),
+            (60, 10) => BasicQos::read_frame(channel, r),
+            (60, 11) => BasicQosOk::read_frame(channel, r),
+            (60, 20) => BasicConsume::read_frame(channel, r),
+            (60, 21) => BasicConsumeOk::read_frame(channel, r),
+            (60, 30) => BasicCancel::read_frame(channel, r),
+            (60, 31) => BasicCancelOk::read_frame(channel, r),
+            (60, 40) => BasicPublish::read_frame(channel, r),
+            (60, 50) => BasicReturn::read_frame(channel, r),
+            (60, 60) => BasicDeliver::read_frame(channel, r),
+            (60, 70) => BasicGet::read_frame(channel, r),
+            (60, 71) => BasicGetOk::read_frame(channel, r),
+            (60, 72) => BasicGetEmpty::read_frame(channel, r),
+            (60, 80) => BasicAck::read_frame(channel, r),
+            (60, 90) => BasicReject::read_frame(channel, r),
+            (60, 100) => BasicRecoverAsync::read_frame(channel, r),
+            (60, 110) => BasicRecover::read_frame(channel, r),
+            (60, 111) => BasicRecoverOk::read_frame(channel, r),
+            (60, 120) => BasicNack::read_frame(channel, r),
+            (85, 10) => ConfirmSelect::read_frame(channel, r),
+            (85, 11) => ConfirmSelectOk::read_frame(channel, r),
+            (90, 10) => TxSelect::read_frame(channel, r),
+            (90, 11) => TxSelectOk::read_frame(channel, r),
+            (90, 20) => TxCommit::read_frame(channel, r),
+            (90, 21) => TxCommitOk::read_frame(channel, r),
+            (90, 30) => TxRollback::read_frame(channel, r),
+            (90, 31) => TxRollbackOk::read_frame(channel, r),
+            _ => Err(DecodeError::UnknownMethod { class_id, method_id }),
+        }
     }
 
     /// Writes the arguments (not the class and method ids).
@@ -4777,53 +4779,27 @@ impl BasicProperties {
     /// The flag bits this struct can carry.
     pub(crate) const KNOWN_FLAGS: u16 = 0xfffc;
 
-    /// Reads the properties that `flags` says are present.
-    pub(crate) fn decode(flags: u16, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Reads the properties that `flags` says are present and, when they fill the payload
+    /// exactly, makes the content header frame.
+    pub(crate) fn read_header_frame(channel: ChannelId, class_id: u16, body_size: u64, flags: u16, r: &mut Reader<'_>) -> Decoded {
         let present = |bit: u32| flags & 1u16.checked_shl(bit).unwrap_or(0) != 0;
-        let mut p = BasicProperties::default();
-        if present(15) {
-            p.content_type = Some(r.short_string()?);
-        }
-        if present(14) {
-            p.content_encoding = Some(r.short_string()?);
-        }
-        if present(13) {
-            p.headers = Some(r.table()?);
-        }
-        if present(12) {
-            p.delivery_mode = Some(r.octet()?);
-        }
-        if present(11) {
-            p.priority = Some(r.octet()?);
-        }
-        if present(10) {
-            p.correlation_id = Some(r.short_string()?);
-        }
-        if present(9) {
-            p.reply_to = Some(r.short_string()?);
-        }
-        if present(8) {
-            p.expiration = Some(r.short_string()?);
-        }
-        if present(7) {
-            p.message_id = Some(r.short_string()?);
-        }
-        if present(6) {
-            p.timestamp = Some(r.longlong()?);
-        }
-        if present(5) {
-            p.kind = Some(r.short_string()?);
-        }
-        if present(4) {
-            p.user_id = Some(r.short_string()?);
-        }
-        if present(3) {
-            p.app_id = Some(r.short_string()?);
-        }
-        if present(2) {
-            p.cluster_id = Some(r.short_string()?);
-        }
-        Ok(p)
+        let content_type = if present(15) { Some(r.short_string()?) } else { None };
+        let content_encoding = if present(14) { Some(r.short_string()?) } else { None };
+        let headers = if present(13) { Some(r.table()?) } else { None };
+        let delivery_mode = if present(12) { Some(r.octet()?) } else { None };
+        let priority = if present(11) { Some(r.octet()?) } else { None };
+        let correlation_id = if present(10) { Some(r.short_string()?) } else { None };
+        let reply_to = if present(9) { Some(r.short_string()?) } else { None };
+        let expiration = if present(8) { Some(r.short_string()?) } else { None };
+        let message_id = if present(7) { Some(r.short_string()?) } else { None };
+        let timestamp = if present(6) { Some(r.longlong()?) } else { None };
+        let kind = if present(5) { Some(r.short_string()?) } else { None };
+        let user_id = if present(4) { Some(r.short_string()?) } else { None };
+        let app_id = if present(3) { Some(r.short_string()?) } else { None };
+        let cluster_id = if present(2) { Some(r.short_string()?) } else { None };
+        r.finish()?;
+        let properties = BasicProperties { content_type, content_encoding, headers, delivery_mode, priority, correlation_id, reply_to, expiration, message_id, timestamp, kind, user_id, app_id, cluster_id };
+        Ok(Some(Frame::Header(channel, ContentHeader { class_id, body_size, properties })))
     }
 
     /// Writes the present properties (not the flags).

@@ -57,7 +57,7 @@ pub fn parse_amqplain(response: &[u8]) -> Option<(String, String)> {
     framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
     framed.extend_from_slice(response);
     let framed: Bytes = framed.freeze();
-    let mut reader = Reader::new(&framed, "AMQPLAIN response", 4);
+    let mut reader = Reader::new(framed, "AMQPLAIN response", 4);
     let table = reader.table().ok()?;
     reader.finish().ok()?;
     let text = |key| match table.get(key) {

@@ -2,26 +2,58 @@
 //! packed bits, short and long strings, field tables and arrays.
 //!
 //! [`Reader`] walks a frame payload with nom's *complete* parsers: the whole payload is in hand,
-//! so running out of bytes is an error ([`DecodeError::Truncated`]), never "need more". Strings
-//! are sliced out of the frame's [`Bytes`] without a copy. The `put_*` functions append to a
+//! so running out of bytes is an error ([`DecodeError::Truncated`]), never "need more". It reads
+//! the payload where it lies in the read buffer, and takes the frame out of the buffer as
+//! [`Bytes`] only when a field must be a slice of it. The `put_*` functions append to a
 //! caller's [`BytesMut`] and return an error for what cannot be encoded.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use nom::bytes::complete::take;
+use std::ops::Range;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nom::number::complete::{
     be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8,
 };
 use nom::IResult;
 
+use crate::constants::FRAME_OVERHEAD;
 use crate::error::{DecodeError, EncodeError};
+use crate::frame::split_payload;
 use crate::types::{Decimal, FieldArray, FieldTable, FieldValue, LongString, ShortString};
 
+/// Where the payload a [`Reader`] reads lies.
+enum Source<'a> {
+    /// At the front of the read buffer, whole, after the 7-octet frame header.
+    ReadBuffer {
+        buf: &'a mut BytesMut,
+        payload_len: usize,
+    },
+    /// In a [`Bytes`] of its own: split off the read buffer, or handed over.
+    Payload(Bytes),
+}
+
 /// A cursor over one frame payload.
+///
+/// It starts where the payload lies, in the read buffer, and reads it in place: fixed fields
+/// are copied out and short strings of up to [`ShortString::INLINE_CAPACITY`] octets kept
+/// inline, so reading takes nothing from the buffer. The first field that must be a slice of
+/// the frame (a long string, a table, a longer short string) splits the frame off the read
+/// buffer as [`Bytes`] (no copy), and reading goes on from there. Most method and content
+/// header frames have no such field, and then no reference to the read buffer is taken, nor
+/// released when the frame is dropped.
+///
+/// A frame read in place leaves the read buffer when the reader is dropped, whether its
+/// payload parsed or not, so that the frame can be built as the reader's last act and returned
+/// as it is.
 pub(crate) struct Reader<'a> {
-    /// The buffer `input` borrows from, so strings can be sliced out of it without a copy.
-    frame: &'a Bytes,
-    /// What is left to read.
-    input: &'a [u8],
+    source: Source<'a>,
+    /// Where the payload starts in the source's octets: after the frame header in the read
+    /// buffer, at 0 in a payload of its own.
+    start: usize,
+    /// The next octet to read, counted from the start of the payload.
+    pos: usize,
+    /// Where reading stops, counted from the start of the payload: its end, or the end of the
+    /// table or array being read.
+    end: usize,
     /// What is being parsed, for error messages ("basic.publish", "content header").
     what: &'static str,
     /// How deep field tables may nest.
@@ -29,10 +61,31 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(frame: &'a Bytes, what: &'static str, max_depth: usize) -> Self {
+    /// A reader over the frame at the front of `buf`: its 7-octet header, `payload_len` octets
+    /// of payload and the end octet, all there (the caller has checked).
+    pub(crate) fn in_read_buffer(
+        buf: &'a mut BytesMut,
+        payload_len: usize,
+        max_depth: usize,
+    ) -> Self {
         Reader {
-            frame,
-            input: frame.as_ref(),
+            source: Source::ReadBuffer { buf, payload_len },
+            start: crate::constants::FRAME_HEADER_SIZE,
+            pos: 0,
+            end: payload_len,
+            what: "frame",
+            max_depth,
+        }
+    }
+
+    /// A reader over a payload held as [`Bytes`].
+    pub(crate) fn new(payload: Bytes, what: &'static str, max_depth: usize) -> Self {
+        let end = payload.len();
+        Reader {
+            source: Source::Payload(payload),
+            start: 0,
+            pos: 0,
+            end,
             what,
             max_depth,
         }
@@ -45,23 +98,37 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte was consumed: a payload must hold exactly its fields.
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.input.is_empty() {
+        if self.pos == self.end {
             Ok(())
         } else {
             Err(DecodeError::TrailingBytes {
                 what: self.what,
-                left: self.input.len(),
+                left: self.end.saturating_sub(self.pos),
             })
         }
     }
 
+    /// The octets not yet read (up to the end of the table or array being read).
+    fn rest(&self) -> &[u8] {
+        let octets: &[u8] = match &self.source {
+            Source::ReadBuffer { buf, .. } => buf,
+            Source::Payload(payload) => payload,
+        };
+        octets
+            .get(self.start.saturating_add(self.pos)..self.start.saturating_add(self.end))
+            .unwrap_or_default()
+    }
+
+    /// Runs a parser of a fixed-size field over the rest and moves past what it consumed.
     fn run<O>(
         &mut self,
-        mut parser: impl FnMut(&'a [u8]) -> IResult<&'a [u8], O>,
+        parser: impl FnOnce(&[u8]) -> IResult<&[u8], O>,
     ) -> Result<O, DecodeError> {
-        match parser(self.input) {
-            Ok((rest, value)) => {
-                self.input = rest;
+        let rest = self.rest();
+        let before = rest.len();
+        match parser(rest) {
+            Ok((left, value)) => {
+                self.pos = self.pos.saturating_add(before.saturating_sub(left.len()));
                 Ok(value)
             }
             Err(_) => Err(DecodeError::Truncated(self.what)),
@@ -69,19 +136,19 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn octet(&mut self) -> Result<u8, DecodeError> {
-        self.run(be_u8)
+        self.run(|i| be_u8(i))
     }
 
     pub(crate) fn short(&mut self) -> Result<u16, DecodeError> {
-        self.run(be_u16)
+        self.run(|i| be_u16(i))
     }
 
     pub(crate) fn long(&mut self) -> Result<u32, DecodeError> {
-        self.run(be_u32)
+        self.run(|i| be_u32(i))
     }
 
     pub(crate) fn longlong(&mut self) -> Result<u64, DecodeError> {
-        self.run(be_u64)
+        self.run(|i| be_u64(i))
     }
 
     /// Up to eight consecutive bit fields share one octet, least significant bit first
@@ -90,21 +157,47 @@ impl<'a> Reader<'a> {
         self.octet()
     }
 
-    /// `len` octets as a slice of the frame buffer.
-    fn slice(&mut self, len: usize) -> Result<Bytes, DecodeError> {
-        let taken: &'a [u8] = self.run(take(len))?;
-        Ok(self.frame.slice_ref(taken))
+    /// Moves past the next `len` octets and returns where they are in the payload.
+    fn skip(&mut self, len: usize) -> Result<Range<usize>, DecodeError> {
+        let start = self.pos;
+        match start.checked_add(len) {
+            Some(end) if end <= self.end => {
+                self.pos = end;
+                Ok(start..end)
+            }
+            _ => Err(DecodeError::Truncated(self.what)),
+        }
     }
 
+    /// The octets at `range` of the payload, as a slice of the frame: the first time, this
+    /// splits the frame off the read buffer if it was read in place.
+    fn share(&mut self, range: Range<usize>) -> Bytes {
+        let payload = match &mut self.source {
+            Source::Payload(payload) => return payload.slice(range),
+            Source::ReadBuffer { buf, payload_len } => split_payload(buf, *payload_len),
+        };
+        let shared = payload.slice(range);
+        self.source = Source::Payload(payload);
+        self.start = 0;
+        shared
+    }
+
+    /// A short string: a copy of its octets when they fit inline, else a slice of the frame.
     pub(crate) fn short_string(&mut self) -> Result<ShortString, DecodeError> {
-        let len = self.octet()?;
-        Ok(ShortString::new(self.slice(usize::from(len))?))
+        let len = usize::from(self.octet()?);
+        if let Some(inline) = self.rest().get(..len).and_then(ShortString::inline) {
+            self.pos = self.pos.saturating_add(len);
+            return Ok(inline);
+        }
+        let range = self.skip(len)?;
+        Ok(ShortString::new(self.share(range)))
     }
 
     pub(crate) fn long_bytes(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.long()?;
         let len = usize::try_from(len).map_err(|_| DecodeError::Truncated(self.what))?;
-        self.slice(len)
+        let range = self.skip(len)?;
+        Ok(self.share(range))
     }
 
     pub(crate) fn long_string(&mut self) -> Result<LongString, DecodeError> {
@@ -116,32 +209,50 @@ impl<'a> Reader<'a> {
         self.table_at(0)
     }
 
+    /// Reads the `len`-octet contents of a table or array with `read`, which must stop where
+    /// they end, and moves past them.
+    fn within<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::Truncated(self.what))?;
+        let contents = self.skip(len)?;
+        let (after, outer_end) = (self.pos, self.end);
+        self.pos = contents.start;
+        self.end = contents.end;
+        let value = read(self);
+        self.pos = after;
+        self.end = outer_end;
+        value
+    }
+
     fn table_at(&mut self, depth: usize) -> Result<FieldTable, DecodeError> {
         if depth >= self.max_depth {
             return Err(DecodeError::TableTooDeep(self.max_depth));
         }
-        let bytes = self.long_bytes()?;
-        let mut inner = Reader::new(&bytes, self.what, self.max_depth);
-        let mut table = FieldTable::new();
-        while !inner.input.is_empty() {
-            let key = inner.short_string()?;
-            let value = inner.field_value(depth)?;
-            table.push(key, value);
-        }
-        Ok(table)
+        self.within(|r| {
+            let mut table = FieldTable::new();
+            while r.pos < r.end {
+                let key = r.short_string()?;
+                let value = r.field_value(depth)?;
+                table.push(key, value);
+            }
+            Ok(table)
+        })
     }
 
     fn array_at(&mut self, depth: usize) -> Result<FieldArray, DecodeError> {
         if depth >= self.max_depth {
             return Err(DecodeError::TableTooDeep(self.max_depth));
         }
-        let bytes = self.long_bytes()?;
-        let mut inner = Reader::new(&bytes, self.what, self.max_depth);
-        let mut values = Vec::new();
-        while !inner.input.is_empty() {
-            values.push(inner.field_value(depth)?);
-        }
-        Ok(FieldArray(values))
+        self.within(|r| {
+            let mut values = Vec::new();
+            while r.pos < r.end {
+                values.push(r.field_value(depth)?);
+            }
+            Ok(FieldArray(values))
+        })
     }
 
     /// A type letter and its value; `depth` is the nesting of the table or array holding it.
@@ -149,16 +260,16 @@ impl<'a> Reader<'a> {
         let nested = depth.saturating_add(1);
         let value = match self.octet()? {
             b't' => FieldValue::Bool(self.octet()? != 0),
-            b'b' => FieldValue::I8(self.run(be_i8)?),
+            b'b' => FieldValue::I8(self.run(|i| be_i8(i))?),
             b'B' => FieldValue::U8(self.octet()?),
-            b's' => FieldValue::I16(self.run(be_i16)?),
+            b's' => FieldValue::I16(self.run(|i| be_i16(i))?),
             b'u' => FieldValue::U16(self.short()?),
-            b'I' => FieldValue::I32(self.run(be_i32)?),
+            b'I' => FieldValue::I32(self.run(|i| be_i32(i))?),
             b'i' => FieldValue::U32(self.long()?),
-            b'l' => FieldValue::I64(self.run(be_i64)?),
+            b'l' => FieldValue::I64(self.run(|i| be_i64(i))?),
             b'L' => FieldValue::U64(self.longlong()?),
-            b'f' => FieldValue::F32(self.run(be_f32)?),
-            b'd' => FieldValue::F64(self.run(be_f64)?),
+            b'f' => FieldValue::F32(self.run(|i| be_f32(i))?),
+            b'd' => FieldValue::F64(self.run(|i| be_f64(i))?),
             b'D' => FieldValue::Decimal(Decimal {
                 scale: self.octet()?,
                 value: self.long()?,
@@ -172,6 +283,16 @@ impl<'a> Reader<'a> {
             other => return Err(DecodeError::UnknownFieldType(char::from(other))),
         };
         Ok(value)
+    }
+}
+
+impl Drop for Reader<'_> {
+    /// A frame still in the read buffer leaves it now: its octets have been read, or were
+    /// found malformed (after which the connection closes).
+    fn drop(&mut self) {
+        if let Source::ReadBuffer { buf, payload_len } = &mut self.source {
+            buf.advance(payload_len.saturating_add(FRAME_OVERHEAD));
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The publish, deliver and ack path allocates nothing per frame.
 //!
 //! A counting global allocator (over [`System`]) counts, per thread, every allocation and
-//! reallocation made while a closure runs. Only the frame buffer may allocate: decoding splits
-//! frames off the read buffer and slices strings and bodies out of it, encoding writes into a
-//! buffer the caller reserved. So, once the read buffer is shared (the first frame split off a
-//! fresh `BytesMut` turns its storage into shared storage: one allocation, once per buffer), a
-//! thousand messages cost no more allocations than ten.
+//! reallocation made while a closure runs. Only the frame buffer may allocate: decoding reads
+//! method and header frames in place (short strings kept inline) and splits body frames off the
+//! read buffer, encoding writes into a buffer the caller reserved. So, once the read buffer is
+//! shared (the first body frame split off a fresh `BytesMut` turns its storage into shared
+//! storage: one allocation, once per buffer), a thousand messages cost no more allocations than
+//! ten; and frames read in place cost none at all.
 //!
 //! The counter is thread-local, so tests running in parallel on other threads do not disturb it.
 
@@ -113,6 +114,11 @@ fn properties() -> BasicProperties {
 /// `messages` times: basic.publish + header + 16-octet body, basic.ack, basic.deliver + header
 /// + 4 KiB body. Seven frames a message.
 fn wire(messages: usize) -> Bytes {
+    wire_with_bodies(messages, PUBLISH_BODY, &DELIVER_BODY)
+}
+
+/// As [`wire`], with these bodies: an empty body has no body frame.
+fn wire_with_bodies(messages: usize, publish_body: &[u8], deliver_body: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();
     for tag in 1..=messages as u64 {
         encode_content(
@@ -120,7 +126,7 @@ fn wire(messages: usize) -> Bytes {
             CHANNEL,
             &publish(),
             &properties(),
-            PUBLISH_BODY,
+            publish_body,
             FRAME_MAX,
         )
         .unwrap();
@@ -132,7 +138,7 @@ fn wire(messages: usize) -> Bytes {
             CHANNEL,
             &deliver(tag),
             &properties(),
-            &DELIVER_BODY,
+            deliver_body,
             FRAME_MAX,
         )
         .unwrap();
@@ -184,24 +190,53 @@ fn decode_of_publish_ack_deliver_allocates_the_same_for_ten_and_a_thousand_messa
         counts[0], counts[1],
         "allocations for 10 and for 1000 messages"
     );
-    // The one allowed: the first frame split off a fresh buffer makes its storage shared.
+    // The one allowed: the first body frame split off a fresh buffer makes its storage shared.
     assert!(counts[1] <= 1, "decode allocated {} times", counts[1]);
 }
 
 #[test]
-fn decode_of_publish_ack_deliver_allocates_nothing_after_the_first_frame() {
+fn decode_of_publish_ack_deliver_allocates_nothing_after_the_first_body_frame() {
     let wire = wire(1000);
     let mut buf = read_buffer(&wire);
-    let first = decode(&mut buf, &Limits::with_frame_max(FRAME_MAX)).unwrap();
+    let limits = Limits::with_frame_max(FRAME_MAX);
+    // basic.publish and its header are read in place; the body frame is split off the buffer,
+    // which turns its storage into shared storage: the one allocation per buffer.
+    let publish = decode(&mut buf, &limits).unwrap();
     assert!(matches!(
-        first,
+        publish,
         Some(Frame::Method(_, Method::BasicPublish(_)))
     ));
+    let header = decode(&mut buf, &limits).unwrap();
+    assert!(matches!(header, Some(Frame::Header(..))));
+    let body = decode(&mut buf, &limits).unwrap();
+    assert!(matches!(body, Some(Frame::Body(..))));
 
     let ((frames, _), allocations) = allocations_during(|| decode_all(&mut buf));
 
-    assert_eq!(frames, 1000 * FRAMES_PER_MESSAGE - 1);
+    assert_eq!(frames, 1000 * FRAMES_PER_MESSAGE - 3);
     assert_eq!(allocations, 0, "decode allocated after warm-up");
+}
+
+#[test]
+fn decode_of_method_and_header_frames_allocates_nothing_at_all() {
+    // Empty-bodied publishes and deliveries (a method and a header frame each) and acks: every
+    // frame is read in place, so even a fresh read buffer is never made shared.
+    let wire = wire_with_bodies(1000, b"", b"");
+    let mut buf = read_buffer(&wire);
+    let limits = Limits::with_frame_max(FRAME_MAX);
+
+    let (frames, allocations) = allocations_during(|| {
+        let mut frames = 0;
+        while let Some(frame) = decode(&mut buf, &limits).unwrap() {
+            assert!(matches!(frame, Frame::Method(..) | Frame::Header(..)));
+            frames += 1;
+        }
+        frames
+    });
+
+    assert_eq!(frames, 1000 * 5);
+    assert!(buf.is_empty());
+    assert_eq!(allocations, 0, "decode allocated");
 }
 
 #[test]

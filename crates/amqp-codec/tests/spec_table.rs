@@ -288,7 +288,9 @@ fn generate(spec: &Spec) -> String {
     writeln!(w).unwrap();
     writeln!(w, "use bytes::{{BufMut, BytesMut}};").unwrap();
     writeln!(w).unwrap();
+    writeln!(w, "use crate::constants::ChannelId;").unwrap();
     writeln!(w, "use crate::error::{{DecodeError, EncodeError}};").unwrap();
+    writeln!(w, "use crate::frame::{{ContentHeader, Decoded, Frame}};").unwrap();
     writeln!(
         w,
         "use crate::spec::{{FieldInfo, FieldRef, MethodInfo, WireType}};"
@@ -365,13 +367,19 @@ fn gen_method(w: &mut String, m: &MethodDef) {
     .unwrap();
     writeln!(w).unwrap();
 
-    // decode
-    let reader = if m.fields.is_empty() { "_r" } else { "r" };
+    // read_frame: the fields into locals, then the whole frame in one expression, built where
+    // `decode`'s caller receives it (see `Decoded` in src/frame.rs).
     writeln!(
         w,
-        "    fn decode({reader}: &mut Reader<'_>) -> Result<Self, DecodeError> {{"
+        "    /// Reads the arguments and, when they fill the payload exactly, makes the frame."
     )
     .unwrap();
+    writeln!(
+        w,
+        "    fn read_frame(channel: ChannelId, r: &mut Reader<'_>) -> Decoded {{"
+    )
+    .unwrap();
+    writeln!(w, "        r.set_context(Self::NAME);").unwrap();
     for slot in slots(&m.fields) {
         match slot {
             Slot::Bits(run) => {
@@ -404,11 +412,21 @@ fn gen_method(w: &mut String, m: &MethodDef) {
             }
         }
     }
+    writeln!(w, "        r.finish()?;").unwrap();
     if visible.is_empty() {
-        writeln!(w, "        Ok({v})").unwrap();
+        writeln!(
+            w,
+            "        Ok(Some(Frame::Method(channel, Method::{v}({v}))))"
+        )
+        .unwrap();
     } else {
         let names: Vec<String> = visible.iter().map(|f| rust_field(&f.name)).collect();
-        writeln!(w, "        Ok({v} {{ {} }})", names.join(", ")).unwrap();
+        writeln!(
+            w,
+            "        Ok(Some(Frame::Method(channel, Method::{v}({v} {{ {} }}))))",
+            names.join(", ")
+        )
+        .unwrap();
     }
     writeln!(w, "    }}").unwrap();
     writeln!(w).unwrap();
@@ -593,24 +611,26 @@ fn gen_enum(w: &mut String, methods: &[MethodDef]) {
 
     writeln!(
         w,
-        "    /// Reads the arguments of method `class_id`.`method_id`."
+        "    /// Reads the arguments of method `class_id`.`method_id` into a method frame."
     )
     .unwrap();
-    writeln!(w, "    pub(crate) fn decode(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Method, DecodeError> {{").unwrap();
-    writeln!(w, "        Ok(match (class_id, method_id) {{").unwrap();
+    writeln!(w, "    pub(crate) fn read_frame(channel: ChannelId, class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Decoded {{").unwrap();
+    writeln!(w, "        match (class_id, method_id) {{").unwrap();
     for m in methods {
         let v = variant(m);
-        writeln!(w, "            ({}, {}) => {{", m.class_id, m.id).unwrap();
-        writeln!(w, "                r.set_context({v}::NAME);").unwrap();
-        writeln!(w, "                Method::{v}({v}::decode(r)?)").unwrap();
-        writeln!(w, "            }}").unwrap();
+        writeln!(
+            w,
+            "            ({}, {}) => {v}::read_frame(channel, r),",
+            m.class_id, m.id
+        )
+        .unwrap();
     }
     writeln!(
         w,
-        "            _ => return Err(DecodeError::UnknownMethod {{ class_id, method_id }}),"
+        "            _ => Err(DecodeError::UnknownMethod {{ class_id, method_id }}),"
     )
     .unwrap();
-    writeln!(w, "        }})").unwrap();
+    writeln!(w, "        }}").unwrap();
     writeln!(w, "    }}").unwrap();
     writeln!(w).unwrap();
 
@@ -753,14 +773,17 @@ fn gen_properties(w: &mut String, props: &[Field]) {
     let mask: u16 = (0..props.len()).fold(0, |m, i| m | 1 << (15 - i));
     writeln!(w, "    pub(crate) const KNOWN_FLAGS: u16 = 0x{mask:04x};").unwrap();
     writeln!(w).unwrap();
+    // The properties into locals, then the whole frame in one expression, built where
+    // `decode`'s caller receives it (see `Decoded` in src/frame.rs).
     writeln!(
         w,
-        "    /// Reads the properties that `flags` says are present."
+        "    /// Reads the properties that `flags` says are present and, when they fill the payload"
     )
     .unwrap();
+    writeln!(w, "    /// exactly, makes the content header frame.").unwrap();
     writeln!(
         w,
-        "    pub(crate) fn decode(flags: u16, r: &mut Reader<'_>) -> Result<Self, DecodeError> {{"
+        "    pub(crate) fn read_header_frame(channel: ChannelId, class_id: u16, body_size: u64, flags: u16, r: &mut Reader<'_>) -> Decoded {{"
     )
     .unwrap();
     writeln!(
@@ -768,7 +791,6 @@ fn gen_properties(w: &mut String, props: &[Field]) {
         "        let present = |bit: u32| flags & 1u16.checked_shl(bit).unwrap_or(0) != 0;"
     )
     .unwrap();
-    writeln!(w, "        let mut p = BasicProperties::default();").unwrap();
     for (i, f) in props.iter().enumerate() {
         let call = match f.wire {
             "Octet" => "octet",
@@ -777,16 +799,27 @@ fn gen_properties(w: &mut String, props: &[Field]) {
             "Table" => "table",
             other => panic!("property type {other}"),
         };
-        writeln!(w, "        if present({}) {{", 15 - i).unwrap();
         writeln!(
             w,
-            "            p.{} = Some(r.{call}()?);",
-            rust_field(&f.name)
+            "        let {} = if present({}) {{ Some(r.{call}()?) }} else {{ None }};",
+            rust_field(&f.name),
+            15 - i
         )
         .unwrap();
-        writeln!(w, "        }}").unwrap();
     }
-    writeln!(w, "        Ok(p)").unwrap();
+    writeln!(w, "        r.finish()?;").unwrap();
+    let names: Vec<String> = props.iter().map(|f| rust_field(&f.name)).collect();
+    writeln!(
+        w,
+        "        let properties = BasicProperties {{ {} }};",
+        names.join(", ")
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "        Ok(Some(Frame::Header(channel, ContentHeader {{ class_id, body_size, properties }})))"
+    )
+    .unwrap();
     writeln!(w, "    }}").unwrap();
     writeln!(w).unwrap();
     writeln!(w, "    /// Writes the present properties (not the flags).").unwrap();
