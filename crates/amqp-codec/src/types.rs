@@ -2,7 +2,7 @@
 //! field arrays, decimals and field values.
 //!
 //! Long strings are [`Bytes`]: decoding one takes a slice of the frame that was read, never a
-//! copy. Short strings of up to 38 octets are kept inline, longer ones are [`Bytes`] too.
+//! copy. Short strings of up to 31 octets are kept inline, longer ones are [`Bytes`] too.
 //! AMQP strings are octet strings; they are shown as UTF-8 where they are valid UTF-8.
 
 use std::borrow::Cow;
@@ -29,24 +29,32 @@ pub struct ShortString(ShortOctets);
 /// How a [`ShortString`] holds its octets.
 #[derive(Clone)]
 enum ShortOctets {
-    /// `len` octets at the front of `octets`; what follows them is not part of the string.
-    Inline {
-        len: u8,
-        octets: [u8; ShortString::INLINE_CAPACITY],
-    },
+    /// A string of up to [`ShortString::INLINE_CAPACITY`] octets, in the value itself.
+    Inline(InlineOctets),
     /// Octets in a shared buffer: a slice of a frame, a `'static` str, or a string too long to
     /// keep inline.
     Shared(Bytes),
 }
+
+/// A short string as it is on the wire: its length octet, then its octets. What follows them
+/// is not part of the string.
+///
+/// Aligned as [`Bytes`] is, so that it lies where a [`Bytes`] would in a [`ShortString`], and a
+/// string is copied in whole words, as it was written: reading one from the wire copies the
+/// 32 octets from its length octet on at once, with no separate store of the length.
+#[derive(Clone, Copy)]
+#[repr(align(8))]
+struct InlineOctets([u8; 32]);
 
 /// A `longstr`: up to 2^32 - 1 octets, prefixed by a four-octet length (spec 4.2.5.3).
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LongString(Bytes);
 
 impl ShortString {
-    /// The most octets a short string keeps inline. With the length and the tag that tells
-    /// inline from shared, an inline string is as large as a [`Bytes`] and its tag: 40 octets.
-    pub const INLINE_CAPACITY: usize = 38;
+    /// The most octets a short string keeps inline: with its length octet, 32 octets, which
+    /// with the tag that tells inline from shared make a string as large as a [`Bytes`] and a
+    /// tag, 40 octets. The consumer tags and queue names RabbitMQ makes up are 31 and 30.
+    pub const INLINE_CAPACITY: usize = 31;
 
     /// A string of these octets, held as [`Bytes`] without a copy.
     pub fn new(octets: impl Into<Bytes>) -> Self {
@@ -68,20 +76,42 @@ impl ShortString {
     /// [`Self::INLINE_CAPACITY`].
     pub(crate) fn inline(octets: &[u8]) -> Option<Self> {
         let len = u8::try_from(octets.len()).ok()?;
-        let mut inline = [0u8; Self::INLINE_CAPACITY];
-        inline.get_mut(..octets.len())?.copy_from_slice(octets);
-        Some(ShortString(ShortOctets::Inline {
-            len,
-            octets: inline,
-        }))
+        let mut inline = [0u8; 32];
+        let (first, rest) = inline.split_first_mut()?;
+        *first = len;
+        rest.get_mut(..octets.len())?.copy_from_slice(octets);
+        Some(ShortString(ShortOctets::Inline(InlineOctets(inline))))
+    }
+
+    /// A copy of the short string at the front of `wire` (its length octet, then its octets)
+    /// kept inline, or `None` if it is longer than [`Self::INLINE_CAPACITY`] or cut short.
+    ///
+    /// When `wire` holds 32 octets or more, they are copied at once: a copy of a size known
+    /// when compiling, in whole words.
+    pub(crate) fn inline_from_wire(wire: &[u8]) -> Option<Self> {
+        let len = usize::from(*wire.first()?);
+        if len > Self::INLINE_CAPACITY {
+            return None;
+        }
+        let inline = match wire.first_chunk::<32>() {
+            Some(chunk) => *chunk,
+            None => {
+                let mut inline = [0u8; 32];
+                let whole = len.checked_add(1)?;
+                inline.get_mut(..whole)?.copy_from_slice(wire.get(..whole)?);
+                inline
+            }
+        };
+        Some(ShortString(ShortOctets::Inline(InlineOctets(inline))))
     }
 
     /// The octets of the string.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            ShortOctets::Inline { len, octets } => {
-                octets.get(..usize::from(*len)).unwrap_or_default()
-            }
+            ShortOctets::Inline(InlineOctets(inline)) => match inline.split_first() {
+                Some((len, octets)) => octets.get(..usize::from(*len)).unwrap_or_default(),
+                None => &[],
+            },
             ShortOctets::Shared(bytes) => bytes,
         }
     }
@@ -90,7 +120,7 @@ impl ShortString {
     /// string kept inline, a copy.
     pub fn bytes(&self) -> Bytes {
         match &self.0 {
-            ShortOctets::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            ShortOctets::Inline(_) => Bytes::copy_from_slice(self.as_bytes()),
             ShortOctets::Shared(bytes) => bytes.clone(),
         }
     }
@@ -98,7 +128,7 @@ impl ShortString {
     /// The octets, consuming the string (a copy if they were kept inline).
     pub fn into_bytes(self) -> Bytes {
         match self.0 {
-            ShortOctets::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            ShortOctets::Inline(_) => Bytes::copy_from_slice(self.as_bytes()),
             ShortOctets::Shared(bytes) => bytes,
         }
     }
@@ -107,10 +137,7 @@ impl ShortString {
 impl Default for ShortString {
     /// The empty string, inline.
     fn default() -> Self {
-        ShortString(ShortOctets::Inline {
-            len: 0,
-            octets: [0; ShortString::INLINE_CAPACITY],
-        })
+        ShortString(ShortOctets::Inline(InlineOctets([0; 32])))
     }
 }
 

@@ -183,12 +183,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A short string: a copy of its octets when they fit inline, else a slice of the frame.
+    #[inline]
     pub(crate) fn short_string(&mut self) -> Result<ShortString, DecodeError> {
-        let len = usize::from(self.octet()?);
-        if let Some(inline) = self.rest().get(..len).and_then(ShortString::inline) {
-            self.pos = self.pos.saturating_add(len);
+        let rest = self.rest();
+        if let (Some(&len), Some(inline)) = (rest.first(), ShortString::inline_from_wire(rest)) {
+            self.pos = self.pos.saturating_add(usize::from(len)).saturating_add(1);
             return Ok(inline);
         }
+        self.shared_short_string()
+    }
+
+    /// A short string too long to keep inline (or cut short): a slice of the frame.
+    #[inline(never)]
+    fn shared_short_string(&mut self) -> Result<ShortString, DecodeError> {
+        let len = usize::from(self.octet()?);
         let range = self.skip(len)?;
         Ok(ShortString::new(self.share(range)))
     }

@@ -1,4 +1,4 @@
-//! Short strings: up to 38 octets kept inline, longer ones as a slice of the frame, the same
+//! Short strings: up to 31 octets kept inline, longer ones as a slice of the frame, the same
 //! values either way; and frames whose fields must be slices of the frame, which the decoder
 //! reads partly in place and then from the frame split off the read buffer.
 
@@ -106,7 +106,7 @@ fn decode_reads_short_strings_on_either_side_of_the_inline_capacity() {
 
 #[test]
 fn decode_reads_a_method_whose_last_string_is_too_long_to_keep_inline_then_the_next_frame() {
-    // The exchange is read in place, the routing key (over 38 octets) makes the frame a slice
+    // The exchange is read in place, the routing key (over 31 octets) makes the frame a slice
     // of the read buffer; the ack after it must be read from where the publish ended.
     let publish = Frame::Method(
         1,
@@ -133,7 +133,7 @@ fn decode_reads_a_method_whose_last_string_is_too_long_to_keep_inline_then_the_n
 
 #[test]
 fn decode_reads_a_header_whose_nested_table_needs_the_frame_then_the_body() {
-    // content-type is read in place; deep in the headers table, a key over 38 octets and a
+    // content-type is read in place; deep in the headers table, a key over 31 octets and a
     // long string make the frame a slice of the read buffer, while a nested table is being
     // read; the properties after the table and the body frame must still come out right.
     let mut inner = FieldTable::new();
