@@ -16,6 +16,9 @@
 //! - a decoded frame is no larger than `frame_max`, and no larger than the bytes it came from;
 //! - every error carries one of the reply codes a peer may close with (501, 502, 503, 505,
 //!   406);
+//! - a method or content header frame, which [`decode`] reads in place in the read buffer
+//!   (splitting it off only if a field must be a slice of it), gives the same frame or the
+//!   same error as its payload read from a `Bytes` of its own ([`decode_payload`]);
 //! - a frame encodes to exactly [`Frame::encoded_len`] bytes, is refused (leaving the buffer
 //!   as it was) exactly when that exceeds `frame_max`, and decodes back to an equal frame with
 //!   nothing left over;
@@ -26,12 +29,12 @@
 use std::collections::HashMap;
 use std::mem::discriminant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use crate::constants::{ChannelId, ReplyCode};
+use crate::constants::{ChannelId, FrameType, ReplyCode, FRAME_HEADER_SIZE, FRAME_OVERHEAD};
 use crate::content::{Command, ContentAssembler};
 use crate::error::{DecodeError, EncodeError};
-use crate::frame::{decode, Frame, Limits, DEFAULT_MAX_TABLE_DEPTH};
+use crate::frame::{decode, decode_payload, Frame, Limits, DEFAULT_MAX_TABLE_DEPTH};
 
 /// The reply codes a decode or content-assembly error may carry.
 pub const ERROR_REPLY_CODES: [ReplyCode; 5] = [
@@ -67,6 +70,59 @@ pub fn decode_frames(data: &[u8]) {
         check_describe(frame);
     }
     assemble(&whole.frames);
+    check_in_place_reads_as_payload(data, &limits);
+}
+
+/// Decodes `data` frame by frame and checks that every method and content header frame that
+/// [`decode`] reads in place gives the same outcome as its payload given to [`decode_payload`]
+/// as `Bytes`: the reader's two sources, and its switch from one to the other in the middle
+/// of a frame, agree.
+fn check_in_place_reads_as_payload(data: &[u8], limits: &Limits) {
+    let mut buf = BytesMut::from(data);
+    loop {
+        let in_place = whole_method_or_header_frame(&buf, limits);
+        let outcome = decode(&mut buf, limits);
+        if let Some((frame_type, channel, payload)) = in_place {
+            let from_payload = decode_payload(frame_type, channel, payload, limits);
+            match (&outcome, &from_payload) {
+                (Ok(Some(a)), Ok(b)) => assert_eq!(a, b, "in place and from Bytes differ"),
+                (Err(a), Err(b)) => assert_eq!(a, b, "in place and from Bytes fail otherwise"),
+                (a, b) => panic!("in place: {a:?}, from Bytes: {b:?}"),
+            }
+        }
+        if !matches!(outcome, Ok(Some(_))) {
+            return;
+        }
+    }
+}
+
+/// The type, channel and a copy of the payload of the method or content header frame at the
+/// front of `buf`, if one is there whole and none of decode's framing checks (frame_max under
+/// `limits`, the end octet) refuses it before its payload is read.
+fn whole_method_or_header_frame(
+    buf: &[u8],
+    limits: &Limits,
+) -> Option<(FrameType, ChannelId, Bytes)> {
+    let [frame_type, c0, c1, s0, s1, s2, s3] = *buf.first_chunk::<FRAME_HEADER_SIZE>()?;
+    let frame_type = FrameType(frame_type);
+    if !matches!(frame_type, FrameType::METHOD | FrameType::HEADER) {
+        return None;
+    }
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    if size > limits.max_payload() {
+        return None;
+    }
+    let payload_len = usize::try_from(size).ok()?;
+    let frame = buf.get(..payload_len.checked_add(FRAME_OVERHEAD)?)?;
+    if frame.last() != Some(&crate::constants::FRAME_END) {
+        return None;
+    }
+    let payload = frame.get(FRAME_HEADER_SIZE..FRAME_HEADER_SIZE.checked_add(payload_len)?)?;
+    Some((
+        frame_type,
+        u16::from_be_bytes([c0, c1]),
+        Bytes::copy_from_slice(payload),
+    ))
 }
 
 /// Target `decode_roundtrip`: every frame that decodes from arbitrary bytes encodes again
