@@ -458,6 +458,7 @@ impl FieldTable {
     }
 
     /// Appends an entry as it came from the wire, even if the key is already present.
+    #[inline]
     pub(crate) fn push(&mut self, key: ShortString, value: FieldValue) {
         self.0.push((key, value));
     }

@@ -109,6 +109,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The octets not yet read (up to the end of the table or array being read).
+    #[inline]
     fn rest(&self) -> &[u8] {
         let octets: &[u8] = match &self.source {
             Source::ReadBuffer { buf, .. } => buf,
@@ -120,6 +121,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Runs a parser of a fixed-size field over the rest and moves past what it consumed.
+    #[inline]
     fn run<O>(
         &mut self,
         parser: impl FnOnce(&[u8]) -> IResult<&[u8], O>,
@@ -135,18 +137,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn octet(&mut self) -> Result<u8, DecodeError> {
         self.run(|i| be_u8(i))
     }
 
+    #[inline]
     pub(crate) fn short(&mut self) -> Result<u16, DecodeError> {
         self.run(|i| be_u16(i))
     }
 
+    #[inline]
     pub(crate) fn long(&mut self) -> Result<u32, DecodeError> {
         self.run(|i| be_u32(i))
     }
 
+    #[inline]
     pub(crate) fn longlong(&mut self) -> Result<u64, DecodeError> {
         self.run(|i| be_u64(i))
     }
@@ -264,6 +270,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A type letter and its value; `depth` is the nesting of the table or array holding it.
+    #[inline(always)]
     fn field_value(&mut self, depth: usize) -> Result<FieldValue, DecodeError> {
         let nested = depth.saturating_add(1);
         let value = match self.octet()? {
