@@ -852,6 +852,10 @@ impl VHost {
         }
         settings.dead_letter_exchange = string("x-dead-letter-exchange");
         settings.dead_letter_routing_key = string("x-dead-letter-routing-key");
+        settings.single_active_consumer = matches!(
+            arguments.get("x-single-active-consumer"),
+            Some(FieldValue::Bool(true))
+        );
         if settings.queue_type == QueueType::Quorum {
             // rabbit_quorum_queue:declare: arguments it refuses, then auto-delete,
             // exclusive and non-durable, in that order.

@@ -44,7 +44,7 @@ use crate::message::{
     encode_properties, properties_of_header_payload, Deadline, MessageContent, QueuedMessage,
 };
 use crate::permissions::Permit;
-use crate::queue::{DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
+use crate::queue::{integer_argument, DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
 use crate::store::log::PublishRecord;
 use crate::store::Confirm;
@@ -947,14 +947,26 @@ impl ServerConnection {
         channel.tx = None;
         let unacked = link.close();
         let vhost = self.vhost.clone();
+        let mut handed_over = Vec::new();
         for (tag, queue) in consumers {
             if queue.remove_consumer(&link, &tag) {
                 if let Some(vhost) = &vhost {
                     vhost.remove_queue(&queue);
                 }
             }
+            if queue.settings.single_active_consumer {
+                handed_over.push(queue);
+            }
         }
+        // A single active consumer taking over from one on this channel: a quorum queue
+        // cancels the consumer before the channel's messages come back, so the new one gets
+        // what was ready first; a classic queue requeues them first (as RabbitMQ 3.10 does).
+        let (quorum, classic): (Vec<_>, Vec<_>) = handed_over
+            .into_iter()
+            .partition(|q| q.settings.queue_type == QueueType::Quorum);
+        kick_queues(quorum, vhost.as_ref());
         requeue(&link, unacked, vhost.as_deref());
+        kick_queues(classic, vhost.as_ref());
     }
 
     fn unregister_channel(&self, id: ChannelId) {
@@ -1207,6 +1219,10 @@ impl ServerConnection {
                     if queue.remove_consumer(&link, &cancel.consumer_tag) {
                         vhost.remove_queue(&queue);
                     }
+                    if queue.settings.single_active_consumer {
+                        // The consumer that took over, if any, gets what is ready.
+                        kick_queues([queue], Some(&vhost));
+                    }
                 }
                 if !cancel.no_wait {
                     self.outbox.send_method(
@@ -1367,6 +1383,7 @@ impl ServerConnection {
         self.permit.read_queue(&name)?;
         let queue = vhost.usable_queue(&name, self.id)?;
         let resource = queue_resource(&queue.name.to_str_lossy(), &vhost.name);
+        let priority = consumer_priority(&consume.arguments, &resource)?;
         if queue.consumer_conflict(consume.exclusive) {
             return Err(AmqpError::access_refused(format!(
                 "{resource} in exclusive use"
@@ -1397,6 +1414,10 @@ impl ServerConnection {
             exclusive: consume.exclusive,
             prefetch: channel.prefetch_count,
             unacked: 0,
+            priority,
+            arguments: consume.arguments.clone(),
+            active: true,
+            served: 0,
         };
         // consume-ok goes out before the first delivery.
         if !consume.no_wait {
@@ -1652,13 +1673,7 @@ impl ServerConnection {
             return;
         };
         let queues: Vec<Arc<Queue>> = channel.consumers.values().cloned().collect();
-        for queue in queues {
-            let mut dead = DeadLetters::new();
-            queue.kick(&mut dead);
-            if let Some(vhost) = &self.vhost {
-                dead_letter(vhost, &queue, dead);
-            }
-        }
+        kick_queues(queues, self.vhost.as_ref());
     }
 
     /// Forgets this connection's consumers of a deleted queue.
@@ -1973,6 +1988,32 @@ fn add_x_death(
         headers.insert("x-first-death-reason", reason);
     }
     headers.insert("x-death", FieldValue::Array(FieldArray(deaths)));
+}
+
+/// Lets queues dispatch again, dead-lettering what expired meanwhile.
+fn kick_queues(queues: impl IntoIterator<Item = Arc<Queue>>, vhost: Option<&Arc<VHost>>) {
+    for queue in queues {
+        let mut dead = DeadLetters::new();
+        queue.kick(&mut dead);
+        if let Some(vhost) = vhost {
+            dead_letter(vhost, &queue, dead);
+        }
+    }
+}
+
+/// A consumer's priority: its `x-priority` argument (any integer type), 0 without one. Any
+/// other type is refused as RabbitMQ 3.10 refuses it: 406 `invalid arg 'x-priority' for
+/// queue 'q' in vhost '/': "expected integer, got longstr"`.
+fn consumer_priority(arguments: &FieldTable, resource: &str) -> Result<i64, AmqpError> {
+    match arguments.get("x-priority") {
+        None => Ok(0),
+        Some(value) => integer_argument(value).ok_or_else(|| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg 'x-priority' for {resource}: \"expected integer, got {}\"",
+                crate::error::field_type_name(value)
+            ))
+        }),
+    }
 }
 
 /// Tells consumers of a deleted queue that they are gone (basic.cancel, RabbitMQ's consumer

@@ -18,8 +18,7 @@
 //! broker, so it works across processes like `rabbitmqctl` does.
 //!
 //! Differences, where this broker has no such data: channel and connection `pid`s are made
-//! up as `<NODE.PEER_PORT.CHANNEL.0>` (unique and stable while the connection lives), and
-//! consumer arguments are always `[]`.
+//! up as `<NODE.PEER_PORT.CHANNEL.0>` (unique and stable while the connection lives).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -304,7 +303,6 @@ fn listing(options: &Options) -> Option<Listing> {
                 "prefetch_count",
                 "active",
                 "activity_status",
-                "exclusive",
                 "arguments",
             ],
             ..Listing::default()

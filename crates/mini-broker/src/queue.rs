@@ -5,6 +5,17 @@
 //! work-queues tutorial's fair dispatch work. Requeued messages (reject, nack, a channel that
 //! closed with unacked messages) go back to the head of the queue, in their original order,
 //! with `redelivered` set, as RabbitMQ does.
+//!
+//! Two RabbitMQ extensions choose among the consumers (RabbitMQ's "Consumer Priorities" and
+//! "Single Active Consumer" guides, checked against RabbitMQ 3.10):
+//! - consumer priorities (basic.consume argument `x-priority`, default 0): a message goes to
+//!   the highest-priority consumers that can take one, round-robin among equals; a lower one
+//!   gets messages only while every higher one is blocked (prefetch reached, channel.flow
+//!   off, connection congested);
+//! - a single active consumer (queue argument `x-single-active-consumer`): only one consumer
+//!   receives, the first registered. When it goes, a classic queue hands over to the
+//!   highest-priority waiting consumer (the earliest registered among equals), a quorum queue
+//!   to the earliest registered whatever its priority.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +80,8 @@ pub struct QueueSettings {
     pub dead_letter_routing_key: Option<ShortString>,
     /// `x-max-priority` (classic queues): deliver higher `priority` messages first.
     pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: one consumer at a time receives.
+    pub single_active_consumer: bool,
 }
 
 impl Default for QueueSettings {
@@ -83,6 +96,7 @@ impl Default for QueueSettings {
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
             max_priority: None,
+            single_active_consumer: false,
         }
     }
 }
@@ -125,11 +139,49 @@ pub struct QueueConsumer {
     pub prefetch: u16,
     /// Unacked messages it holds.
     pub unacked: u32,
+    /// Its `x-priority` (RabbitMQ takes any integer; 0 when absent).
+    pub priority: i64,
+    /// The basic.consume arguments, as given (for listings).
+    pub arguments: FieldTable,
+    /// Whether it may receive: always, except while it waits its turn on a
+    /// single-active-consumer queue. Set by the queue.
+    pub active: bool,
+    /// The queue's serial when it registered or last received a message: among consumers of
+    /// one priority the least recently served goes first, which is round-robin. Set by the
+    /// queue.
+    pub served: u64,
 }
 
 impl QueueConsumer {
     fn has_room(&self) -> bool {
         self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch)
+    }
+
+    /// Whether dispatch may offer it a message now.
+    fn can_take(&self) -> bool {
+        self.active && self.has_room()
+    }
+}
+
+/// Whether consumer `a` is offered a message before `b`: higher priority first, then the
+/// one served longest ago.
+fn goes_before(a: &QueueConsumer, b: &QueueConsumer) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then_with(|| a.served.cmp(&b.served))
+}
+
+/// Which waiting consumer becomes the single active one when the active one goes: for a
+/// classic queue the highest priority, the earliest registered among equals; for a quorum
+/// queue the earliest registered. `consumers` are in registration order.
+fn next_single_active(consumers: &[QueueConsumer], queue_type: QueueType) -> Option<usize> {
+    match queue_type {
+        QueueType::Classic => consumers
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.priority.cmp(&b.priority).then_with(|| j.cmp(i)))
+            .map(|(i, _)| i),
+        QueueType::Quorum => (!consumers.is_empty()).then_some(0),
     }
 }
 
@@ -141,8 +193,11 @@ pub struct QueueState {
     pub ready_bytes: usize,
     /// Consumers, in the order they subscribed.
     pub consumers: Vec<QueueConsumer>,
-    /// Where round-robin dispatch continues.
-    cursor: usize,
+    /// Counts registrations and deliveries, to order consumers by when they were served.
+    serial: u64,
+    /// Scratch for dispatch: indices of the consumers that may take a message, in the
+    /// order they are offered one (kept to reuse its allocation).
+    offer_order: Vec<usize>,
     /// Messages delivered and not yet acked.
     pub unacked: usize,
     /// Whether the queue was deleted (late acks and requeues are then dropped).
@@ -231,7 +286,8 @@ impl Queue {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
                 consumers: Vec::new(),
-                cursor: 0,
+                serial: 0,
+                offer_order: Vec::new(),
                 unacked: 0,
                 deleted: false,
                 last_used: Instant::now(),
@@ -346,7 +402,8 @@ impl Queue {
         too_many || too_big
     }
 
-    /// Hands ready messages to consumers with room, round-robin, until one side runs out.
+    /// Hands ready messages to the consumers that can take them, until one side runs out:
+    /// the highest priority first, round-robin among equals (see the module docs).
     fn dispatch(self: &Arc<Self>, state: &mut QueueState, dead: &mut DeadLetters) {
         if state.consumers.is_empty() || state.ready.is_empty() {
             return;
@@ -359,24 +416,40 @@ impl Queue {
         if state.consumers.is_empty() || state.ready.is_empty() {
             return;
         }
+        // The consumers that may take a message, in the order they are offered one. A
+        // consumer leaves the list when it refuses (its channel is closed, in flow-off, at
+        // its global prefetch, or its connection is congested) or fills its prefetch; the one
+        // served goes behind the others of its priority.
+        let mut order = std::mem::take(&mut state.offer_order);
+        order.clear();
+        order.extend(
+            state
+                .consumers
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.can_take())
+                .map(|(i, _)| i),
+        );
+        let consumers = &state.consumers;
+        order.sort_by(|&a, &b| goes_before(&consumers[a], &consumers[b]));
         loop {
             self.drop_expired_head(state, now, dead);
+            if order.is_empty() {
+                break;
+            }
             let Some(message) = state.ready.pop_front() else {
                 break;
             };
             let size = message.content.size();
-            let count = state.consumers.len();
             let mut undelivered = Some(message);
-            for step in 0..count {
-                let index = (state.cursor + step) % count;
-                let Some(consumer) = state.consumers.get_mut(index) else {
-                    break;
-                };
-                if !consumer.has_room() {
-                    continue;
-                }
+            while let Some(&index) = order.first() {
                 let Some(message) = undelivered.take() else {
                     break;
+                };
+                let Some(consumer) = state.consumers.get_mut(index) else {
+                    order.remove(0);
+                    undelivered = Some(message);
+                    continue;
                 };
                 let (persist_id, redelivered) = (message.persist_id, message.redelivered);
                 match consumer
@@ -395,10 +468,24 @@ impl Queue {
                             consumer.unacked += 1;
                             state.unacked += 1;
                         }
-                        state.cursor = (index + 1) % count;
-                        break;
+                        state.serial += 1;
+                        consumer.served = state.serial;
+                        if consumer.can_take() {
+                            let priority = consumer.priority;
+                            let consumers = &state.consumers;
+                            let band = order
+                                .iter()
+                                .position(|&i| consumers[i].priority != priority)
+                                .unwrap_or(order.len());
+                            order[..band].rotate_left(1);
+                        } else {
+                            order.remove(0);
+                        }
                     }
-                    Err(message) => undelivered = Some(message),
+                    Err(message) => {
+                        order.remove(0);
+                        undelivered = Some(message);
+                    }
                 }
             }
             match undelivered {
@@ -410,6 +497,7 @@ impl Queue {
                 }
             }
         }
+        state.offer_order = order;
     }
 
     /// Drops (dead-letters) messages at the head that expired before `now`.
@@ -438,30 +526,52 @@ impl Queue {
         self.dispatch(&mut state, dead);
     }
 
-    /// Adds a consumer and dispatches to it.
-    pub fn add_consumer(self: &Arc<Self>, consumer: QueueConsumer, dead: &mut DeadLetters) {
+    /// Adds a consumer and dispatches to it. On a single-active-consumer queue it becomes the
+    /// active one only if there is none yet.
+    pub fn add_consumer(self: &Arc<Self>, mut consumer: QueueConsumer, dead: &mut DeadLetters) {
         let mut state = self.state();
+        consumer.active = !self.settings.single_active_consumer || state.consumers.is_empty();
+        state.serial += 1;
+        consumer.served = state.serial;
         state.consumers.push(consumer);
         state.had_consumer = true;
         state.last_used = Instant::now();
         self.dispatch(&mut state, dead);
     }
 
-    /// Whether a consumer holds the queue exclusively, or any consumer exists (for a new
-    /// exclusive consumer).
+    /// Whether a new consumer is refused as RabbitMQ 3.10 refuses it (403 "in exclusive
+    /// use"): on a classic queue, when a consumer holds the queue exclusively, when an
+    /// exclusive one is asked for while any consumer exists, and an exclusive one always on
+    /// a single-active-consumer queue. A quorum queue ignores the exclusive flag.
     pub fn consumer_conflict(&self, wants_exclusive: bool) -> bool {
+        if self.settings.queue_type == QueueType::Quorum {
+            return false;
+        }
         let state = self.state();
         state.consumers.iter().any(|c| c.exclusive)
-            || (wants_exclusive && !state.consumers.is_empty())
+            || (wants_exclusive
+                && (self.settings.single_active_consumer || !state.consumers.is_empty()))
     }
 
-    /// Removes a consumer; returns whether the queue should now be auto-deleted.
+    /// Removes a consumer; returns whether the queue should now be auto-deleted. When the
+    /// single active consumer goes, the next one is made active; it gets messages at the
+    /// next dispatch ([`kick`](Self::kick)), which the caller orders against requeueing the
+    /// departed consumer's messages.
     pub fn remove_consumer(&self, link: &Arc<ChannelLink>, tag: &ShortString) -> bool {
         let mut state = self.state();
-        state
-            .consumers
-            .retain(|c| !(Arc::ptr_eq(&c.link, link) && &c.tag == tag));
-        state.cursor = 0;
+        let mut active_left = false;
+        state.consumers.retain(|c| {
+            let leaving = Arc::ptr_eq(&c.link, link) && &c.tag == tag;
+            active_left |= leaving && c.active;
+            !leaving
+        });
+        if self.settings.single_active_consumer && active_left {
+            if let Some(next) = next_single_active(&state.consumers, self.settings.queue_type)
+                .and_then(|i| state.consumers.get_mut(i))
+            {
+                next.active = true;
+            }
+        }
         state.last_used = Instant::now();
         self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
     }
@@ -655,4 +765,206 @@ fn with_delivery_count(content: &Arc<MessageContent>, count: i64) -> Arc<Message
     entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     properties.headers = Some(entries.into_iter().collect());
     Arc::new(content.with_new_properties(&properties))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Outbox;
+    use amqp_codec::BasicProperties;
+    use bytes::Bytes;
+
+    fn queue(queue_type: QueueType, single_active_consumer: bool) -> Arc<Queue> {
+        Arc::new(Queue::new(
+            QueueDeclaration {
+                name: "q".into(),
+                vhost: "/".to_owned(),
+                durable: queue_type == QueueType::Quorum,
+                auto_delete: false,
+                exclusive_owner: None,
+                arguments: FieldTable::new(),
+                settings: QueueSettings {
+                    queue_type,
+                    single_active_consumer,
+                    ..QueueSettings::default()
+                },
+            },
+            None,
+        ))
+    }
+
+    /// A consumer on a channel of its own, acking manually.
+    fn consumer(tag: &str, priority: i64, prefetch: u16) -> QueueConsumer {
+        QueueConsumer {
+            tag: tag.into(),
+            link: Arc::new(ChannelLink::new(
+                1,
+                1,
+                Arc::new(Outbox::new(131_072)),
+                false,
+            )),
+            no_ack: false,
+            exclusive: false,
+            prefetch,
+            unacked: 0,
+            priority,
+            arguments: FieldTable::new(),
+            active: true,
+            served: 0,
+        }
+    }
+
+    fn publish(queue: &Arc<Queue>, bodies: &[&str]) {
+        for body in bodies {
+            let content = MessageContent::with_properties(
+                b"",
+                b"q",
+                &BasicProperties::default(),
+                Bytes::copy_from_slice(body.as_bytes()),
+            );
+            let message = QueuedMessage {
+                content: Arc::new(content),
+                expires_at: None,
+                persist_id: None,
+                redelivered: false,
+            };
+            assert_eq!(queue.publish(message, &mut Vec::new()), Enqueued::Accepted);
+        }
+    }
+
+    /// What each consumer holds unacked, by tag, in delivery order.
+    fn holdings(queue: &Queue) -> Vec<(String, Vec<String>)> {
+        queue
+            .state()
+            .consumers
+            .iter()
+            .map(|c| {
+                let bodies = lock(&c.link.state)
+                    .unacked
+                    .values()
+                    .map(|u| String::from_utf8_lossy(u.message.content.body()).into_owned())
+                    .collect();
+                (c.tag.to_string(), bodies)
+            })
+            .collect()
+    }
+
+    fn held(pairs: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        pairs
+            .iter()
+            .map(|(tag, bodies)| {
+                (
+                    (*tag).to_owned(),
+                    bodies.iter().map(|b| (*b).to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn higher_priority_consumer_takes_messages_until_its_prefetch_is_full() {
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let queue = queue(queue_type, false);
+            let mut dead = Vec::new();
+            queue.add_consumer(consumer("low", -5, 0), &mut dead);
+            queue.add_consumer(consumer("high", 10, 1), &mut dead);
+            publish(&queue, &["m0", "m1", "m2"]);
+            assert_eq!(
+                holdings(&queue),
+                held(&[("low", &["m1", "m2"]), ("high", &["m0"])]),
+                "{queue_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_priorities_alternate_and_a_lower_one_waits() {
+        let queue = queue(QueueType::Classic, false);
+        let mut dead = Vec::new();
+        queue.add_consumer(consumer("a", 3, 0), &mut dead);
+        queue.add_consumer(consumer("default", 0, 0), &mut dead);
+        queue.add_consumer(consumer("b", 3, 0), &mut dead);
+        publish(&queue, &["m0", "m1", "m2", "m3", "m4"]);
+        assert_eq!(
+            holdings(&queue),
+            held(&[
+                ("a", &["m0", "m2", "m4"]),
+                ("default", &[]),
+                ("b", &["m1", "m3"])
+            ])
+        );
+    }
+
+    #[test]
+    fn consumer_whose_channel_is_in_flow_off_is_passed_over_for_a_lower_one() {
+        let queue = queue(QueueType::Classic, false);
+        let mut dead = Vec::new();
+        let high = consumer("high", 1, 0);
+        lock(&high.link.state).flow_active = false;
+        queue.add_consumer(high, &mut dead);
+        queue.add_consumer(consumer("low", 0, 0), &mut dead);
+        publish(&queue, &["m0"]);
+        assert_eq!(holdings(&queue), held(&[("high", &[]), ("low", &["m0"])]));
+    }
+
+    #[test]
+    fn single_active_consumer_queue_delivers_only_to_the_first_registered() {
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let queue = queue(queue_type, true);
+            let mut dead = Vec::new();
+            queue.add_consumer(consumer("first", 0, 1), &mut dead);
+            queue.add_consumer(consumer("second", 10, 0), &mut dead);
+            publish(&queue, &["m0", "m1"]);
+            // The active consumer's prefetch is full: the second message waits.
+            assert_eq!(
+                holdings(&queue),
+                held(&[("first", &["m0"]), ("second", &[])]),
+                "{queue_type:?}"
+            );
+            assert_eq!(queue.message_count(), 1);
+        }
+    }
+
+    #[test]
+    fn classic_queue_hands_over_to_the_highest_priority_quorum_to_the_earliest() {
+        for (queue_type, expected) in [(QueueType::Classic, "c"), (QueueType::Quorum, "b")] {
+            let queue = queue(queue_type, true);
+            let mut dead = Vec::new();
+            let first = consumer("a", 0, 0);
+            let link = first.link.clone();
+            queue.add_consumer(first, &mut dead);
+            queue.add_consumer(consumer("b", 0, 0), &mut dead);
+            queue.add_consumer(consumer("c", 10, 0), &mut dead);
+            queue.add_consumer(consumer("d", 10, 0), &mut dead);
+            assert!(!queue.remove_consumer(&link, &"a".into()));
+            let active: Vec<String> = queue
+                .state()
+                .consumers
+                .iter()
+                .filter(|c| c.active)
+                .map(|c| c.tag.to_string())
+                .collect();
+            assert_eq!(active, [expected], "{queue_type:?}");
+            publish(&queue, &["m0"]);
+            let holders: Vec<String> = holdings(&queue)
+                .into_iter()
+                .filter(|(_, bodies)| !bodies.is_empty())
+                .map(|(tag, _)| tag)
+                .collect();
+            assert_eq!(holders, [expected], "{queue_type:?}");
+        }
+    }
+
+    #[test]
+    fn exclusive_consume_is_refused_on_a_classic_single_active_consumer_queue_only() {
+        assert!(queue(QueueType::Classic, true).consumer_conflict(true));
+        assert!(!queue(QueueType::Classic, true).consumer_conflict(false));
+        assert!(!queue(QueueType::Classic, false).consumer_conflict(true));
+        assert!(!queue(QueueType::Quorum, true).consumer_conflict(true));
+        let quorum = queue(QueueType::Quorum, false);
+        let mut exclusive = consumer("x", 0, 0);
+        exclusive.exclusive = true;
+        quorum.add_consumer(exclusive, &mut Vec::new());
+        assert!(!quorum.consumer_conflict(false));
+    }
 }

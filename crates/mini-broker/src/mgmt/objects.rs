@@ -94,6 +94,7 @@ pub struct QueueCounts {
     ready_persistent: usize,
     ready_persistent_bytes: usize,
     exclusive_consumer: Option<String>,
+    single_active_consumer: Option<String>,
     consumer_list: Vec<ConsumerEntry>,
 }
 
@@ -105,6 +106,9 @@ pub struct ConsumerEntry {
     no_ack: bool,
     exclusive: bool,
     prefetch: u16,
+    arguments: Json,
+    active: bool,
+    activity_status: &'static str,
 }
 
 impl QueueCounts {
@@ -131,6 +135,11 @@ impl QueueCounts {
                 .iter()
                 .find(|c| c.exclusive)
                 .map(|c| c.tag.to_str_lossy().into_owned()),
+            single_active_consumer: state
+                .consumers
+                .iter()
+                .find(|c| queue.settings.single_active_consumer && c.active)
+                .map(|c| c.tag.to_str_lossy().into_owned()),
             consumer_list: state
                 .consumers
                 .iter()
@@ -141,6 +150,15 @@ impl QueueCounts {
                     no_ack: c.no_ack,
                     exclusive: c.exclusive,
                     prefetch: c.prefetch,
+                    arguments: table_to_json(&c.arguments),
+                    active: c.active,
+                    // RabbitMQ 3.10's activity status: `single_active` and `waiting` on a
+                    // single-active-consumer queue, `up` elsewhere.
+                    activity_status: match (queue.settings.single_active_consumer, c.active) {
+                        (false, _) => "up",
+                        (true, true) => "single_active",
+                        (true, false) => "waiting",
+                    },
                 })
                 .collect(),
         }
@@ -205,7 +223,10 @@ pub fn queue_json(queue: &Arc<Queue>, counts: &QueueCounts, snapshot: &Snapshot)
         .with("operator_policy", Json::Null)
         .with("policy", Json::Null)
         .with("recoverable_slaves", Json::Null)
-        .with("single_active_consumer_tag", Json::Null)
+        .with(
+            "single_active_consumer_tag",
+            counts.single_active_consumer.clone(),
+        )
         .with("state", "running")
         .with("type", queue.settings.queue_type.name())
         .with("vhost", queue.vhost.as_str());
@@ -233,10 +254,10 @@ pub fn consumers_json(queue: &Queue, counts: &QueueCounts, snapshot: &Snapshot) 
                 None => Json::object().with("number", c.channel),
             };
             Json::object()
-                .with("arguments", Json::object())
+                .with("arguments", c.arguments.clone())
                 .with("ack_required", !c.no_ack)
-                .with("active", true)
-                .with("activity_status", "up")
+                .with("active", c.active)
+                .with("activity_status", c.activity_status)
                 .with("channel_details", channel)
                 .with("consumer_tag", c.tag.as_str())
                 .with("exclusive", c.exclusive)
