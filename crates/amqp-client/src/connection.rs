@@ -1093,9 +1093,17 @@ mod tests {
 
     #[test]
     fn requests_and_events_stay_small() {
-        // They are moved through queues once or more per message; see Request's docs.
-        assert!(std::mem::size_of::<Request>() <= 160);
-        assert!(std::mem::size_of::<Event<Token>>() <= 160);
-        assert!(std::mem::size_of::<DeliveryItem>() <= 160);
+        // They are moved through queues once or more per message; see Request's docs. The
+        // budget is 192 octets: a delivery event holds basic.deliver's three short strings,
+        // which the codec keeps inline (40 octets each) instead of as references into the
+        // read buffer; the boxed properties and the body are pointers.
+        let sizes = [
+            ("Request", std::mem::size_of::<Request>()),
+            ("Event", std::mem::size_of::<Event<Token>>()),
+            ("DeliveryItem", std::mem::size_of::<DeliveryItem>()),
+        ];
+        for (name, size) in sizes {
+            assert!(size <= 192, "{name} is {size} bytes");
+        }
     }
 }
