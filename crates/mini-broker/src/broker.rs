@@ -148,6 +148,7 @@ impl Broker {
             })
             .collect();
         if let Some(store) = &store {
+            store.pager().set_threshold(config.paging_threshold);
             let definitions = lock(&store.definitions).clone();
             for (name, vhost) in &vhosts {
                 if let Some(saved) = definitions.vhosts.get(name) {
@@ -191,12 +192,15 @@ impl Broker {
         self.check_memory();
     }
 
-    /// Bytes of message bodies held in queues (ready and unacked).
+    /// Bytes of message bodies held in memory by queues (ready ones, not paged out).
     pub fn memory_used(&self) -> u64 {
         self.vhosts()
             .iter()
             .flat_map(|vhost| vhost.read().queues.values().cloned().collect::<Vec<_>>())
-            .map(|queue| queue.state().ready_bytes as u64)
+            .map(|queue| {
+                let state = queue.state();
+                state.ready_bytes.saturating_sub(state.paged_out_bytes) as u64
+            })
             .sum()
     }
 

@@ -86,6 +86,10 @@ pub struct BrokerConfig {
     /// alarm; RabbitMQ's disk_free_limit, 50 MB by default). 0: only a failing store
     /// raises the disk alarm.
     pub disk_free_limit: u64,
+    /// Body bytes the messages waiting in durable queues may hold in memory, in total;
+    /// beyond it, persistent messages deep in those queues are paged out to the message log
+    /// and read back before delivery (see `store::paging`). 0: never page.
+    pub paging_threshold: u64,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +109,7 @@ impl Default for BrokerConfig {
             max_message_size: 128 * 1024 * 1024,
             memory_high_watermark: 0,
             disk_free_limit: crate::alarms::DEFAULT_DISK_FREE_LIMIT,
+            paging_threshold: crate::store::paging::DEFAULT_PAGING_THRESHOLD,
         }
     }
 }

@@ -202,6 +202,7 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         for vhost in broker.vhosts() {
             let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
             for queue in queues {
+                queue.page_out_now();
                 if queue.settings.message_ttl.is_some() || has_expiring_messages(&queue) {
                     let mut dead = queue::DeadLetters::new();
                     queue.expire(now, &mut dead);

@@ -153,6 +153,25 @@ impl MessageContent {
         header_frame: &Bytes,
         body: Bytes,
     ) -> Option<MessageContent> {
+        // Frame header: type, channel (2), size (4); then the payload and the frame end. The
+        // store wrote it from properties that decoded when they were published (and checks
+        // its records' checksums), so only the two properties the broker acts on are looked
+        // for; anything unexpected is decoded in full.
+        let end = header_frame.len().saturating_sub(1);
+        let quick = (header_frame.first() == Some(&FrameType::HEADER.0) && end > 7)
+            .then(|| properties_of_header_payload(&header_frame.slice(7..end)))
+            .flatten()
+            .and_then(|wire| Some((delivery_mode_and_priority(&wire)?, wire)));
+        if let Some(((delivery_mode, priority), wire)) = quick {
+            return Some(MessageContent::from_wire(
+                exchange,
+                routing_key,
+                &wire,
+                delivery_mode,
+                priority,
+                body,
+            ));
+        }
         let mut frame = BytesMut::from(&header_frame[..]);
         let properties = match amqp_codec::decode(&mut frame, &Limits::with_frame_max(0)) {
             Ok(Some(Frame::Header(_, header))) if frame.is_empty() => header.properties,
@@ -320,6 +339,37 @@ pub fn decode_properties(properties_wire: &[u8]) -> Option<BasicProperties> {
     }
 }
 
+/// The `delivery-mode` and `priority` properties of a property flags word and list, found
+/// without decoding the rest: the properties before them are skipped by their lengths (spec
+/// 4.2.6.1: content-type, content-encoding, headers, delivery-mode, priority, ...). None if
+/// the octets end too early or the flags have the continuation bit.
+fn delivery_mode_and_priority(properties_wire: &[u8]) -> Option<(Option<u8>, Option<u8>)> {
+    let (&[f0, f1], list) = properties_wire.split_first_chunk::<2>()?;
+    let flags = u16::from_be_bytes([f0, f1]);
+    if flags & 1 != 0 {
+        return None;
+    }
+    let mut at = 0usize;
+    for (bit, length_octets) in [(15, 1), (14, 1), (13, 4)] {
+        if flags & (1 << bit) != 0 {
+            let length = list.get(at..at + length_octets)?;
+            let length = length.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
+            at += length_octets + length;
+        }
+    }
+    let mut octet = |bit: u16| -> Option<Option<u8>> {
+        if flags & (1 << bit) == 0 {
+            return Some(None);
+        }
+        let value = *list.get(at)?;
+        at += 1;
+        Some(Some(value))
+    };
+    let delivery_mode = octet(12)?;
+    let priority = octet(11)?;
+    Some((delivery_mode, priority))
+}
+
 /// The property flags and list of a content header payload (class, weight, body size,
 /// flags, properties), when they can be passed on as they are: a single flags word (no
 /// continuation bit, which only a peer that sends empty extra flag words sets).
@@ -377,6 +427,103 @@ pub struct QueuedMessage {
     pub persist_id: Option<u64>,
     /// Whether it was delivered before (and not acked).
     pub redelivered: bool,
+}
+
+/// A ready message as its queue holds it: in memory, or paged out (its content is then only
+/// in the store's log, under its store id). Four words, for a queue may hold millions.
+#[derive(Debug)]
+pub struct ReadyMessage {
+    /// The content; None while paged out.
+    content: Option<Arc<MessageContent>>,
+    /// When it expires (per-queue x-message-ttl or per-message expiration), if ever.
+    pub expires_at: Option<Deadline>,
+    /// The store's id (they start at 1); 0: none.
+    persist_id: u64,
+    /// The body size, while paged out.
+    paged_size: u32,
+    /// Whether it was delivered before.
+    redelivered: bool,
+}
+
+impl ReadyMessage {
+    /// A message in memory.
+    pub fn new(message: QueuedMessage) -> ReadyMessage {
+        ReadyMessage {
+            content: Some(message.content),
+            expires_at: message.expires_at,
+            persist_id: message.persist_id.unwrap_or(0),
+            paged_size: 0,
+            redelivered: message.redelivered,
+        }
+    }
+
+    /// The content, unless it is paged out.
+    pub fn content(&self) -> Option<&Arc<MessageContent>> {
+        self.content.as_ref()
+    }
+
+    /// Whether the content is paged out.
+    pub fn is_paged_out(&self) -> bool {
+        self.content.is_none()
+    }
+
+    /// The store's id, for a persistent message in a durable queue.
+    pub fn persist_id(&self) -> Option<u64> {
+        (self.persist_id != 0).then_some(self.persist_id)
+    }
+
+    /// Whether it was delivered before.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// Body size in bytes.
+    pub fn size(&self) -> usize {
+        match &self.content {
+            Some(content) => content.size(),
+            None => self.paged_size as usize,
+        }
+    }
+
+    /// Whether it is persistent (a paged-out message always is).
+    pub fn is_persistent(&self) -> bool {
+        self.content.as_ref().is_none_or(|c| c.is_persistent())
+    }
+
+    /// The `priority` property (None while paged out: priority queues do not page).
+    pub fn priority(&self) -> Option<u8> {
+        self.content.as_ref().and_then(|c| c.priority())
+    }
+
+    /// Drops the content, keeping the store id: the message must be on disk for good.
+    /// Returns the body bytes freed; None (nothing done) without a store id, when already
+    /// paged out, or for a body too large to count in four octets.
+    pub fn page_out(&mut self) -> Option<usize> {
+        let size = u32::try_from(self.content.as_ref()?.size()).ok()?;
+        if self.persist_id == 0 {
+            return None;
+        }
+        self.content = None;
+        self.paged_size = size;
+        Some(size as usize)
+    }
+
+    /// Puts the content read back from the store in place.
+    pub fn page_in(&mut self, content: Arc<MessageContent>) {
+        self.content = Some(content);
+        self.paged_size = 0;
+    }
+
+    /// The message, if it is in memory.
+    pub fn into_queued(self) -> Option<QueuedMessage> {
+        let persist_id = self.persist_id();
+        Some(QueuedMessage {
+            content: self.content?,
+            expires_at: self.expires_at,
+            persist_id,
+            redelivered: self.redelivered,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +593,47 @@ mod tests {
     }
 
     #[test]
+    fn delivery_mode_and_priority_are_found_behind_the_properties_before_them() {
+        for properties in [
+            properties(),
+            BasicProperties::default(),
+            BasicProperties {
+                priority: Some(3),
+                ..BasicProperties::default()
+            },
+            BasicProperties {
+                content_encoding: Some("gzip".into()),
+                delivery_mode: Some(1),
+                app_id: Some("app".into()),
+                ..BasicProperties::default()
+            },
+        ] {
+            let wire = encode_properties(&properties);
+            assert_eq!(
+                delivery_mode_and_priority(&wire),
+                Some((properties.delivery_mode, properties.priority)),
+                "{properties:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delivery_mode_and_priority_are_not_read_past_the_end() {
+        // Flags: priority; the priority octet is missing.
+        assert_eq!(delivery_mode_and_priority(&[0x08, 0x00]), None);
+        // Flags: headers, delivery-mode; a table of 10 octets of which 2 are there.
+        assert_eq!(
+            delivery_mode_and_priority(&[0x30, 0x00, 0, 0, 0, 10, 1, 2]),
+            None
+        );
+        assert_eq!(delivery_mode_and_priority(&[0x00]), None);
+        assert_eq!(
+            delivery_mode_and_priority(&[0x00, 0x00]),
+            Some((None, None))
+        );
+    }
+
+    #[test]
     fn properties_with_a_continuation_flag_are_not_passed_on_as_they_are() {
         // class 60, weight 0, body size 0, flags: delivery-mode and the continuation bit,
         // then an empty second flags word, then delivery-mode 1.
@@ -486,6 +674,39 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_message_pages_out_to_its_id_and_size_and_back_in() {
+        let content = Arc::new(MessageContent::with_properties(
+            b"",
+            b"q",
+            &properties(),
+            Bytes::from_static(b"0123456789"),
+        ));
+        let queued = |persist_id| QueuedMessage {
+            content: content.clone(),
+            expires_at: None,
+            persist_id,
+            redelivered: true,
+        };
+        assert_eq!(
+            ReadyMessage::new(queued(None)).page_out(),
+            None,
+            "not on disk"
+        );
+        let mut ready = ReadyMessage::new(queued(Some(42)));
+        assert_eq!(ready.page_out(), Some(10));
+        assert!(ready.is_paged_out() && ready.is_persistent());
+        assert_eq!(
+            (ready.size(), ready.persist_id(), ready.redelivered()),
+            (10, Some(42), true)
+        );
+        assert_eq!(ready.page_out(), None, "already out");
+        ready.page_in(content.clone());
+        let back = ready.into_queued().unwrap();
+        assert!(Arc::ptr_eq(&back.content, &content));
+        assert_eq!((back.persist_id, back.redelivered), (Some(42), true));
+    }
+
+    #[test]
     fn deadlines_order_as_the_instants_they_stand_for() {
         let now = Instant::now();
         let later = now + std::time::Duration::from_nanos(1);
@@ -497,6 +718,7 @@ mod tests {
 
     #[test]
     fn queued_messages_stay_small() {
+        assert_eq!(std::mem::size_of::<ReadyMessage>(), 32);
         assert!(std::mem::size_of::<QueuedMessage>() <= 40);
         assert!(std::mem::size_of::<MessageContent>() <= 40);
     }

@@ -18,14 +18,23 @@
 //!   to the earliest registered whatever its priority.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::delivery::{lock, ChannelLink, Unacked};
-use crate::message::{MessageContent, QueuedMessage};
+use crate::message::{MessageContent, QueuedMessage, ReadyMessage};
 use crate::store::Store;
+
+/// Paged-out messages near the head are read back this many at most at a time...
+const READ_AHEAD_MESSAGES: usize = 2048;
+/// ... and up to this many octets of log.
+const READ_AHEAD_BYTES: usize = 2 * 1024 * 1024;
+/// A publish looks for messages to page out once this many came in since the last look
+/// (the broker's housekeeping also looks, ten times a second).
+const PAGE_OUT_BATCH: usize = 4096;
 
 /// RabbitMQ's queue types. Quorum queues are accepted with their restrictions (durable, not
 /// exclusive, no global qos) and keep the two differences a client can see on a single node:
@@ -188,9 +197,17 @@ fn next_single_active(consumers: &[QueueConsumer], queue_type: QueueType) -> Opt
 /// The mutable part of a queue.
 pub struct QueueState {
     /// Messages ready for delivery, oldest first.
-    pub ready: VecDeque<QueuedMessage>,
+    pub ready: VecDeque<ReadyMessage>,
     /// Body bytes of the ready messages.
     pub ready_bytes: usize,
+    /// Ready messages paged out (see [`crate::store::paging`]).
+    pub paged_out: usize,
+    /// Their body bytes.
+    pub paged_out_bytes: usize,
+    /// Ready messages at the tail that no page-out has looked at yet.
+    unscanned: usize,
+    /// The in-memory body bytes last counted in the store's paging budget.
+    counted_resident: usize,
     /// Consumers, in the order they subscribed.
     pub consumers: Vec<QueueConsumer>,
     /// Counts registrations and deliveries, to order consumers by when they were served.
@@ -285,6 +302,10 @@ impl Queue {
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 ready_bytes: 0,
+                paged_out: 0,
+                paged_out_bytes: 0,
+                unscanned: 0,
+                counted_resident: 0,
                 consumers: Vec::new(),
                 serial: 0,
                 offer_order: Vec::new(),
@@ -299,6 +320,14 @@ impl Queue {
     /// Locks the queue's state (for inspection: counts, consumers).
     pub fn state(&self) -> MutexGuard<'_, QueueState> {
         lock(&self.state)
+    }
+
+    /// Locks the queue's state for a change of its ready messages.
+    fn lock_state(&self) -> Locked<'_> {
+        Locked {
+            queue: self,
+            state: self.state(),
+        }
     }
 
     /// Ready messages.
@@ -318,7 +347,7 @@ impl Queue {
         mut message: QueuedMessage,
         dead: &mut DeadLetters,
     ) -> Enqueued {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         if state.deleted {
             return Enqueued::Accepted;
         }
@@ -330,14 +359,10 @@ impl Queue {
             message.content = with_delivery_count(&message.content, 0);
         }
         let expires_at = message.expires_at;
-        state.ready_bytes += size;
         self.enqueue(&mut state, message);
         while self.would_overflow(&state, 0) {
-            match state.ready.pop_front() {
-                Some(dropped) => {
-                    state.ready_bytes -= dropped.content.size();
-                    dead.push((dropped, "maxlen"));
-                }
+            match self.take_front(&mut state) {
+                Some(dropped) => dead.push((dropped, "maxlen")),
                 None => break,
             }
         }
@@ -352,14 +377,22 @@ impl Queue {
         if state.ready.front().is_some_and(|m| m.expires_at.is_some()) {
             self.drop_expired_head(&mut state, Instant::now(), dead);
         }
+        if state.unscanned >= PAGE_OUT_BATCH {
+            self.page_out(&mut state);
+        }
         Enqueued::Accepted
     }
 
     /// Appends a ready message: at the tail, or for a priority queue after every message of
     /// its priority or higher.
     fn enqueue(&self, state: &mut QueueState, message: QueuedMessage) {
+        state.ready_bytes += message.content.size();
+        let message = ReadyMessage::new(message);
         match self.settings.max_priority {
-            None => state.ready.push_back(message),
+            None => {
+                state.ready.push_back(message);
+                state.unscanned += 1;
+            }
             Some(max) => {
                 let priority = message_priority(&message, max);
                 let at = state
@@ -375,6 +408,8 @@ impl Queue {
     /// Puts a returned message back at the head: before every message of its priority or
     /// lower (for a classic queue without priorities, simply first).
     fn enqueue_front(&self, state: &mut QueueState, message: QueuedMessage) {
+        state.ready_bytes += message.content.size();
+        let message = ReadyMessage::new(message);
         match self.settings.max_priority {
             None => state.ready.push_front(message),
             Some(max) => {
@@ -437,10 +472,9 @@ impl Queue {
             if order.is_empty() {
                 break;
             }
-            let Some(message) = state.ready.pop_front() else {
+            let Some(message) = self.take_front(state) else {
                 break;
             };
-            let size = message.content.size();
             let mut undelivered = Some(message);
             while let Some(&index) = order.first() {
                 let Some(message) = undelivered.take() else {
@@ -488,13 +522,11 @@ impl Queue {
                     }
                 }
             }
-            match undelivered {
-                None => state.ready_bytes -= size,
-                Some(message) => {
-                    // Nobody could take it: back to the head (where it was), and stop.
-                    state.ready.push_front(message);
-                    break;
-                }
+            if let Some(message) = undelivered {
+                // Nobody could take it: back to the head (where it was), and stop.
+                state.ready_bytes += message.content.size();
+                state.ready.push_front(ReadyMessage::new(message));
+                break;
             }
         }
         state.offer_order = order;
@@ -507,29 +539,29 @@ impl Queue {
             .front()
             .is_some_and(|m| m.expires_at.is_some_and(|at| at.is_before(now)))
         {
-            if let Some(expired) = state.ready.pop_front() {
-                state.ready_bytes -= expired.content.size();
-                dead.push((expired, "expired"));
+            match self.take_front(state) {
+                Some(expired) => dead.push((expired, "expired")),
+                None => break,
             }
         }
     }
 
     /// Expires messages at the head whose time has come (called periodically).
     pub fn expire(self: &Arc<Self>, now: Instant, dead: &mut DeadLetters) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         self.drop_expired_head(&mut state, now, dead);
     }
 
     /// Tries to dispatch again (after acks freed room or a writer drained its outbox).
     pub fn kick(self: &Arc<Self>, dead: &mut DeadLetters) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         self.dispatch(&mut state, dead);
     }
 
     /// Adds a consumer and dispatches to it. On a single-active-consumer queue it becomes the
     /// active one only if there is none yet.
     pub fn add_consumer(self: &Arc<Self>, mut consumer: QueueConsumer, dead: &mut DeadLetters) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         consumer.active = !self.settings.single_active_consumer || state.consumers.is_empty();
         state.serial += 1;
         consumer.served = state.serial;
@@ -579,22 +611,20 @@ impl Queue {
     /// Puts a message recovered from the store at the tail (at startup, before any
     /// consumer).
     pub fn restore(&self, mut message: QueuedMessage) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         if self.settings.queue_type == QueueType::Quorum {
             let count = i64::from(message.redelivered);
             message.content = with_delivery_count(&message.content, count);
         }
-        state.ready_bytes += message.content.size();
         self.enqueue(&mut state, message);
     }
 
     /// Takes one ready message for basic.get.
     pub fn get(self: &Arc<Self>, dead: &mut DeadLetters) -> Option<(QueuedMessage, usize)> {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         state.last_used = Instant::now();
         self.drop_expired_head(&mut state, Instant::now(), dead);
-        let message = state.ready.pop_front()?;
-        state.ready_bytes -= message.content.size();
+        let message = self.take_front(&mut state)?;
         Some((message, state.ready.len()))
     }
 
@@ -611,7 +641,7 @@ impl Queue {
         count: usize,
         dead: &mut DeadLetters,
     ) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         state.unacked = state.unacked.saturating_sub(count);
         if let Some(tag) = consumer_tag {
             if let Some(consumer) = state
@@ -656,7 +686,7 @@ impl Queue {
         dead: &mut DeadLetters,
         to_back: bool,
     ) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         if state.deleted {
             self.forget_stored(messages.iter().map(|u| &u.message));
             return;
@@ -679,7 +709,6 @@ impl Queue {
                 let count = delivery_count(&message.content) + 1;
                 message.content = with_delivery_count(&message.content, count);
             }
-            state.ready_bytes += message.content.size();
             message
         };
         if to_back {
@@ -698,18 +727,30 @@ impl Queue {
 
     /// Removes every ready message; returns how many.
     pub fn purge(&self) -> usize {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         let count = state.ready.len();
-        self.forget_stored(state.ready.iter());
+        self.clear_ready(&mut state);
+        count
+    }
+
+    /// Removes every ready message, telling the store they are gone.
+    fn clear_ready(&self, state: &mut QueueState) {
+        self.forget_ids(state.ready.iter().map(ReadyMessage::persist_id));
         state.ready.clear();
         state.ready_bytes = 0;
-        count
+        state.paged_out = 0;
+        state.paged_out_bytes = 0;
+        state.unscanned = 0;
     }
 
     /// Tells the store these messages are gone for good.
     pub fn forget_stored<'a>(&self, messages: impl Iterator<Item = &'a QueuedMessage>) {
+        self.forget_ids(messages.map(|m| m.persist_id));
+    }
+
+    fn forget_ids(&self, ids: impl Iterator<Item = Option<u64>>) {
         if let Some(store) = &self.store {
-            for id in messages.filter_map(|m| m.persist_id) {
+            for id in ids.flatten() {
                 store.ack(id);
             }
         }
@@ -718,20 +759,187 @@ impl Queue {
     /// Marks the queue deleted; returns its ready count and its consumers (to be told with
     /// basic.cancel).
     pub fn delete(&self) -> (usize, Vec<QueueConsumer>) {
-        let mut state = self.state();
+        let mut state = self.lock_state();
         state.deleted = true;
         let count = state.ready.len();
-        self.forget_stored(state.ready.iter());
-        state.ready.clear();
-        state.ready_bytes = 0;
+        self.clear_ready(&mut state);
         (count, std::mem::take(&mut state.consumers))
+    }
+
+    /// Takes the message at the head, reading it back from the store first if it is paged
+    /// out.
+    fn take_front(&self, state: &mut QueueState) -> Option<QueuedMessage> {
+        while state.ready.front()?.is_paged_out() {
+            self.page_in(state);
+        }
+        let message = state.ready.pop_front()?;
+        state.ready_bytes -= message.size();
+        state.unscanned = state.unscanned.min(state.ready.len());
+        message.into_queued()
+    }
+
+    /// Pages out what came in since the last look, while the durable queues hold more
+    /// message bodies than their budget (called periodically: what the last look found not
+    /// yet on disk may be now).
+    pub fn page_out_now(&self) {
+        if self.store.is_some() && self.state().unscanned > 0 {
+            let mut state = self.lock_state();
+            self.page_out(&mut state);
+        }
+    }
+
+    /// Pages out the newest messages that came in since the last look and are on disk for
+    /// good, while the durable queues hold more message bodies in memory than their budget,
+    /// until they are back under three quarters of it. The head stays in memory: it is
+    /// delivered next. Priority queues do not page (their messages are not delivered in
+    /// arrival order); nor do quorum queue messages that were returned (their delivery
+    /// count is not in the log).
+    fn page_out(&self, state: &mut QueueState) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let pager = store.pager();
+        if state.unscanned == 0 || self.settings.max_priority.is_some() || !pager.over_budget() {
+            return;
+        }
+        let quorum = self.settings.queue_type == QueueType::Quorum;
+        let to_free = pager.resident().saturating_sub(pager.low_water()) as usize;
+        let len = state.ready.len();
+        let from = len - state.unscanned.min(len);
+        // From here on, messages were not yet on disk: the next look starts there.
+        let mut not_on_disk = len;
+        let mut freed = 0;
+        let mut at = len;
+        let on_disk = store.on_disk();
+        while at > from && freed < to_free {
+            at -= 1;
+            let Some(message) = state.ready.get_mut(at) else {
+                break;
+            };
+            let Some(id) = message.persist_id() else {
+                continue;
+            };
+            if message.is_paged_out() || (quorum && message.redelivered()) {
+                continue;
+            }
+            if !on_disk.contains(id) {
+                not_on_disk = at;
+                continue;
+            }
+            if let Some(size) = message.page_out() {
+                freed += size;
+                state.paged_out += 1;
+                state.paged_out_bytes += size;
+            }
+        }
+        drop(on_disk);
+        // Stopped early (back under budget): what was not looked at is looked at next time.
+        let next_from = if at > from { from } else { not_on_disk };
+        state.unscanned = len - next_from;
+    }
+
+    /// Reads the paged-out messages among the next [`READ_AHEAD_MESSAGES`] back from the
+    /// store, in one go: at least the head's. A message whose record cannot be read (a
+    /// damaged log) is dropped, with an error logged.
+    fn page_in(&self, state: &mut QueueState) {
+        let wanted: Vec<(usize, u64)> = state
+            .ready
+            .iter()
+            .take(READ_AHEAD_MESSAGES)
+            .enumerate()
+            .filter(|(_, m)| m.is_paged_out())
+            .filter_map(|(at, m)| Some((at, m.persist_id()?)))
+            .collect();
+        let ids: Vec<u64> = wanted.iter().map(|&(_, id)| id).collect();
+        let records = match &self.store {
+            Some(store) => store.read_messages(&ids, READ_AHEAD_BYTES),
+            None => vec![None],
+        };
+        let quorum = self.settings.queue_type == QueueType::Quorum;
+        let mut lost = Vec::new();
+        for (&(at, id), record) in wanted.iter().zip(records) {
+            let content = record.and_then(|r| {
+                MessageContent::from_stored(&r.exchange, &r.routing_key, &r.header, r.body)
+            });
+            let Some(message) = state.ready.get_mut(at) else {
+                continue;
+            };
+            match content {
+                Some(content) => {
+                    let mut content = Arc::new(content);
+                    if quorum {
+                        content = with_delivery_count(&content, 0);
+                    }
+                    let size = message.size();
+                    message.page_in(content);
+                    state.paged_out -= 1;
+                    state.paged_out_bytes -= size;
+                }
+                None => lost.push((at, id)),
+            }
+        }
+        if wanted.is_empty() {
+            // A paged-out message without a store id cannot be: drop it rather than spin.
+            lost.push((0, 0));
+        }
+        for &(at, id) in lost.iter().rev() {
+            let Some(message) = state.ready.remove(at) else {
+                continue;
+            };
+            tracing::error!(
+                "queue '{}' in vhost '{}': message {id} cannot be read back from the message log; it is lost",
+                self.name,
+                self.vhost
+            );
+            let size = message.size();
+            state.ready_bytes -= size;
+            if message.is_paged_out() {
+                state.paged_out -= 1;
+                state.paged_out_bytes -= size;
+            }
+            self.forget_ids(std::iter::once(message.persist_id()));
+        }
+        state.unscanned = state.unscanned.min(state.ready.len());
+    }
+}
+
+/// A queue's state locked for a change of its ready messages: when unlocked, the change in
+/// the body bytes it holds in memory is counted in the store's paging budget.
+struct Locked<'a> {
+    queue: &'a Queue,
+    state: MutexGuard<'a, QueueState>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = QueueState;
+
+    fn deref(&self) -> &QueueState {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut QueueState {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = &self.queue.store {
+            let state = &mut *self.state;
+            let resident = state.ready_bytes.saturating_sub(state.paged_out_bytes);
+            let delta = resident as i64 - state.counted_resident as i64;
+            store.pager().add_resident(delta);
+            state.counted_resident = resident;
+        }
     }
 }
 
 /// A message's priority in a queue with `x-max-priority` `max`: its `priority` property
 /// capped at `max` (none: 0), as RabbitMQ orders a priority queue.
-fn message_priority(message: &QueuedMessage, max: u8) -> u8 {
-    message.content.priority().unwrap_or(0).min(max)
+fn message_priority(message: &ReadyMessage, max: u8) -> u8 {
+    message.priority().unwrap_or(0).min(max)
 }
 
 /// How often a quorum queue message was returned: its `x-delivery-count` header.

@@ -91,6 +91,8 @@ pub struct QueueCounts {
     /// Consumers.
     pub consumers: usize,
     ready_bytes: usize,
+    paged_out: usize,
+    paged_out_bytes: usize,
     ready_persistent: usize,
     ready_persistent_bytes: usize,
     exclusive_consumer: Option<String>,
@@ -118,9 +120,9 @@ impl QueueCounts {
         let state = queue.state();
         let (mut ready_persistent, mut ready_persistent_bytes) = (0, 0);
         if queue.durable {
-            for message in state.ready.iter().filter(|m| m.content.is_persistent()) {
+            for message in state.ready.iter().filter(|m| m.is_persistent()) {
                 ready_persistent += 1;
-                ready_persistent_bytes += message.content.size();
+                ready_persistent_bytes += message.size();
             }
         }
         QueueCounts {
@@ -128,6 +130,8 @@ impl QueueCounts {
             unacked: state.unacked,
             consumers: state.consumers.len(),
             ready_bytes: state.ready_bytes,
+            paged_out: state.paged_out,
+            paged_out_bytes: state.paged_out_bytes,
             ready_persistent,
             ready_persistent_bytes,
             exclusive_consumer: state
@@ -202,19 +206,19 @@ pub fn queue_json(queue: &Arc<Queue>, counts: &QueueCounts, snapshot: &Snapshot)
         .with("exclusive_consumer_tag", counts.exclusive_consumer.clone())
         .with("head_message_timestamp", Json::Null)
         .with("message_bytes", bytes)
-        .with("message_bytes_paged_out", 0u32)
+        .with("message_bytes_paged_out", counts.paged_out_bytes)
         .with("message_bytes_persistent", persistent_bytes)
-        .with("message_bytes_ram", bytes)
+        .with("message_bytes_ram", bytes - counts.paged_out_bytes)
         .with("message_bytes_ready", counts.ready_bytes)
         .with("message_bytes_unacknowledged", unacked.bytes)
         .with("messages", messages)
         .with("messages_details", no_rate())
         .with("messages_paged_out", 0u32)
         .with("messages_persistent", persistent)
-        .with("messages_ram", messages)
+        .with("messages_ram", messages - counts.paged_out)
         .with("messages_ready", counts.ready)
         .with("messages_ready_details", no_rate())
-        .with("messages_ready_ram", counts.ready)
+        .with("messages_ready_ram", counts.ready - counts.paged_out)
         .with("messages_unacknowledged", counts.unacked)
         .with("messages_unacknowledged_details", no_rate())
         .with("messages_unacknowledged_ram", counts.unacked)

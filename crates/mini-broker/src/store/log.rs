@@ -94,6 +94,26 @@ impl Record {
         buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
     }
 
+    /// The octets [`Record::encode`] appends for this record, framing included.
+    pub fn encoded_len(&self) -> usize {
+        let payload = match self {
+            Record::Publish(p) => {
+                let short = |b: &Bytes| 1 + b.len().min(255);
+                8 + 1
+                    + short(&p.vhost)
+                    + short(&p.queue)
+                    + short(&p.exchange)
+                    + short(&p.routing_key)
+                    + 4
+                    + p.header.len()
+                    + 4
+                    + p.body.len()
+            }
+            Record::Ack(_) | Record::Delivered(_) => 8,
+        };
+        8 + 1 + payload
+    }
+
     /// Parses a record's kind and payload (checksum already verified).
     fn decode(kind_and_payload: Bytes) -> Option<Record> {
         let mut r = Cursor(kind_and_payload);
@@ -237,6 +257,23 @@ pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
         }
         offset += 8 + u64::from(size);
     }
+}
+
+/// The record at the start of `bytes` (a slice of a segment read back), checked as
+/// [`read_segment`] checks it: a plausible size, the whole record there, its checksum. None
+/// if it is damaged.
+pub fn decode_record(bytes: &Bytes) -> Option<Record> {
+    let &[s0, s1, s2, s3, c0, c1, c2, c3] = bytes.first_chunk::<8>()?;
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    let crc = u32::from_be_bytes([c0, c1, c2, c3]);
+    if size == 0 || size > MAX_RECORD {
+        return None;
+    }
+    let body = bytes.get(8..8 + size as usize)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Record::decode(bytes.slice(8..8 + size as usize))
 }
 
 /// The segment being appended to.
@@ -434,6 +471,26 @@ mod tests {
             read.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
             records
         );
+    }
+
+    #[test]
+    fn a_record_read_back_from_its_offset_decodes_and_its_length_is_known() {
+        let records = [publish(7), Record::Ack(7), Record::Delivered(9)];
+        let mut buf = BytesMut::new();
+        let mut offsets = Vec::new();
+        for record in &records {
+            offsets.push(buf.len());
+            record.encode(&mut buf);
+            assert_eq!(buf.len() - offsets.last().unwrap(), record.encoded_len());
+        }
+        let bytes = buf.freeze();
+        for (record, offset) in records.iter().zip(offsets) {
+            assert_eq!(decode_record(&bytes.slice(offset..)).as_ref(), Some(record));
+        }
+        let mut damaged = bytes.to_vec();
+        damaged[20] ^= 1;
+        assert_eq!(decode_record(&Bytes::from(damaged)), None);
+        assert_eq!(decode_record(&bytes.slice(..10)), None, "cut short");
     }
 
     #[test]

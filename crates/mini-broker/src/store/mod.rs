@@ -9,8 +9,12 @@
 //!   Publisher confirms for such messages are sent by that thread *after* the fsync, so a
 //!   confirmed message is on disk, even through `kill -9` or a power cut.
 //! - Segments whose messages are all gone are deleted, oldest first; the oldest segment is
-//!   compacted (its live messages copied forward) when few of its messages remain, so the
-//!   log does not grow without bound under steady traffic.
+//!   compacted (its live messages copied forward) when few of its messages remain and none
+//!   has been consumed from it for a while, so the log does not grow without bound under
+//!   steady traffic (while a backlog drains in order, its segments empty by themselves).
+//! - Queues with deep backlogs drop the bodies of persistent messages that are on disk and
+//!   read them back before delivery ([`paging`]); the writer keeps the index of where each
+//!   live message is.
 //!
 //! Segments are only ever deleted from the front: an ack record can only refer to a publish
 //! in its own or an earlier segment, so deleting from the front never lets an acked message
@@ -39,6 +43,7 @@
 
 pub mod definitions;
 pub mod log;
+pub mod paging;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +60,7 @@ use bytes::BytesMut;
 
 use crate::delivery::{lock, Outbox};
 use log::{list_segments, read_segment, segment_path, ActiveSegment, PublishRecord, Record};
+use paging::{Index, Location, Pager};
 
 /// The file a clean shutdown leaves in the data directory.
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
@@ -72,6 +78,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const PROBE_BYTES: usize = 1024 * 1024;
 /// After a compaction failed, how long before the next attempt.
 const COMPACTION_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the oldest segment's live count must stay the same before it is compacted.
+pub const DEFAULT_COMPACTION_QUIET: Duration = Duration::from_secs(2);
 /// How often the writer logs its group-commit counters (at debug level).
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -84,6 +92,11 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// Start even if a segment in the middle of the log is corrupt, skipping the rest of it.
     pub skip_corrupt: bool,
+    /// How long the oldest segment's live count must stay the same before its survivors
+    /// are copied forward: a segment whose messages are still being consumed (a backlog
+    /// draining in order) empties by itself, and copying its last quarter would be wasted
+    /// work.
+    pub compaction_quiet: Duration,
 }
 
 impl StoreOptions {
@@ -93,6 +106,7 @@ impl StoreOptions {
             dir: dir.into(),
             segment_size: DEFAULT_SEGMENT_SIZE,
             skip_corrupt: false,
+            compaction_quiet: DEFAULT_COMPACTION_QUIET,
         }
     }
 }
@@ -237,6 +251,10 @@ pub struct Store {
     /// fails: the writer thread retries).
     pub definitions: Arc<Mutex<definitions::Definitions>>,
     definitions_unsaved: Arc<AtomicBool>,
+    /// Where the live messages are (kept by the writer thread; read when paging).
+    index: Arc<Mutex<Index>>,
+    /// The memory budget of paging.
+    pager: Pager,
 }
 
 impl Store {
@@ -292,13 +310,18 @@ impl Store {
         }
         // What a killed broker left in the page cache is on disk from here on.
         active.sync().map_err(io_error(&active_path))?;
+        let index = Arc::new(Mutex::new(Index::new(
+            recovery.live,
+            active.number,
+            active.len,
+        )));
         let writer = Writer {
             data_dir: dir.clone(),
             dir: messages_dir,
             segment_size: options.segment_size,
             synced_len: active.len,
             active,
-            live: recovery.live,
+            index: index.clone(),
             delivered: recovery
                 .messages
                 .values()
@@ -313,6 +336,8 @@ impl Store {
             failure: None,
             failed: failed.clone(),
             compact_after: Instant::now(),
+            compaction_quiet: options.compaction_quiet,
+            oldest_seen: None,
             definitions: definitions.clone(),
             definitions_unsaved: definitions_unsaved.clone(),
             definitions_retry: Instant::now(),
@@ -335,6 +360,8 @@ impl Store {
             stats,
             definitions,
             definitions_unsaved,
+            index,
+            pager: Pager::default(),
         });
         Ok((store, recovered))
     }
@@ -445,8 +472,8 @@ impl Store {
 struct Recovery {
     /// Live messages by id.
     messages: BTreeMap<u64, PublishRecord>,
-    /// Live message id to the segment holding its (latest) publish record.
-    live: HashMap<u64, u64>,
+    /// Live message id to its (latest) publish record.
+    live: HashMap<u64, Location>,
     /// Per segment: (live messages, publish records written).
     segments: BTreeMap<u64, SegmentCounts>,
     /// The highest id any record mentions.
@@ -464,7 +491,7 @@ struct SegmentCounts {
 fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
     let numbers = list_segments(dir).map_err(io_error(dir))?;
     let mut messages: BTreeMap<u64, PublishRecord> = BTreeMap::new();
-    let mut location: HashMap<u64, u64> = HashMap::new();
+    let mut location: HashMap<u64, Location> = HashMap::new();
     let mut segments: BTreeMap<u64, SegmentCounts> = BTreeMap::new();
     let mut max_id = 0;
     let mut active_valid_len = None;
@@ -473,12 +500,13 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
         let path = segment_path(dir, number);
         let (records, damage) = read_segment(&path).map_err(io_error(&path))?;
         let counts = segments.entry(number).or_default();
-        for (_, record) in records {
+        for (offset, record) in records {
+            let len = record.encoded_len();
             match record {
                 Record::Publish(publish) => {
                     max_id = max_id.max(publish.id);
                     counts.written += 1;
-                    location.insert(publish.id, number);
+                    location.insert(publish.id, Location::new(number, offset, len));
                     messages.insert(publish.id, publish);
                 }
                 Record::Ack(id) => {
@@ -520,8 +548,8 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
             }
         }
     }
-    for number in location.values() {
-        if let Some(counts) = segments.get_mut(number) {
+    for found in location.values() {
+        if let Some(counts) = segments.get_mut(&found.segment) {
             counts.live += 1;
         }
     }
@@ -555,8 +583,8 @@ struct Writer {
     active: ActiveSegment,
     /// How much of the active segment is known to be on disk.
     synced_len: u64,
-    /// Live message id to its segment.
-    live: HashMap<u64, u64>,
+    /// Where the live messages are (shared with the queues that page).
+    index: Arc<Mutex<Index>>,
     /// Live messages that were delivered (kept when copied forward).
     delivered: HashSet<u64>,
     segments: BTreeMap<u64, SegmentCounts>,
@@ -571,6 +599,10 @@ struct Writer {
     failure: Option<Failure>,
     failed: Arc<AtomicBool>,
     compact_after: Instant,
+    compaction_quiet: Duration,
+    /// The oldest segment as reclaim last saw it: its number, its live count, and since when
+    /// that count has not changed.
+    oldest_seen: Option<(u64, u64, Instant)>,
     definitions: Arc<Mutex<definitions::Definitions>>,
     definitions_unsaved: Arc<AtomicBool>,
     definitions_retry: Instant,
@@ -635,14 +667,18 @@ impl Writer {
                 }
             };
             let mut next = first;
+            // The index is locked once for the whole batch, not once per op.
+            let index = Arc::clone(&self.index);
+            let mut live = lock(&index);
             while let Some(op) = next {
-                self.take(op, &mut batch);
+                self.take(op, &mut batch, &mut live);
                 next = if batch.buf.len() < MAX_BATCH_BYTES {
                     ops.try_recv().ok()
                 } else {
                     None
                 };
             }
+            drop(live);
             let mut ok = self.failure.is_none();
             if !batch.buf.is_empty() {
                 ok &= self.write(&mut batch);
@@ -684,7 +720,7 @@ impl Writer {
     }
 
     /// Adds one op to the batch (or, while writing fails, handles it without writing).
-    fn take(&mut self, op: Op, batch: &mut Batch) {
+    fn take(&mut self, op: Op, batch: &mut Batch, index: &mut Index) {
         let failing = self.failure.is_some();
         match op {
             Op::Publish { seq, record } => {
@@ -696,18 +732,22 @@ impl Writer {
                 }
                 // Live at once, so that an ack later in the batch finds it; taken back if
                 // the append fails.
-                self.live.insert(record.id, self.active.number);
-                batch.publishes.push(record.id);
-                batch.last_seq = seq;
+                let offset = self.active.len + batch.buf.len() as u64;
+                let id = record.id;
                 Record::Publish(record).encode(&mut batch.buf);
+                let len = (self.active.len + batch.buf.len() as u64 - offset) as usize;
+                let location = Location::new(self.active.number, offset, len);
+                index.live.insert(id, location);
+                batch.publishes.push(id);
+                batch.last_seq = seq;
             }
             Op::Ack(id) => {
-                if !self.live.contains_key(&id) {
+                if !index.live.contains_key(&id) {
                     return;
                 }
                 if failing {
                     // Applied now so that dead segments can go (freeing space); written later.
-                    self.forget(id);
+                    self.forget(index, id);
                     self.deferred.push(Mark::Ack(id));
                 } else {
                     Mark::Ack(id).encode(&mut batch.buf);
@@ -715,7 +755,7 @@ impl Writer {
                 }
             }
             Op::Delivered(id) => {
-                if !self.live.contains_key(&id) || !self.delivered.insert(id) {
+                if !index.live.contains_key(&id) || !self.delivered.insert(id) {
                     return;
                 }
                 if failing {
@@ -744,11 +784,14 @@ impl Writer {
                 let counts = self.segments.entry(number).or_default();
                 counts.written += publishes.len() as u64;
                 counts.live += publishes.len() as u64;
+                let index = Arc::clone(&self.index);
+                let mut index = lock(&index);
                 for mark in &marks {
                     if let Mark::Ack(id) = mark {
-                        self.forget(*id);
+                        self.forget(&mut index, *id);
                     }
                 }
+                drop(index);
                 self.unsynced.publishes.extend(publishes);
                 self.unsynced.last_seq = self.unsynced.last_seq.max(batch.last_seq);
                 self.unsynced.marks.extend(marks);
@@ -756,10 +799,12 @@ impl Writer {
             }
             Err(err) => {
                 // The segment cut the partial write off; nothing of the batch is on disk.
+                let mut index = lock(&self.index);
                 for id in &publishes {
-                    self.live.remove(id);
+                    index.live.remove(id);
                     self.delivered.remove(id);
                 }
+                drop(index);
                 self.drop_publishes(publishes.len(), batch.last_seq);
                 self.defer(marks);
                 self.enter_failure("append to the message log", &err);
@@ -783,7 +828,7 @@ impl Writer {
         );
         match synced {
             Ok(()) => {
-                self.synced_len = self.active.len;
+                self.set_synced_len(self.active.len);
                 self.unsynced = Unsynced::default();
                 true
             }
@@ -811,13 +856,15 @@ impl Writer {
         counts.written = counts
             .written
             .saturating_sub(unsynced.publishes.len() as u64);
+        let mut index = lock(&self.index);
         for id in &unsynced.publishes {
-            if self.live.get(id) == Some(&number) {
-                self.live.remove(id);
+            if index.live.get(id).is_some_and(|l| l.segment == number) {
+                index.live.remove(id);
                 self.delivered.remove(id);
                 counts.live = counts.live.saturating_sub(1);
             }
         }
+        drop(index);
         self.drop_publishes(unsynced.publishes.len(), unsynced.last_seq);
         let gone: HashSet<u64> = unsynced.publishes.into_iter().collect();
         let marks = unsynced
@@ -839,14 +886,16 @@ impl Writer {
     /// Keeps acks and deliveries of messages still on disk, to write them later; an ack is
     /// applied in memory at once.
     fn defer(&mut self, marks: Vec<Mark>) {
+        let index = Arc::clone(&self.index);
+        let mut index = lock(&index);
         for mark in marks {
             match mark {
-                Mark::Ack(id) if self.live.contains_key(&id) => {
-                    self.forget(id);
+                Mark::Ack(id) if index.live.contains_key(&id) => {
+                    self.forget(&mut index, id);
                     self.deferred.push(mark);
                 }
                 Mark::Ack(_) => self.deferred.push(mark),
-                Mark::Delivered(id) if self.live.contains_key(&id) => self.deferred.push(mark),
+                Mark::Delivered(id) if index.live.contains_key(&id) => self.deferred.push(mark),
                 Mark::Delivered(_) => {}
             }
         }
@@ -916,7 +965,7 @@ impl Writer {
             self.undo_unsynced();
             return Err(err);
         }
-        self.synced_len = self.active.len;
+        self.set_synced_len(self.active.len);
         self.unsynced = Unsynced::default();
         Ok(())
     }
@@ -963,11 +1012,32 @@ impl Writer {
         }
     }
 
+    /// Records how much of the active segment is on disk (for paging, too).
+    fn set_synced_len(&mut self, len: u64) {
+        self.synced_len = len;
+        let mut index = lock(&self.index);
+        index.active = self.active.number;
+        index.synced_len = len;
+    }
+
+    /// Makes `segment` the active one, empty so far.
+    fn start_segment(&mut self, segment: ActiveSegment) {
+        self.active = segment;
+        self.segments.entry(self.active.number).or_default();
+        self.set_synced_len(0);
+    }
+
+    /// Deletes segment `number`'s file, dropping its read handle first.
+    fn delete_segment(&mut self, number: u64) -> std::io::Result<()> {
+        lock(&self.index).drop_reader(number);
+        std::fs::remove_file(segment_path(&self.dir, number)).or_else(ignore_missing)
+    }
+
     /// A message is gone: count it out of its segment.
-    fn forget(&mut self, id: u64) {
+    fn forget(&mut self, index: &mut Index, id: u64) {
         self.delivered.remove(&id);
-        if let Some(number) = self.live.remove(&id) {
-            if let Some(counts) = self.segments.get_mut(&number) {
+        if let Some(Location { segment, .. }) = index.live.remove(&id) {
+            if let Some(counts) = self.segments.get_mut(&segment) {
                 counts.live = counts.live.saturating_sub(1);
             }
         }
@@ -983,11 +1053,7 @@ impl Writer {
             }
             let next = self.active.number + 1;
             match ActiveSegment::open(&self.dir, next, None) {
-                Ok(segment) => {
-                    self.active = segment;
-                    self.synced_len = 0;
-                    self.segments.entry(next).or_default();
-                }
+                Ok(segment) => self.start_segment(segment),
                 Err(err) => {
                     self.enter_failure("start a new message log segment", &err);
                     return;
@@ -1005,8 +1071,7 @@ impl Writer {
                 return;
             }
             if counts.live == 0 {
-                match std::fs::remove_file(segment_path(&self.dir, oldest)).or_else(ignore_missing)
-                {
+                match self.delete_segment(oldest) {
                     Ok(()) => {
                         self.segments.remove(&oldest);
                         continue;
@@ -1021,6 +1086,7 @@ impl Writer {
             if counts.live * 4 <= counts.written
                 && self.failure.is_none()
                 && Instant::now() >= self.compact_after
+                && self.is_quiet(oldest, counts.live)
             {
                 match self.compact(oldest) {
                     Ok(true) => continue,
@@ -1038,6 +1104,21 @@ impl Writer {
         }
     }
 
+    /// Whether segment `number`, with `live` messages, has kept that count for
+    /// `compaction_quiet`: nobody is consuming from it any more.
+    fn is_quiet(&mut self, number: u64, live: u64) -> bool {
+        let now = Instant::now();
+        match self.oldest_seen {
+            Some((seen, seen_live, since)) if seen == number && seen_live == live => {
+                now.duration_since(since) >= self.compaction_quiet
+            }
+            _ => {
+                self.oldest_seen = Some((number, live, now));
+                self.compaction_quiet.is_zero()
+            }
+        }
+    }
+
     /// While writing fails: if the active segment is the only one and none of its messages
     /// is live, replaces it with an empty one (it is deleted next, from the front). Nothing
     /// in it matters any more: no earlier segment is left for its acks to refer to.
@@ -1051,9 +1132,7 @@ impl Writer {
         }
         match ActiveSegment::open(&self.dir, number + 1, None) {
             Ok(segment) => {
-                self.active = segment;
-                self.synced_len = 0;
-                self.segments.entry(number + 1).or_default();
+                self.start_segment(segment);
                 self.unsynced = Unsynced::default();
                 self.deferred.clear();
             }
@@ -1068,12 +1147,20 @@ impl Writer {
         let (records, _) = read_segment(&path)?;
         let mut buf = BytesMut::new();
         let mut moved = Vec::new();
+        let target = self.active.number;
         for (_, record) in records {
             if let Record::Publish(mut publish) = record {
-                if self.live.get(&publish.id) == Some(&number) {
+                let here = lock(&self.index)
+                    .live
+                    .get(&publish.id)
+                    .is_some_and(|l| l.segment == number);
+                if here {
                     publish.delivered = self.delivered.contains(&publish.id);
-                    moved.push(publish.id);
+                    let offset = self.active.len + buf.len() as u64;
+                    let id = publish.id;
                     Record::Publish(publish).encode(&mut buf);
+                    let len = (self.active.len + buf.len() as u64 - offset) as usize;
+                    moved.push((id, Location::new(target, offset, len)));
                 }
             }
         }
@@ -1084,18 +1171,21 @@ impl Writer {
                 return Ok(false);
             }
         }
-        let target = self.active.number;
         let counts = self.segments.entry(target).or_default();
         counts.written += moved.len() as u64;
         counts.live += moved.len() as u64;
-        for id in moved {
-            self.live.insert(id, target);
+        // Paging finds the copies from here on (a read that took the old segment's handle
+        // before still reads the old copies).
+        let mut index = lock(&self.index);
+        for (id, location) in moved {
+            index.live.insert(id, location);
         }
+        drop(index);
         // Nothing live is left in it; if the delete fails, the next reclaim retries it.
         if let Some(counts) = self.segments.get_mut(&number) {
             counts.live = 0;
         }
-        std::fs::remove_file(&path).or_else(ignore_missing)?;
+        self.delete_segment(number)?;
         self.segments.remove(&number);
         tracing::debug!("compacted message log segment {number} into {target}");
         Ok(true)
@@ -1172,6 +1262,7 @@ mod tests {
     fn open(dir: &Path, segment_size: u64) -> (Arc<Store>, Vec<Recovered>) {
         let mut options = StoreOptions::new(dir);
         options.segment_size = segment_size;
+        options.compaction_quiet = Duration::ZERO;
         Store::open(options).unwrap()
     }
 
@@ -1217,6 +1308,108 @@ mod tests {
     fn recovered_ids(dir: &Path) -> Vec<u64> {
         let (_, recovered) = open(dir, DEFAULT_SEGMENT_SIZE);
         recovered.iter().map(|r| r.record.id).collect()
+    }
+
+    #[test]
+    fn synced_messages_are_read_back_by_id_in_the_order_asked() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        for id in 1..=10 {
+            store.publish(record(id, 1000));
+        }
+        assert!(store.sync());
+        assert!((1..=10).all(|id| store.on_disk().contains(id)));
+        assert!(!store.on_disk().contains(11), "never published");
+        let read = store.read_messages(&[3, 1, 2, 11], usize::MAX);
+        assert_eq!(
+            read,
+            vec![
+                Some(record(3, 1000)),
+                Some(record(1, 1000)),
+                Some(record(2, 1000)),
+                None
+            ]
+        );
+        // A budget of octets: as many as fit, at least one.
+        let ids: Vec<u64> = (1..=10).collect();
+        let some = store.read_messages(&ids, 2500);
+        assert_eq!(some.len(), 3, "three records of ~1 KB pass 2500 octets");
+        assert_eq!(store.read_messages(&ids, 1), vec![Some(record(1, 1000))]);
+        // Gone once acked.
+        store.ack(2);
+        assert!(store.sync());
+        assert!(!store.on_disk().contains(2));
+        assert_eq!(store.read_messages(&[2], usize::MAX), vec![None]);
+    }
+
+    #[test]
+    fn a_paged_out_message_is_found_after_compaction_copied_it_forward() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, 4096);
+        store.publish(record(1, 100)); // never acked: paged out
+        assert!(store.sync());
+        // A read opens (and keeps) a handle of segment 1.
+        assert_eq!(
+            store.read_messages(&[1], usize::MAX),
+            vec![Some(record(1, 100))]
+        );
+        for id in 2..=500 {
+            store.publish(record(id, 100));
+            store.ack(id);
+        }
+        store.publish(record(501, 100));
+        assert!(store.sync());
+        assert!(!segments(&dir).contains(&1), "segment 1 was compacted away");
+        assert!(store.on_disk().contains(1));
+        let read = store.read_messages(&[501, 1], usize::MAX);
+        assert_eq!(read, vec![Some(record(501, 100)), Some(record(1, 100))]);
+        // The deleted segment's handle was dropped: its space is free (no open file left).
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap();
+        let segment_1 = segment_path(&dir.join("messages"), 1);
+        assert!(fds
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .all(|target| !target.starts_with(&segment_1)));
+    }
+
+    #[test]
+    fn a_message_whose_fsync_failed_is_never_paged() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        store.publish(record(1, 100));
+        assert!(store.sync());
+        faults::set(&messages, Some(Fault::Sync));
+        store.publish(record(2, 100));
+        assert!(!store.sync());
+        faults::set(&messages, None);
+        assert!(store.on_disk().contains(1));
+        assert!(!store.on_disk().contains(2), "not on disk for good");
+        assert_eq!(store.read_messages(&[2], usize::MAX), vec![None]);
+        wait_until_writable(&store);
+        store.publish(record(3, 100));
+        assert!(store.sync());
+        assert_eq!(
+            store.read_messages(&[3], usize::MAX),
+            vec![Some(record(3, 100))]
+        );
+    }
+
+    #[test]
+    fn recovered_messages_can_be_read_back_where_recovery_found_them() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, 4096);
+        for id in 1..=60 {
+            store.publish(record(id, 100));
+        }
+        assert!(store.close_cleanly());
+        drop(store);
+        let (store, recovered) = open(&dir, 4096);
+        assert_eq!(recovered.len(), 60);
+        assert!(segments(&dir).len() > 1);
+        let ids: Vec<u64> = (1..=60).rev().collect();
+        let read = store.read_messages(&ids, usize::MAX);
+        let expected: Vec<_> = ids.iter().map(|&id| Some(record(id, 100))).collect();
+        assert_eq!(read, expected);
     }
 
     #[test]
@@ -1476,17 +1669,47 @@ mod tests {
         assert_eq!(recovered[0].record, record(1, 100));
     }
 
-    #[test]
-    fn a_message_copied_forward_behind_a_newer_one_still_comes_back_in_publish_order() {
-        let dir = tempdir();
-        let (store, _) = open(&dir, 4096);
+    /// With 4 KiB segments: messages 1 to 40 fill segment 1, message 41 is in segment 2.
+    fn fill_segment_one(store: &Store, dir: &Path) {
         for id in 1..=40 {
             store.publish(record(id, 100));
         }
         assert!(store.sync());
-        assert_eq!(segments(&dir), vec![1, 2], "segment 1 is full");
+        assert_eq!(segments(dir), vec![1, 2], "segment 1 is full");
         store.publish(record(41, 100));
         assert!(store.sync());
+    }
+
+    #[test]
+    fn a_segment_still_being_consumed_is_not_compacted() {
+        let dir = tempdir();
+        let mut options = StoreOptions::new(&*dir);
+        options.segment_size = 4096;
+        options.compaction_quiet = Duration::from_secs(3600);
+        let (store, _) = Store::open(options).unwrap();
+        fill_segment_one(&store, &dir);
+        // Most of segment 1 is consumed: at first sight, it is not copied forward.
+        for id in 1..=35 {
+            store.ack(id);
+        }
+        assert!(store.sync());
+        assert_eq!(
+            segments(&dir),
+            vec![1, 2],
+            "segment 1 is left to empty by itself"
+        );
+        for id in 36..=40 {
+            store.ack(id);
+        }
+        assert!(store.sync());
+        assert_eq!(segments(&dir), vec![2], "emptied, it is deleted");
+    }
+
+    #[test]
+    fn a_message_copied_forward_behind_a_newer_one_still_comes_back_in_publish_order() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, 4096);
+        fill_segment_one(&store, &dir);
         // Segment 1 now only holds message 1: it is copied forward, behind 41.
         for id in 2..=40 {
             store.ack(id);
