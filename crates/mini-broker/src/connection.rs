@@ -2061,9 +2061,6 @@ struct RawFrame {
     payload: Bytes,
 }
 
-/// The most [`read_frame`] reserves ahead for a frame still arriving.
-const MAX_RESERVE_AHEAD: usize = 128 * 1024;
-
 /// Splits the next frame off `input`, checking its framing as RabbitMQ's reader does: a
 /// payload larger than `frame_max` (RabbitMQ tolerates the 8 octets clients often get
 /// wrong, its `FRAME_SIZE_FUDGE`, but names frame_max - 8 as the limit) or a bad end octet
@@ -2093,7 +2090,7 @@ fn read_frame(input: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame>, 
             )
         })?;
     if input.len() < frame_len {
-        input.reserve((frame_len - input.len()).min(MAX_RESERVE_AHEAD));
+        // The reader makes room for the rest of the frame (crate::server).
         return Ok(None);
     }
     let end = input.get(frame_len - 1).copied().unwrap_or(0);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use amqp_codec::content::max_body_frame_payload;
 use amqp_codec::methods::{BasicDeliver, BasicGetOk, BasicReturn};
 use amqp_codec::{ChannelId, Frame, FrameType, Method, ShortString};
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::broker::MessageStats;
@@ -32,6 +32,9 @@ pub const OUTBOX_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// The largest drained buffer the outbox keeps for reuse; a larger one (after a burst) is
 /// freed, so an idle connection does not hold megabytes.
 const SPARE_MAX: usize = 1024 * 1024;
+
+/// The most pieces a drained list may hold room for and still be kept for reuse.
+const SPARE_PIECES_MAX: usize = 1024;
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it: one
 /// connection's bug must not take the broker down.
@@ -53,11 +56,117 @@ pub struct Outbox {
     paused: Mutex<Vec<Weak<Queue>>>,
 }
 
-/// The buffer being filled and a drained one to swap in when the writer takes it, so the
+/// What waits for the socket: pieces (runs of encoded frames, and the bodies of large
+/// messages as they were received, never copied), then the frames encoded since the last
+/// piece in `filling`. Drained ones are kept to swap in when the writer takes them, so the
 /// steady state allocates nothing (`BytesMut::split` would leave no capacity behind).
 struct Buffers {
+    pieces: Vec<Bytes>,
+    pieces_len: usize,
     filling: BytesMut,
     spare: BytesMut,
+    spare_pieces: Vec<Bytes>,
+}
+
+impl Buffers {
+    /// Bytes waiting.
+    fn len(&self) -> usize {
+        self.pieces_len + self.filling.len()
+    }
+
+    /// Adds a piece after what is encoded so far.
+    fn push_piece(&mut self, piece: Bytes) {
+        if !self.filling.is_empty() {
+            let encoded = self.filling.split().freeze();
+            self.pieces_len += encoded.len();
+            self.pieces.push(encoded);
+        }
+        self.pieces_len += piece.len();
+        self.pieces.push(piece);
+    }
+}
+
+/// What the writer took from an outbox: to be written in order, with vectored writes
+/// ([`bytes::Buf`]), then given back with [`Outbox::recycle`].
+#[derive(Debug, Default)]
+pub struct Segments {
+    pieces: Vec<Bytes>,
+    /// The first piece not yet written.
+    at: usize,
+    pieces_len: usize,
+    tail: BytesMut,
+}
+
+impl Segments {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// The parts, in order (for tracing).
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let pieces = self.pieces.get(self.at..).unwrap_or_default();
+        pieces
+            .iter()
+            .map(|piece| &piece[..])
+            .chain(std::iter::once(&self.tail[..]))
+    }
+}
+
+#[cfg(test)]
+impl Segments {
+    /// Everything, in one buffer.
+    pub(crate) fn contiguous(mut self) -> BytesMut {
+        let mut all = BytesMut::new();
+        while self.has_remaining() {
+            let chunk = self.chunk();
+            all.put_slice(chunk);
+            let n = chunk.len();
+            self.advance(n);
+        }
+        all
+    }
+}
+
+impl Buf for Segments {
+    fn remaining(&self) -> usize {
+        self.pieces_len + self.tail.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.pieces.get(self.at) {
+            Some(piece) => piece,
+            None => &self.tail,
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(piece) = self.pieces.get_mut(self.at) else {
+                self.tail.advance(n.min(self.tail.len()));
+                return;
+            };
+            let step = n.min(piece.len());
+            piece.advance(step);
+            self.pieces_len -= step;
+            n -= step;
+            if piece.is_empty() {
+                self.at += 1;
+            }
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for part in self.parts().filter(|part| !part.is_empty()) {
+            let Some(slot) = dst.get_mut(filled) else {
+                break;
+            };
+            *slot = std::io::IoSlice::new(part);
+            filled += 1;
+        }
+        filled
+    }
 }
 
 impl Outbox {
@@ -65,8 +174,11 @@ impl Outbox {
     pub fn new(frame_max: u32) -> Outbox {
         Outbox {
             buf: Mutex::new(Buffers {
+                pieces: Vec::new(),
+                pieces_len: 0,
                 filling: BytesMut::with_capacity(64 * 1024),
                 spare: BytesMut::new(),
+                spare_pieces: Vec::new(),
             }),
             notify: Notify::new(),
             frame_max: AtomicU32::new(frame_max),
@@ -92,7 +204,7 @@ impl Outbox {
             return;
         }
         let mut buf = lock(&self.buf);
-        let was_empty = buf.filling.is_empty();
+        let was_empty = buf.len() == 0;
         // A method the broker itself builds always encodes; a failure here is a bug, logged.
         if let Err(err) = frame.encode(&mut buf.filling, 0) {
             tracing::error!("cannot encode {frame:?}: {err}");
@@ -126,8 +238,8 @@ impl Outbox {
             return;
         }
         let mut buf = lock(&self.buf);
-        let was_empty = buf.filling.is_empty();
-        self.encode_content(&mut buf.filling, channel, method, content);
+        let was_empty = buf.len() == 0;
+        self.encode_content(&mut buf, channel, method, content);
         drop(buf);
         self.wake_if(was_empty);
     }
@@ -141,34 +253,55 @@ impl Outbox {
         content: &MessageContent,
     ) -> bool {
         let mut buf = lock(&self.buf);
-        if buf.filling.len() >= OUTBOX_HIGH_WATER {
+        if buf.len() >= OUTBOX_HIGH_WATER {
             return false;
         }
         if self.closed.load(Ordering::Relaxed) {
             return true;
         }
-        let was_empty = buf.filling.is_empty();
-        self.encode_content(&mut buf.filling, channel, method, content);
+        let was_empty = buf.len() == 0;
+        self.encode_content(&mut buf, channel, method, content);
         drop(buf);
         self.wake_if(was_empty);
         true
     }
 
+    /// Encodes a delivery: a small body is copied in with its frames; a large one goes in
+    /// as the pieces of its body frames, between their 7-octet headers and end octets.
     fn encode_content(
         &self,
-        buf: &mut BytesMut,
+        buf: &mut Buffers,
         channel: ChannelId,
         method: &ContentMethod<'_>,
         content: &MessageContent,
     ) {
-        if let Err(err) = put_content(buf, channel, method, content, self.frame_max()) {
+        let frame_max = self.frame_max();
+        let Some(body) = content.shared_body() else {
+            if let Err(err) = put_content(&mut buf.filling, channel, method, content, frame_max) {
+                tracing::error!("cannot encode a {}: {err}", method.name());
+            }
+            return;
+        };
+        if let Err(err) =
+            put_method_and_header(&mut buf.filling, channel, method, content, frame_max)
+        {
             tracing::error!("cannot encode a {}: {err}", method.name());
+            return;
+        }
+        let chunk = max_body_frame_payload(frame_max);
+        let mut from = 0;
+        while from < body.len() {
+            let to = body.len().min(from + chunk);
+            put_body_frame_header(&mut buf.filling, channel, to - from);
+            buf.push_piece(body.slice(from..to));
+            buf.filling.put_u8(amqp_codec::FRAME_END);
+            from = to;
         }
     }
 
     /// Bytes waiting.
     pub fn len(&self) -> usize {
-        lock(&self.buf).filling.len()
+        lock(&self.buf).len()
     }
 
     /// Whether nothing is waiting.
@@ -193,25 +326,41 @@ impl Outbox {
 
     /// Takes everything waiting (for the writer), swapping in the spare buffer. Hand the
     /// buffer back with [`Outbox::recycle`] once written.
-    pub fn take(&self) -> BytesMut {
+    pub fn take(&self) -> Segments {
         let mut buf = lock(&self.buf);
-        if buf.filling.is_empty() {
-            return BytesMut::new();
+        if buf.len() == 0 {
+            return Segments::default();
         }
         let spare = std::mem::take(&mut buf.spare);
-        std::mem::replace(&mut buf.filling, spare)
+        let tail = std::mem::replace(&mut buf.filling, spare);
+        let spare_pieces = std::mem::take(&mut buf.spare_pieces);
+        let pieces = std::mem::replace(&mut buf.pieces, spare_pieces);
+        let pieces_len = std::mem::take(&mut buf.pieces_len);
+        Segments {
+            pieces,
+            at: 0,
+            pieces_len,
+            tail,
+        }
     }
 
-    /// Gives a written buffer back for the next [`Outbox::take`] to swap in, keeping its
+    /// Gives written segments back for the next [`Outbox::take`] to swap in, keeping their
     /// capacity (up to a limit).
-    pub fn recycle(&self, mut written: BytesMut) {
-        written.clear();
-        if written.capacity() > SPARE_MAX {
-            return;
-        }
+    pub fn recycle(&self, written: Segments) {
+        let Segments {
+            mut pieces,
+            mut tail,
+            ..
+        } = written;
+        pieces.clear();
+        tail.clear();
         let mut buf = lock(&self.buf);
-        if written.capacity() > buf.spare.capacity() {
-            buf.spare = written;
+        if pieces.capacity() <= SPARE_PIECES_MAX && pieces.capacity() > buf.spare_pieces.capacity()
+        {
+            buf.spare_pieces = pieces;
+        }
+        if tail.capacity() <= SPARE_MAX && tail.capacity() > buf.spare.capacity() {
+            buf.spare = tail;
         }
     }
 
@@ -320,28 +469,44 @@ pub fn put_content(
     content: &MessageContent,
     frame_max: u32,
 ) -> Result<(), FrameTooLarge> {
-    let start = buf.len();
-    let result = put_content_unchecked(buf, channel, method, content, frame_max);
-    if result.is_err() {
-        buf.truncate(start);
+    let body = content.body();
+    let chunk = max_body_frame_payload(frame_max);
+    buf.reserve(body.len() + body.len().div_ceil(chunk) * 8);
+    put_method_and_header(buf, channel, method, content, frame_max)?;
+    for part in body.chunks(chunk) {
+        put_body_frame_header(buf, channel, part.len());
+        buf.put_slice(part);
+        buf.put_u8(amqp_codec::FRAME_END);
     }
-    result
+    Ok(())
 }
 
-fn put_content_unchecked(
+/// The method frame and the content header frame of a delivery; on error, nothing.
+fn put_method_and_header(
     buf: &mut BytesMut,
     channel: ChannelId,
     method: &ContentMethod<'_>,
     content: &MessageContent,
     frame_max: u32,
 ) -> Result<(), FrameTooLarge> {
-    let body = content.body();
-    let chunk = max_body_frame_payload(frame_max);
+    let start = buf.len();
+    let result = put_method_and_header_unchecked(buf, channel, method, content, frame_max);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn put_method_and_header_unchecked(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &ContentMethod<'_>,
+    content: &MessageContent,
+    frame_max: u32,
+) -> Result<(), FrameTooLarge> {
     let (exchange, routing_key) = (content.exchange(), content.routing_key());
     let properties = content.properties_wire();
-    buf.reserve(
-        body.len() + body.len().div_ceil(chunk) * 8 + 2 * 8 + 32 + 3 * 256 + properties.len(),
-    );
+    buf.reserve(2 * 8 + 32 + 3 * 256 + properties.len());
     let method_start = buf.len();
     buf.put_u8(FrameType::METHOD.0);
     buf.put_u16(channel);
@@ -386,16 +551,16 @@ fn put_content_unchecked(
     buf.put_u8(amqp_codec::FRAME_END);
     check_frame_max(buf.len() - method_start, frame_max)?;
     let header_start = buf.len();
-    put_header_frame(buf, channel, body.len() as u64, properties);
+    put_header_frame(buf, channel, content.size() as u64, properties);
     check_frame_max(buf.len() - header_start, frame_max)?;
-    for part in body.chunks(chunk) {
-        buf.put_u8(FrameType::BODY.0);
-        buf.put_u16(channel);
-        buf.put_u32(part.len() as u32);
-        buf.put_slice(part);
-        buf.put_u8(amqp_codec::FRAME_END);
-    }
     Ok(())
+}
+
+/// The 7 octets before a body frame's payload: type, channel, size.
+fn put_body_frame_header(buf: &mut BytesMut, channel: ChannelId, size: usize) {
+    buf.put_u8(FrameType::BODY.0);
+    buf.put_u16(channel);
+    buf.put_u32(size as u32);
 }
 
 /// A short string: its length octet, then its octets (at most 255: what the broker holds
@@ -588,16 +753,77 @@ mod tests {
         let outbox = Outbox::new(131_072);
         outbox.send(&Frame::Heartbeat);
         let first = outbox.take();
+        let capacity = first.tail.capacity();
         // Heartbeat: type 8, channel 0 (2 octets), size 0 (4 octets), frame end 0xCE.
-        assert_eq!(&first[..], b"\x08\x00\x00\x00\x00\x00\x00\xce");
-        let capacity = first.capacity();
+        assert_eq!(
+            first.parts().collect::<Vec<_>>(),
+            vec![&b"\x08\x00\x00\x00\x00\x00\x00\xce"[..]]
+        );
         outbox.recycle(first);
         outbox.send(&Frame::Heartbeat);
         // The buffer filled since is taken; the recycled one becomes the one being filled.
         let second = outbox.take();
-        assert_eq!(second.len(), 8);
+        assert_eq!(second.remaining(), 8);
         outbox.send(&Frame::Heartbeat);
         assert_eq!(lock(&outbox.buf).filling.capacity(), capacity);
+    }
+
+    #[test]
+    fn outbox_passes_a_large_body_on_uncopied_between_the_frames_around_it() {
+        let outbox = Outbox::new(4096);
+        let body = Bytes::from((0..10_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let large =
+            MessageContent::with_properties(b"", b"q", &BasicProperties::default(), body.clone());
+        let small = MessageContent::with_properties(
+            b"",
+            b"q",
+            &BasicProperties::default(),
+            Bytes::from_static(b"small"),
+        );
+        let deliver = |tag| ContentMethod::Deliver {
+            consumer_tag: b"c",
+            delivery_tag: tag,
+            redelivered: false,
+        };
+        outbox.send_content(1, &deliver(1), &small);
+        outbox.send_content(1, &deliver(2), &large);
+        outbox.send(&Frame::Heartbeat);
+        let mut expected = BytesMut::new();
+        put_content(&mut expected, 1, &deliver(1), &small, 4096).unwrap();
+        put_content(&mut expected, 1, &deliver(2), &large, 4096).unwrap();
+        Frame::Heartbeat.encode(&mut expected, 0).unwrap();
+        assert_eq!(outbox.len(), expected.len());
+        let segments = outbox.take();
+        // Three body frames of at most 4088 octets: each payload is a slice of the body.
+        let body_range = body.as_ptr_range();
+        let shared = segments
+            .pieces
+            .iter()
+            .filter(|piece| body_range.contains(&piece.as_ptr()))
+            .map(|piece| piece.len())
+            .collect::<Vec<_>>();
+        assert_eq!(shared, vec![4088, 4088, 1824]);
+        assert_eq!(segments.contiguous(), expected);
+        assert_eq!(outbox.len(), 0);
+    }
+
+    #[test]
+    fn segments_advance_across_pieces_and_offer_them_for_one_vectored_write() {
+        let mut segments = Segments {
+            pieces: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
+            at: 0,
+            pieces_len: 7,
+            tail: BytesMut::from(&b"hi"[..]),
+        };
+        let mut slices = [std::io::IoSlice::new(&[]); 4];
+        assert_eq!(segments.chunks_vectored(&mut slices), 3);
+        assert_eq!(&*slices[1], b"defg");
+        segments.advance(4);
+        assert_eq!((segments.remaining(), segments.chunk()), (5, &b"efg"[..]));
+        segments.advance(4);
+        assert_eq!(segments.chunk(), b"i");
+        segments.advance(1);
+        assert!(segments.is_empty());
     }
 
     use amqp_codec::{encode_content, BasicProperties, FieldTable, FieldValue};

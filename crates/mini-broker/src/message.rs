@@ -244,6 +244,14 @@ impl MessageContent {
         }
     }
 
+    /// The body when it is kept apart as received (a large one), to be passed on uncopied.
+    pub fn shared_body(&self) -> Option<&Bytes> {
+        match &self.data {
+            Data::Inline(_) => None,
+            Data::Split(split) => Some(&split.body),
+        }
+    }
+
     /// Its body as [`Bytes`]: shared when it is kept apart, a copy when it is inline.
     pub fn body_bytes(&self) -> Bytes {
         match &self.data {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -68,21 +68,25 @@ async fn handle(
     let writer_outbox = outbox.clone();
     let writer_task = tokio::spawn(async move {
         loop {
-            let chunk = writer_outbox.take();
-            if chunk.is_empty() {
+            let mut segments = writer_outbox.take();
+            if segments.is_empty() {
                 if writer_outbox.is_closed() {
                     break;
                 }
                 writer_outbox.wait().await;
                 continue;
             }
-            if writer.write_all(&chunk).await.is_err() {
+            for part in segments.parts() {
+                trace_out.trace(part);
+            }
+            let len = segments.remaining();
+            // Vectored writes: large bodies go out from the publisher's frame, uncopied.
+            if writer.write_all_buf(&mut segments).await.is_err() {
                 writer_outbox.close();
                 break;
             }
-            trace_out.trace(&chunk);
-            writer_outbox.record_written(chunk.len());
-            writer_outbox.recycle(chunk);
+            writer_outbox.record_written(len);
+            writer_outbox.recycle(segments);
             // Queues that stopped delivering while the outbox was full may go on.
             if !writer_outbox.is_full() {
                 for queue in writer_outbox.take_paused() {
@@ -95,6 +99,7 @@ async fn handle(
     });
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut retired = RetiredBuffers::default();
     let mut alarm = broker_alarm(&connection);
     let mut reading_paused = false;
     let mut shutting_down = *shutdown.borrow();
@@ -154,7 +159,7 @@ async fn handle(
                 connection.force_close("broker forced connection closure with reason 'shutdown'", Instant::now());
             }
         }
-        reserve_for_next_read(&mut buf, outbox.frame_max());
+        reserve_for_next_read(&mut buf, &mut retired, outbox.frame_max());
     }
     connection.handle_eof();
     // Let the writer flush what is left (a close, a close-ok), then stop it.
@@ -166,7 +171,12 @@ async fn handle(
 /// Makes room in the read buffer: 64 KiB when less than 4 KiB is free, and at least the
 /// whole frame in progress (up to `frame_max` + 8 octets of it), so a large frame is read
 /// into one allocation instead of regrowing (and copying) it a read at a time.
-fn reserve_for_next_read(buf: &mut BytesMut, frame_max: u32) {
+///
+/// A buffer still referenced by frames handed on (a large body waiting in a queue or an
+/// outbox) cannot be reused in place: reading goes on in an earlier such buffer that is free
+/// again, or in a new one, and this one is retired until it is free. (Fresh buffers of this
+/// size cost page faults every time; reused ones do not.)
+fn reserve_for_next_read(buf: &mut BytesMut, retired: &mut RetiredBuffers, frame_max: u32) {
     let mut wanted = 4096;
     // A frame header: type, channel (2), size (4). Anything else (the protocol header) is
     // left to the 4 KiB rule; an oversized size is refused by the connection, not reserved.
@@ -181,7 +191,40 @@ fn reserve_for_next_read(buf: &mut BytesMut, frame_max: u32) {
         wanted = wanted.max(frame.saturating_sub(buf.len()));
     }
     if buf.capacity() - buf.len() < wanted {
-        buf.reserve(wanted.max(64 * 1024));
+        let wanted = wanted.max(64 * 1024);
+        if buf.try_reclaim(wanted) {
+            return;
+        }
+        let needed = buf.len() + wanted;
+        let mut next = retired
+            .take(needed)
+            .unwrap_or_else(|| BytesMut::with_capacity(needed));
+        next.put_slice(buf);
+        let mut old = std::mem::replace(buf, next);
+        old.clear();
+        retired.put(old);
+    }
+}
+
+/// Read buffers waiting for the frames sliced from them to be dropped, oldest first.
+#[derive(Default)]
+struct RetiredBuffers(std::collections::VecDeque<BytesMut>);
+
+impl RetiredBuffers {
+    /// The most kept per connection; beyond, the oldest is let go.
+    const MAX: usize = 4;
+
+    /// A retired buffer free again with room for `needed` octets.
+    fn take(&mut self, needed: usize) -> Option<BytesMut> {
+        let at = self.0.iter_mut().position(|old| old.try_reclaim(needed))?;
+        self.0.remove(at)
+    }
+
+    fn put(&mut self, old: BytesMut) {
+        if self.0.len() == Self::MAX {
+            self.0.pop_front();
+        }
+        self.0.push_back(old);
     }
 }
 

@@ -1272,7 +1272,7 @@ mod tests {
 
     /// The confirms a store sent to `outbox`: (delivery tag, acked).
     fn confirms(outbox: &Outbox) -> Vec<(u64, bool)> {
-        let mut buf = outbox.take();
+        let mut buf = outbox.take().contiguous();
         let mut seen = Vec::new();
         while let Some(frame) =
             amqp_codec::decode(&mut buf, &amqp_codec::Limits::default()).unwrap()
