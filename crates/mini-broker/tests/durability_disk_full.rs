@@ -118,6 +118,20 @@ impl BrokerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once it contains `line` (or after 5 s, for the caller's assertion to show it):
+    /// the broker changes an alarm's state before it writes the line that says so, so a
+    /// client can see connection.blocked a moment before the log does.
+    async fn log_text_once_it_says(&self, line: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.log_text();
+            if text.contains(line) || tokio::time::Instant::now() >= deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -339,7 +353,9 @@ async fn full_disk_raises_the_disk_alarm_blocks_publishers_and_loses_nothing_con
         .await
         .unwrap();
     let publisher = fill_until_blocked(&connection, channel).await;
-    let text = broker.log_text();
+    let text = broker
+        .log_text_once_it_says("disk resource limit alarm set")
+        .await;
     let reason = text
         .lines()
         .find(|line| line.contains("No space left on device"))
@@ -383,7 +399,9 @@ async fn full_disk_raises_the_disk_alarm_blocks_publishers_and_loses_nothing_con
     channel.confirm_select().await.unwrap();
     let mut next = published;
     let after = publish_until_acked(&channel, "full", &mut next).await;
-    let text = broker.log_text();
+    let text = broker
+        .log_text_once_it_says("disk resource limit alarm cleared")
+        .await;
     assert!(
         text.contains("can be written again"),
         "no log line says the store recovered:\n{text}"
@@ -507,7 +525,7 @@ async fn free_space_below_disk_free_limit_blocks_publishers_until_space_is_freed
         "connection.blocked with free space below the limit",
     )
     .await;
-    let text = broker.log_text();
+    let text = broker.log_text_once_it_says("is insufficient").await;
     assert!(
         text.contains("free disk space") && text.contains("is insufficient"),
         "no log line says why:\n{text}"
