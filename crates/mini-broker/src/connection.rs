@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -128,11 +129,65 @@ struct ServerChannel {
     /// Whether some confirm of this channel went to the store (which sends it after the
     /// fsync): then a refused publish is nacked through the store too, in order.
     confirms_in_store: bool,
+    /// Confirms of this channel handed to the store that it has not sent yet.
+    confirms_unsent: Arc<AtomicU64>,
+    /// Publisher confirms due and not sent yet: the first and last delivery tag of a run of
+    /// consecutive basic.acks, sent together once the read's input is handled
+    /// ([`ServerChannel::send_acks_due`]).
+    acks_due: Option<(u64, u64)>,
     /// The queue the channel declared last: what `""` means in bind, consume, get, purge
     /// and delete (RabbitMQ's `most_recently_declared_queue`).
     last_declared_queue: ShortString,
     /// Transaction mode and its buffer.
     tx: Option<Transaction>,
+}
+
+impl ServerChannel {
+    /// Records that the publish with `delivery_tag` is confirmed (basic.ack), to be sent with
+    /// the acks due before it; true if it is the first due. Acks due are always consecutive:
+    /// whatever else a publish gets (a nack, a confirm through the store) sends them first.
+    fn ack_due(&mut self, delivery_tag: u64) -> bool {
+        match &mut self.acks_due {
+            Some((_, last)) if *last + 1 == delivery_tag => {
+                *last = delivery_tag;
+                false
+            }
+            due => {
+                let first = due.is_none();
+                *due = Some((delivery_tag, delivery_tag));
+                first
+            }
+        }
+    }
+
+    /// Sends the acks due (spec 1.8.3.3; confirms are RabbitMQ's extension): several as one
+    /// basic.ack with multiple=true, which acknowledges every earlier unconfirmed tag too, so
+    /// only when no earlier confirm of this channel is still with the store (acks due are
+    /// consecutive, and nacks go out at once); one basic.ack per tag otherwise.
+    fn send_acks_due(&mut self, id: ChannelId, outbox: &Outbox) {
+        let Some((first, last)) = self.acks_due.take() else {
+            return;
+        };
+        if first < last && self.confirms_unsent.load(Ordering::Acquire) == 0 {
+            outbox.send_method(
+                id,
+                BasicAck {
+                    delivery_tag: last,
+                    multiple: true,
+                },
+            );
+            return;
+        }
+        for delivery_tag in first..=last {
+            outbox.send_method(
+                id,
+                BasicAck {
+                    delivery_tag,
+                    multiple: false,
+                },
+            );
+        }
+    }
 }
 
 /// The server side of one connection.
@@ -172,6 +227,8 @@ pub struct ServerConnection {
     closing_since: Option<Instant>,
     /// Reusable buffer for routing results.
     route_buf: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms due ([`ServerChannel::acks_due`]).
+    channels_with_acks_due: Vec<ChannelId>,
 }
 
 impl ServerConnection {
@@ -218,6 +275,7 @@ impl ServerConnection {
             started: now,
             closing_since: None,
             route_buf: Vec::new(),
+            channels_with_acks_due: Vec::new(),
         }
     }
 
@@ -243,8 +301,14 @@ impl ServerConnection {
 
     // ---- inputs -------------------------------------------------------------------------
 
-    /// Feeds bytes read from the socket.
+    /// Feeds bytes read from the socket. Publisher confirms due for what they held go out
+    /// at the end, consecutive acks of a channel as one.
     pub fn handle_input(&mut self, input: &mut BytesMut, now: Instant) {
+        self.handle_frames(input, now);
+        self.send_acks_due();
+    }
+
+    fn handle_frames(&mut self, input: &mut BytesMut, now: Instant) {
         if !input.is_empty() {
             self.last_received = now;
         }
@@ -281,6 +345,15 @@ impl ServerConnection {
                     self.silent_close(now);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sends the publisher confirms due on every channel.
+    fn send_acks_due(&mut self) {
+        for id in self.channels_with_acks_due.drain(..) {
+            if let Some(channel) = self.channels.get_mut(&id) {
+                channel.send_acks_due(id, &self.outbox);
             }
         }
     }
@@ -491,7 +564,10 @@ impl ServerConnection {
         };
         match (raw.channel, frame) {
             (_, ChannelFrame::Heartbeat) if raw.channel == 0 => {}
-            (0, ChannelFrame::Method(method)) => self.handle_connection_method(method, now),
+            (0, ChannelFrame::Method(method)) => {
+                self.send_acks_due();
+                self.handle_connection_method(method, now)
+            }
             (0, _) => self.unexpected_frame(&raw, now),
             (_, _) if self.state != ServerState::Open => self.unexpected_frame(&raw, now),
             (_, ChannelFrame::Heartbeat) => self.unexpected_frame(&raw, now),
@@ -727,6 +803,7 @@ impl ServerConnection {
         if !matches!(error.code, ReplyCode::CONNECTION_FORCED) {
             tracing::info!(connection = self.id, peer = %self.peer, "closing connection: {error}");
         }
+        self.send_acks_due();
         self.outbox.send_method(
             0,
             ConnectionClose {
@@ -848,6 +925,12 @@ impl ServerConnection {
             let error = AmqpError::new(ReplyCode::UNEXPECTED_FRAME, text);
             return self.connection_error(error, class_id, method_id, now);
         }
+        if let ChannelFrame::Method(method) = &frame {
+            if !matches!(method, Method::BasicPublish(_)) {
+                // Confirms of earlier publishes go out before the answer to anything else.
+                channel.send_acks_due(id, &self.outbox);
+            }
+        }
         let fed = match frame {
             ChannelFrame::Method(method) => {
                 if method.has_content() {
@@ -907,6 +990,8 @@ impl ServerConnection {
                 prefetch_count: 0,
                 confirm_seq: None,
                 confirms_in_store: false,
+                confirms_unsent: Arc::new(AtomicU64::new(0)),
+                acks_due: None,
                 tx: None,
                 last_declared_queue: ShortString::default(),
             },
@@ -921,6 +1006,9 @@ impl ServerConnection {
             channel = id,
             "closing channel: {error}"
         );
+        if let Some(channel) = self.channels.get_mut(&id) {
+            channel.send_acks_due(id, &self.outbox);
+        }
         self.release_channel(id);
         if let Some(channel) = self.channels.get_mut(&id) {
             channel.closing = true;
@@ -1566,18 +1654,23 @@ impl ServerConnection {
                     .flatten()
             });
             if let Some(store) = store {
-                // Confirmed only once on disk: the store's writer sends it after the fsync.
+                // Confirmed only once on disk: the store's writer sends it after the fsync,
+                // after the acks due before it.
+                channel.send_acks_due(id, &outbox);
                 channel.confirms_in_store = true;
+                channel.confirms_unsent.fetch_add(1, Ordering::Relaxed);
                 store.confirm(Confirm {
                     outbox,
                     channel: id,
                     delivery_tag,
                     nack: rejected,
+                    unsent: channel.confirms_unsent.clone(),
                 });
             } else if rejected {
                 // RabbitMQ coalesces nacks: with nothing unconfirmed before it, a lone nack
                 // goes out with multiple=true (and its nacks always say requeue=true).
-                self.outbox.send_method(
+                channel.send_acks_due(id, &outbox);
+                outbox.send_method(
                     id,
                     BasicNack {
                         delivery_tag,
@@ -1585,14 +1678,8 @@ impl ServerConnection {
                         requeue: true,
                     },
                 );
-            } else {
-                self.outbox.send_method(
-                    id,
-                    BasicAck {
-                        delivery_tag,
-                        multiple: false,
-                    },
-                );
+            } else if channel.ack_due(delivery_tag) {
+                self.channels_with_acks_due.push(id);
             }
         }
         if confirmed {

@@ -159,6 +159,10 @@ pub struct Confirm {
     pub delivery_tag: u64,
     /// Send basic.nack instead (the message was refused by a queue), after the others.
     pub nack: bool,
+    /// The channel's count of confirms handed to the store and not yet sent; the store
+    /// takes this one off once it is sent (the channel coalesces its own acks only while
+    /// the count is 0).
+    pub unsent: Arc<AtomicU64>,
 }
 
 enum Op {
@@ -694,10 +698,12 @@ impl Writer {
                 last_sync = Instant::now();
             }
             add(&self.stats.confirms, batch.confirms.len() as u64);
-            for (since, confirm) in batch.confirms.drain(..) {
-                let stored = ok && since > self.last_dropped;
-                send_confirm(&confirm, stored && !confirm.nack);
-            }
+            let last_dropped = self.last_dropped;
+            send_confirms(batch.confirms.drain(..).map(|(since, confirm)| {
+                let stored = ok && since > last_dropped;
+                let ack = stored && !confirm.nack;
+                (confirm, ack)
+            }));
             self.reclaim();
             // A sync answers once the batch is written, synced and its segments reclaimed.
             for done in batch.syncs.drain(..) {
@@ -1214,28 +1220,86 @@ fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
     }
 }
 
-/// Sends basic.ack (or basic.nack when the message could not be stored or was refused).
-fn send_confirm(confirm: &Confirm, ack: bool) {
-    if ack {
-        confirm.outbox.send_method(
-            confirm.channel,
-            BasicAck {
-                delivery_tag: confirm.delivery_tag,
-                multiple: false,
-            },
-        );
-    } else {
-        // RabbitMQ's publisher nacks say requeue=true (observed with 3.10; the field means
-        // nothing to a publisher).
-        confirm.outbox.send_method(
-            confirm.channel,
-            BasicNack {
-                delivery_tag: confirm.delivery_tag,
-                multiple: false,
-                requeue: true,
-            },
-        );
+/// Sends a batch's confirms, each `(confirm, ack)`: basic.ack, or basic.nack when the
+/// message could not be stored or was refused. Consecutive acks of one channel go out as one
+/// basic.ack with multiple=true (RabbitMQ coalesces its confirms the same way): every tag
+/// before them on the channel was confirmed already, since the channel sends its own acks
+/// before it hands a confirm to the store, nacks go out in order, and the store sends the
+/// confirms of one channel in the order it got them.
+fn send_confirms(confirms: impl Iterator<Item = (Confirm, bool)>) {
+    // The run of consecutive acks being gathered, per channel.
+    let mut runs: Vec<AckRun> = Vec::new();
+    for (confirm, ack) in confirms {
+        let run = runs.iter().position(|run| run.is_of(&confirm));
+        if let Some(run) = run {
+            if ack && runs[run].last.delivery_tag.checked_add(1) == Some(confirm.delivery_tag) {
+                runs[run].extend(confirm);
+                continue;
+            }
+            runs.swap_remove(run).send();
+        }
+        if ack {
+            runs.push(AckRun {
+                last: confirm,
+                count: 1,
+            });
+        } else {
+            send_nack(&confirm);
+        }
     }
+    for run in runs {
+        run.send();
+    }
+}
+
+/// Consecutive acks of one channel, up to `last`.
+struct AckRun {
+    last: Confirm,
+    count: u64,
+}
+
+impl AckRun {
+    fn is_of(&self, confirm: &Confirm) -> bool {
+        Arc::ptr_eq(&self.last.outbox, &confirm.outbox) && self.last.channel == confirm.channel
+    }
+
+    fn extend(&mut self, confirm: Confirm) {
+        self.last = confirm;
+        self.count += 1;
+    }
+
+    fn send(self) {
+        let Confirm {
+            outbox,
+            channel,
+            delivery_tag,
+            unsent,
+            ..
+        } = self.last;
+        outbox.send_method(
+            channel,
+            BasicAck {
+                delivery_tag,
+                multiple: self.count > 1,
+            },
+        );
+        unsent.fetch_sub(self.count, Ordering::Release);
+    }
+}
+
+/// Sends basic.nack for a message that could not be stored or was refused.
+fn send_nack(confirm: &Confirm) {
+    // RabbitMQ's publisher nacks say requeue=true (observed with 3.10; the field means
+    // nothing to a publisher).
+    confirm.outbox.send_method(
+        confirm.channel,
+        BasicNack {
+            delivery_tag: confirm.delivery_tag,
+            multiple: false,
+            requeue: true,
+        },
+    );
+    confirm.unsent.fetch_sub(1, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -1294,6 +1358,7 @@ mod tests {
             channel: 1,
             delivery_tag: id,
             nack: false,
+            unsent: Arc::new(AtomicU64::new(1)),
         });
     }
 
@@ -1542,9 +1607,101 @@ mod tests {
             channel: 1,
             delivery_tag: 1,
             nack: false,
+            unsent: Arc::new(AtomicU64::new(1)),
         });
         assert!(store.sync());
         assert_eq!(confirms(&outbox), vec![(1, false)]);
+    }
+
+    /// What `send_confirms` sends for `(channel, delivery tag, ack)`s from one batch, as
+    /// `(channel, delivery tag, multiple, ack)`; checks that each channel's count of unsent
+    /// confirms comes down to zero.
+    fn coalesced(batch: &[(ChannelId, u64, bool)]) -> Vec<(ChannelId, u64, bool, bool)> {
+        let outbox = Arc::new(Outbox::new(131_072));
+        let unsent: HashMap<ChannelId, Arc<AtomicU64>> = batch
+            .iter()
+            .map(|&(channel, _, _)| (channel, Arc::new(AtomicU64::new(0))))
+            .collect();
+        let confirms: Vec<(Confirm, bool)> = batch
+            .iter()
+            .map(|&(channel, delivery_tag, ack)| {
+                unsent[&channel].fetch_add(1, Ordering::Relaxed);
+                let confirm = Confirm {
+                    outbox: outbox.clone(),
+                    channel,
+                    delivery_tag,
+                    nack: !ack,
+                    unsent: unsent[&channel].clone(),
+                };
+                (confirm, ack)
+            })
+            .collect();
+        send_confirms(confirms.into_iter());
+        assert!(unsent.values().all(|n| n.load(Ordering::Relaxed) == 0));
+        let mut buf = outbox.take().contiguous();
+        let mut sent = Vec::new();
+        while let Some(frame) =
+            amqp_codec::decode(&mut buf, &amqp_codec::Limits::default()).unwrap()
+        {
+            match frame {
+                Frame::Method(channel, Method::BasicAck(ack)) => {
+                    sent.push((channel, ack.delivery_tag, ack.multiple, true))
+                }
+                Frame::Method(channel, Method::BasicNack(nack)) => {
+                    sent.push((channel, nack.delivery_tag, nack.multiple, false))
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        sent.sort_by_key(|&(channel, tag, ..)| (channel, tag));
+        sent
+    }
+
+    #[test]
+    fn consecutive_store_acks_of_a_channel_go_out_as_one_multiple_ack() {
+        let batch: Vec<_> = (1..=50).map(|tag| (1, tag, true)).collect();
+        assert_eq!(coalesced(&batch), vec![(1, 50, true, true)]);
+        assert_eq!(coalesced(&[(1, 7, true)]), vec![(1, 7, false, true)]);
+    }
+
+    #[test]
+    fn a_store_nack_splits_the_acks_around_it_and_goes_out_alone() {
+        let batch = [
+            (1, 1, true),
+            (1, 2, true),
+            (1, 3, false),
+            (1, 4, true),
+            (1, 5, true),
+            (1, 6, true),
+        ];
+        assert_eq!(
+            coalesced(&batch),
+            vec![(1, 2, true, true), (1, 3, false, false), (1, 6, true, true)]
+        );
+    }
+
+    #[test]
+    fn store_acks_coalesce_per_channel_and_only_over_consecutive_tags() {
+        // Channel 2's tag 3 was confirmed by the connection (a transient publish): 4 does
+        // not follow 2, so it is acked alone.
+        let batch = [
+            (1, 10, true),
+            (2, 1, true),
+            (1, 11, true),
+            (2, 2, true),
+            (2, 4, true),
+            (1, 12, true),
+            (2, 5, false),
+        ];
+        assert_eq!(
+            coalesced(&batch),
+            vec![
+                (1, 12, true, true),
+                (2, 2, true, true),
+                (2, 4, false, true),
+                (2, 5, false, false)
+            ]
+        );
     }
 
     #[test]
