@@ -360,9 +360,9 @@ fn delivery_mode_and_priority(properties_wire: &[u8]) -> Option<(Option<u8>, Opt
     let mut at = 0usize;
     for (bit, length_octets) in [(15, 1), (14, 1), (13, 4)] {
         if flags & (1 << bit) != 0 {
-            let length = list.get(at..at + length_octets)?;
+            let length = list.get(at..at.checked_add(length_octets)?)?;
             let length = length.iter().fold(0usize, |n, &b| n << 8 | usize::from(b));
-            at += length_octets + length;
+            at = at.checked_add(length_octets)?.checked_add(length)?;
         }
     }
     let mut octet = |bit: u16| -> Option<Option<u8>> {
@@ -382,8 +382,10 @@ fn delivery_mode_and_priority(properties_wire: &[u8]) -> Option<(Option<u8>, Opt
 /// flags, properties), when they can be passed on as they are: a single flags word (no
 /// continuation bit, which only a peer that sends empty extra flag words sets).
 pub fn properties_of_header_payload(payload: &Bytes) -> Option<Bytes> {
-    let flags = payload.get(HEADER_PREFIX..HEADER_PREFIX + 2)?;
-    if flags[1] & 1 != 0 {
+    let &[_, low] = payload.get(HEADER_PREFIX..HEADER_PREFIX + 2)? else {
+        return None;
+    };
+    if low & 1 != 0 {
         return None;
     }
     Some(payload.slice(HEADER_PREFIX..))
