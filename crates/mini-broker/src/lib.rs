@@ -134,6 +134,13 @@ pub async fn start(options: BrokerOptions) -> std::io::Result<RunningBroker> {
         None => None,
     };
     let broker = Broker::with_store(options.config, store);
+    if let Some(dir) = &options.data_dir {
+        let file = dir.join(permissions::PERMISSIONS_FILE);
+        broker
+            .permissions
+            .keep_changes_in(file)
+            .map_err(std::io::Error::other)?;
+    }
     let listener = amqp_socket.listen(LISTEN_BACKLOG)?;
     let mgmt_listener = match mgmt_socket {
         Some(socket) => Some(socket.listen(LISTEN_BACKLOG)?),

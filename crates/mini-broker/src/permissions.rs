@@ -33,6 +33,9 @@
 //! exchange, reserved `amq.` names, 404s), so that a client sees the same first error; the
 //! `Permit` methods below say where each one falls.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -181,11 +184,68 @@ impl Permission {
 /// Every user's permissions: read from the configuration, changed through the management
 /// API (`PUT`/`DELETE /api/permissions/{vhost}/{user}`). Kept in the order they were set,
 /// which is the order listings show.
+///
+/// With a data directory, the management API's changes outlive a restart, as RabbitMQ's do
+/// (it keeps them in its metadata store): they are written to [`PERMISSIONS_FILE`] there
+/// before they take effect, and replayed over what the configuration says when the broker
+/// starts again. So a permission set or cleared through the API stays set or cleared, even
+/// if the configuration file says otherwise for that user and vhost.
 #[derive(Debug, Default)]
 pub struct Permissions {
     entries: Mutex<Vec<Arc<Permission>>>,
     /// Bumped on every change, so that permits notice without taking the lock.
     generation: AtomicU64,
+    /// Where the management API's changes are kept, once [`Permissions::keep_changes_in`]
+    /// named a file. Its lock also puts the changes in one order, on disk and in memory.
+    changes: Mutex<Option<ChangeFile>>,
+}
+
+/// The file of a data directory that keeps the permissions set or cleared through the
+/// management API.
+pub const PERMISSIONS_FILE: &str = "permissions.json";
+
+/// The management API's changes and the file they are kept in.
+#[derive(Debug)]
+struct ChangeFile {
+    path: PathBuf,
+    /// The last change per (user, vhost): its three patterns, or None when cleared.
+    last: BTreeMap<(String, String), Option<[String; 3]>>,
+}
+
+/// One change, as the file holds it: `{"user": .., "vhost": .., "configure": .., "write": ..,
+/// "read": ..}` for a permission set, the same without the three patterns for one cleared.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredChange {
+    user: String,
+    vhost: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    configure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read: Option<String>,
+}
+
+/// The permissions file cannot be read, or says something that cannot be applied: the
+/// broker refuses to start rather than run with permissions an administrator did not set.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeFileError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a list of changes.
+    #[error("{path} is not a list of permission changes: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What the JSON parser said, or which pattern does not compile.
+        reason: String,
+    },
 }
 
 impl Permissions {
@@ -213,7 +273,89 @@ impl Permissions {
         Ok(permissions)
     }
 
-    /// Sets (or replaces) a user's permissions in a vhost. Returns whether it replaced one.
+    /// Keeps the management API's changes in `path` from now on, after replaying the
+    /// changes the file already holds (from before a restart) over the current entries.
+    pub fn keep_changes_in(&self, path: PathBuf) -> Result<(), ChangeFileError> {
+        let stored: Vec<StoredChange> = match std::fs::read(&path) {
+            Ok(octets) => {
+                serde_json::from_slice(&octets).map_err(|err| ChangeFileError::Malformed {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(ChangeFileError::Read { path, source }),
+        };
+        let mut last = BTreeMap::new();
+        for change in stored {
+            let patterns = match (change.configure, change.write, change.read) {
+                (Some(configure), Some(write), Some(read)) => Some([configure, write, read]),
+                (None, None, None) => None,
+                _ => {
+                    return Err(ChangeFileError::Malformed {
+                        path,
+                        reason: format!(
+                            "the change for user '{}' in vhost '{}' names some of configure, \
+                             write and read but not all three",
+                            change.user, change.vhost
+                        ),
+                    })
+                }
+            };
+            last.insert((change.user, change.vhost), patterns);
+        }
+        for ((user, vhost), patterns) in &last {
+            match patterns {
+                Some([configure, write, read]) => {
+                    let permission =
+                        Permission::new(user, vhost, configure, write, read).map_err(|err| {
+                            ChangeFileError::Malformed {
+                                path: path.clone(),
+                                reason: err.to_string(),
+                            }
+                        })?;
+                    self.set(permission);
+                }
+                None => {
+                    self.clear(user, vhost);
+                }
+            }
+        }
+        *lock(&self.changes) = Some(ChangeFile { path, last });
+        Ok(())
+    }
+
+    /// [`Permissions::set`] for the management API: the change is written to the
+    /// permissions file first (when there is one), and takes effect only once it is there.
+    pub fn set_and_keep(&self, permission: Permission) -> std::io::Result<bool> {
+        let mut changes = lock(&self.changes);
+        if let Some(file) = changes.as_mut() {
+            let patterns = [
+                permission.configure.as_str().to_owned(),
+                permission.write.as_str().to_owned(),
+                permission.read.as_str().to_owned(),
+            ];
+            let key = (permission.user.clone(), permission.vhost.clone());
+            file.record(key, Some(patterns))?;
+        }
+        Ok(self.set(permission))
+    }
+
+    /// [`Permissions::clear`] for the management API, kept as [`Permissions::set_and_keep`]
+    /// keeps a change. Returns whether there were any.
+    pub fn clear_and_keep(&self, user: &str, vhost: &str) -> std::io::Result<bool> {
+        let mut changes = lock(&self.changes);
+        if self.lookup(user, vhost).is_none() {
+            return Ok(false);
+        }
+        if let Some(file) = changes.as_mut() {
+            file.record((user.to_owned(), vhost.to_owned()), None)?;
+        }
+        Ok(self.clear(user, vhost))
+    }
+
+    /// Sets (or replaces) a user's permissions in a vhost, in memory only. Returns whether it
+    /// replaced one.
     pub fn set(&self, permission: Permission) -> bool {
         let mut entries = lock(&self.entries);
         let replaced = match entries
@@ -233,7 +375,8 @@ impl Permissions {
         replaced
     }
 
-    /// Removes a user's permissions in a vhost. Returns whether there were any.
+    /// Removes a user's permissions in a vhost, in memory only. Returns whether there were
+    /// any.
     pub fn clear(&self, user: &str, vhost: &str) -> bool {
         let mut entries = lock(&self.entries);
         let before = entries.len();
@@ -263,6 +406,65 @@ impl Permissions {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl ChangeFile {
+    /// Records a change: the whole file is written anew (it holds one entry per user and
+    /// vhost ever changed, a few hundred octets each), to a temporary file that is fsynced
+    /// and renamed over the old one, so that a crash leaves either the old or the new file.
+    fn record(
+        &mut self,
+        key: (String, String),
+        patterns: Option<[String; 3]>,
+    ) -> std::io::Result<()> {
+        let previous = self.last.insert(key.clone(), patterns);
+        let written = write_atomically(&self.path, &self.to_json());
+        if written.is_err() {
+            match previous {
+                Some(previous) => self.last.insert(key, previous),
+                None => self.last.remove(&key),
+            };
+        }
+        written
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        let stored: Vec<StoredChange> = self
+            .last
+            .iter()
+            .map(|((user, vhost), patterns)| {
+                let [configure, write, read] = match patterns {
+                    Some([c, w, r]) => [Some(c.clone()), Some(w.clone()), Some(r.clone())],
+                    None => [None, None, None],
+                };
+                StoredChange {
+                    user: user.clone(),
+                    vhost: vhost.clone(),
+                    configure,
+                    write,
+                    read,
+                }
+            })
+            .collect();
+        // A list of plain strings always serialises.
+        serde_json::to_vec_pretty(&stored).unwrap_or_default()
+    }
+}
+
+/// Replaces the file at `path` with `contents` so that a crash leaves the old file or the
+/// new one, never a mix: a temporary file next to it, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
     }
 }
 
@@ -576,5 +778,50 @@ mod tests {
             ("", "^app\\.", ".*")
         );
         assert_eq!(permissions.all().len(), 2);
+    }
+
+    #[test]
+    fn changes_kept_in_a_file_are_replayed_over_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("perm-changes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(PERMISSIONS_FILE);
+        let _ = std::fs::remove_file(&path);
+        let first = Permissions::default();
+        first.set(Permission::full("config-user", "/"));
+        first.keep_changes_in(path.clone()).unwrap();
+        assert!(!first
+            .set_and_keep(Permission::new("u", "/", "^u-", "", ".*").unwrap())
+            .unwrap());
+        assert!(first.clear_and_keep("config-user", "/").unwrap());
+        assert!(!first.clear_and_keep("nobody", "/").unwrap());
+
+        let second = Permissions::default();
+        second.set(Permission::full("config-user", "/"));
+        second.keep_changes_in(path.clone()).unwrap();
+        assert!(second.lookup("config-user", "/").is_none());
+        let u = second.lookup("u", "/").unwrap();
+        assert_eq!(
+            (u.configure.as_str(), u.write.as_str(), u.read.as_str()),
+            ("^u-", "", ".*")
+        );
+
+        std::fs::write(&path, r#"[{"user": "u", "vhost": "/", "configure": ".*"}]"#).unwrap();
+        let err = Permissions::default()
+            .keep_changes_in(path.clone())
+            .unwrap_err();
+        assert!(err.to_string().contains("not all three"), "{err}");
+        std::fs::write(
+            &path,
+            r#"[{"user": "u", "vhost": "/", "configure": "(", "write": "", "read": ""}]"#,
+        )
+        .unwrap();
+        let err = Permissions::default()
+            .keep_changes_in(path.clone())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("invalid regular expression"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

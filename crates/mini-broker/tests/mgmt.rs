@@ -191,6 +191,11 @@ async fn user_without_management_tags_is_refused() {
 /// A broker with guest (administrator), `app` (management, its own permissions on `/`) and
 /// `idle` (no permissions), and a second vhost.
 async fn broker_with_users() -> RunningBroker {
+    broker_with_users_in(None).await
+}
+
+/// [`broker_with_users`] keeping its state in `data_dir`.
+async fn broker_with_users_in(data_dir: Option<std::path::PathBuf>) -> RunningBroker {
     let config = mini_broker::BrokerConfig::from_toml(
         r#"
         vhosts = ["/", "other"]
@@ -217,6 +222,7 @@ async fn broker_with_users() -> RunningBroker {
         listen: "127.0.0.1:0".parse().unwrap(),
         mgmt_listen: Some("127.0.0.1:0".parse().unwrap()),
         config,
+        data_dir,
         ..Default::default()
     })
     .await
@@ -343,6 +349,64 @@ async fn permissions_are_set_and_cleared_and_take_effect_on_amqp_at_once() {
             .map(|c| c.0),
         Some(530)
     );
+}
+
+#[tokio::test]
+async fn permissions_set_and_cleared_through_the_api_outlive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("mini-broker-mgmt-perms-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let running = broker_with_users_in(Some(dir.clone())).await;
+    let idle = json!({"configure": "^idle-", "write": ".*", "read": ""});
+    let created = api(&running, "PUT", "/api/permissions/other/idle", Some(idle)).await;
+    assert_eq!(created.status, 201);
+    // The configuration gives `app` permissions on `/`: cleared here, they stay cleared.
+    let cleared = api(&running, "DELETE", "/api/permissions/%2F/app", None).await;
+    assert_eq!(cleared.status, 204);
+    running.shutdown().await;
+
+    let running = broker_with_users_in(Some(dir.clone())).await;
+    let all = api(&running, "GET", "/api/permissions", None).await;
+    assert_eq!(
+        all.json(),
+        json!([
+            {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+            {"user": "idle", "vhost": "other", "configure": "^idle-", "write": ".*", "read": ""},
+        ])
+    );
+    let url = format!("amqp://idle:secret@{}/other", running.amqp_addr);
+    let connection = Connection::open(&url).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let err = channel
+        .queue_declare("other-q", QueueDeclareOptions::default(), FieldTable::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reply_code().map(|c| c.0), Some(403));
+    let app = format!("amqp://app:secret@{}/%2f", running.amqp_addr);
+    assert_eq!(
+        Connection::open(&app)
+            .await
+            .unwrap_err()
+            .reply_code()
+            .map(|c| c.0),
+        Some(530)
+    );
+    running.shutdown().await;
+
+    // A file that is not a list of changes stops the broker from starting, naming it.
+    std::fs::write(dir.join("permissions.json"), "{\"user\": 1}").unwrap();
+    let refused = mini_broker::start(BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .await
+    .err()
+    .expect("a malformed permissions file is refused");
+    assert!(
+        refused.to_string().contains("permissions.json"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

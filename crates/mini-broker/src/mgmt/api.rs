@@ -82,6 +82,17 @@ fn method_not_allowed(allowed: &str) -> Response {
     Response::empty(405).with_header("allow", allowed)
 }
 
+/// A change that could not be written to the data directory, and so was not made: 500,
+/// with the error, and a log line for the operator.
+fn not_kept(err: std::io::Error) -> Response {
+    tracing::error!("permission change not made: cannot write the permissions file: {err}");
+    error_json(
+        500,
+        "internal_server_error",
+        format!("cannot keep the change: {err}"),
+    )
+}
+
 fn key_missing(key: &str) -> Response {
     bad_request(format!("[{{key_missing,{key}}}]"))
 }
@@ -884,7 +895,11 @@ impl Api {
             .map_err(|InvalidPattern { pattern, reason }| {
                 bad_request(format!("invalid regular expression '{pattern}': {reason}"))
             })?;
-        let replaced = self.broker.permissions.set(permission);
+        let replaced = self
+            .broker
+            .permissions
+            .set_and_keep(permission)
+            .map_err(not_kept)?;
         tracing::info!(
             "permissions of user '{user}' in vhost '{vhost}' set by '{}'",
             caller.user.name
@@ -897,7 +912,12 @@ impl Api {
         if !caller.is_administrator() {
             return Err(not_authorised("Not administrator user"));
         }
-        if !self.broker.permissions.clear(user, vhost) {
+        if !self
+            .broker
+            .permissions
+            .clear_and_keep(user, vhost)
+            .map_err(not_kept)?
+        {
             return Err(not_found());
         }
         tracing::info!(
