@@ -14,7 +14,7 @@
 //! the log is corruption and is reported with the file and offset.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -114,67 +114,120 @@ impl Record {
         8 + 1 + payload
     }
 
-    /// Parses a record's kind and payload (checksum already verified).
+    /// Parses a record's kind and payload (checksum already verified), its strings and
+    /// octets sharing `kind_and_payload`'s memory.
     fn decode(kind_and_payload: Bytes) -> Option<Record> {
-        let mut r = Cursor(kind_and_payload);
-        match r.u8()? {
-            KIND_PUBLISH => {
-                let id = r.u64()?;
-                let delivered = r.u8()? != 0;
-                let vhost = r.short()?;
-                let queue = r.short()?;
-                let exchange = r.short()?;
-                let routing_key = r.short()?;
-                let header = r.long()?;
-                let body = r.long()?;
-                r.0.is_empty().then_some(Record::Publish(PublishRecord {
-                    id,
-                    delivered,
-                    vhost,
-                    queue,
-                    exchange,
-                    routing_key,
-                    header,
-                    body,
-                }))
-            }
-            KIND_ACK => {
-                let id = r.u64()?;
-                r.0.is_empty().then_some(Record::Ack(id))
-            }
-            KIND_DELIVERED => {
-                let id = r.u64()?;
-                r.0.is_empty().then_some(Record::Delivered(id))
-            }
-            _ => None,
-        }
+        Some(
+            RecordView::parse(&kind_and_payload)?
+                .to_record(|part| kind_and_payload.slice_ref(part)),
+        )
     }
 }
 
-struct Cursor(Bytes);
+/// A record as it lies in a read buffer: parsed, nothing copied. Recovery reads what it
+/// needs of a publish (its id, queue and body size) without copying the body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordView<'a> {
+    /// A publish record's fields.
+    Publish(PublishView<'a>),
+    /// An ack record's id.
+    Ack(u64),
+    /// A delivered record's id.
+    Delivered(u64),
+}
 
-impl Cursor {
-    fn take(&mut self, n: usize) -> Option<Bytes> {
-        (self.0.len() >= n).then(|| self.0.split_to(n))
+/// A publish record's fields, in the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PublishView<'a> {
+    /// See [`PublishRecord::id`].
+    pub id: u64,
+    /// See [`PublishRecord::delivered`].
+    pub delivered: bool,
+    /// See [`PublishRecord::vhost`].
+    pub vhost: &'a [u8],
+    /// See [`PublishRecord::queue`].
+    pub queue: &'a [u8],
+    /// See [`PublishRecord::exchange`].
+    pub exchange: &'a [u8],
+    /// See [`PublishRecord::routing_key`].
+    pub routing_key: &'a [u8],
+    /// See [`PublishRecord::header`].
+    pub header: &'a [u8],
+    /// See [`PublishRecord::body`].
+    pub body: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    /// Parses a record's kind and payload (checksum already verified); None if they are not
+    /// a record, octet for octet.
+    fn parse(kind_and_payload: &'a [u8]) -> Option<RecordView<'a>> {
+        let mut r = Cursor(kind_and_payload);
+        let view = match r.u8()? {
+            KIND_PUBLISH => RecordView::Publish(PublishView {
+                id: r.u64()?,
+                delivered: r.u8()? != 0,
+                vhost: r.short()?,
+                queue: r.short()?,
+                exchange: r.short()?,
+                routing_key: r.short()?,
+                header: r.long()?,
+                body: r.long()?,
+            }),
+            KIND_ACK => RecordView::Ack(r.u64()?),
+            KIND_DELIVERED => RecordView::Delivered(r.u64()?),
+            _ => return None,
+        };
+        r.0.is_empty().then_some(view)
+    }
+
+    /// The record, its strings and octets made [`Bytes`] by `bytes`.
+    fn to_record(self, bytes: impl Fn(&[u8]) -> Bytes) -> Record {
+        match self {
+            RecordView::Publish(p) => Record::Publish(PublishRecord {
+                id: p.id,
+                delivered: p.delivered,
+                vhost: bytes(p.vhost),
+                queue: bytes(p.queue),
+                exchange: bytes(p.exchange),
+                routing_key: bytes(p.routing_key),
+                header: bytes(p.header),
+                body: bytes(p.body),
+            }),
+            RecordView::Ack(id) => Record::Ack(id),
+            RecordView::Delivered(id) => Record::Delivered(id),
+        }
+    }
+
+    /// The record, copied out of the read buffer.
+    pub fn to_owned_record(self) -> Record {
+        self.to_record(Bytes::copy_from_slice)
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(taken)
     }
     fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
+        self.take(1)?.first().copied()
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_be_bytes(b[..].try_into().unwrap_or([0; 8])))
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn short(&mut self) -> Option<Bytes> {
+    fn short(&mut self) -> Option<&'a [u8]> {
         let len = self.u8()?;
         self.take(usize::from(len))
     }
-    fn long(&mut self) -> Option<Bytes> {
+    fn long(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()?;
-        self.take(len as usize)
+        self.take(usize::try_from(len).ok()?)
     }
 }
 
@@ -215,47 +268,174 @@ pub struct Damage {
 pub type SegmentContents = (Vec<(u64, Record)>, Option<Damage>);
 
 /// Reads every whole, valid record of a segment, in order, with its offset. Stops at the
-/// first damaged record and reports where.
+/// first damaged record and reports where. (All of it in memory: for small segments and
+/// tests; recovery and compaction go through a [`SegmentReader`].)
 pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = SegmentReader::open(path)?;
     let mut records = Vec::new();
-    let mut offset = 0u64;
-    let damage = |offset: u64, what: &str| Damage {
-        offset,
-        what: what.to_owned(),
-    };
     loop {
-        if offset == len {
-            return Ok((records, None));
+        match reader.next_record()? {
+            Next::Record { offset, record, .. } => records.push((offset, record.to_owned_record())),
+            Next::Damaged(damage) => return Ok((records, Some(damage))),
+            Next::End => return Ok((records, None)),
         }
-        let mut head = [0u8; 8];
-        if len - offset < 8 {
-            return Ok((records, Some(damage(offset, "a record header cut short"))));
+    }
+}
+
+/// How much of a segment a [`SegmentReader`] reads at a time.
+pub const READ_CHUNK: usize = 1024 * 1024;
+
+/// Reads a segment's records one after the other, a chunk of the file at a time: memory
+/// holds one chunk (or one record, if it is larger), however large the segment is.
+///
+/// Each record is checked as it is read: a plausible size, the whole record there, its
+/// checksum, a payload that parses. The first that fails is the segment's [`Damage`], and
+/// reading stops there.
+pub struct SegmentReader {
+    file: File,
+    /// The file's length when opened.
+    len: u64,
+    /// The file offset of `buf[start]`.
+    offset: u64,
+    /// Read from the file, not yet handed out: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    chunk: usize,
+    /// Damage was found: nothing more is read.
+    stopped: bool,
+}
+
+/// What a [`SegmentReader`] found next.
+#[derive(Debug, PartialEq)]
+pub enum Next<'a> {
+    /// A whole, valid record.
+    Record {
+        /// Its first octet in the segment.
+        offset: u64,
+        /// Its octets, framing included.
+        len: usize,
+        /// What it says.
+        record: RecordView<'a>,
+    },
+    /// The record at [`Damage::offset`] is not whole or not valid: reading stops.
+    Damaged(Damage),
+    /// The end of the segment, after a whole record.
+    End,
+}
+
+impl SegmentReader {
+    /// A reader of the segment at `path`, [`READ_CHUNK`] octets at a time.
+    pub fn open(path: &Path) -> io::Result<SegmentReader> {
+        SegmentReader::with_chunk(path, READ_CHUNK)
+    }
+
+    /// A reader of the segment at `path`, `chunk` octets at a time.
+    pub fn with_chunk(path: &Path, chunk: usize) -> io::Result<SegmentReader> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(SegmentReader {
+            file,
+            len,
+            offset: 0,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            chunk: chunk.max(8),
+            stopped: false,
+        })
+    }
+
+    /// The next record, the damage that ends the segment early, or its end.
+    pub fn next_record(&mut self) -> io::Result<Next<'_>> {
+        if self.stopped || self.offset == self.len {
+            return Ok(Next::End);
         }
-        reader.read_exact(&mut head)?;
-        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let offset = self.offset;
+        let left = self.len - offset;
+        if left < 8 {
+            return Ok(self.damaged("a record header cut short".to_owned()));
+        }
+        self.fill(8)?;
+        let head = self.buf.get(self.start..self.start + 8).unwrap_or_default();
+        let &[s0, s1, s2, s3, c0, c1, c2, c3] = head else {
+            return Ok(self.damaged("a record header cut short".to_owned()));
+        };
+        let size = u32::from_be_bytes([s0, s1, s2, s3]);
+        let crc = u32::from_be_bytes([c0, c1, c2, c3]);
         if size == 0 || size > MAX_RECORD {
-            return Ok((
-                records,
-                Some(damage(offset, &format!("an impossible record size {size}"))),
-            ));
+            return Ok(self.damaged(format!("an impossible record size {size}")));
         }
-        if u64::from(size) > len - offset - 8 {
-            return Ok((records, Some(damage(offset, "a record cut short"))));
+        if u64::from(size) > left - 8 {
+            return Ok(self.damaged("a record cut short".to_owned()));
         }
-        let mut body = vec![0u8; size as usize];
-        reader.read_exact(&mut body)?;
-        if crc32fast::hash(&body) != crc {
-            return Ok((records, Some(damage(offset, "a checksum mismatch"))));
+        let whole = 8 + size as usize;
+        self.fill(whole)?;
+        let Some(body) = self.buf.get(self.start + 8..self.start + whole) else {
+            return Ok(self.damaged("a record cut short".to_owned()));
+        };
+        if crc32fast::hash(body) != crc {
+            return Ok(self.damaged("a checksum mismatch".to_owned()));
         }
-        match Record::decode(Bytes::from(body)) {
-            Some(record) => records.push((offset, record)),
-            None => return Ok((records, Some(damage(offset, "an unreadable record")))),
+        if RecordView::parse(body).is_none() {
+            return Ok(self.damaged("an unreadable record".to_owned()));
         }
-        offset += 8 + u64::from(size);
+        let at = self.start + 8;
+        self.start += whole;
+        self.offset += whole as u64;
+        // Parsed again to hand out: the borrow of the buffer starts here.
+        match self
+            .buf
+            .get(at..at + size as usize)
+            .and_then(RecordView::parse)
+        {
+            Some(record) => Ok(Next::Record {
+                offset,
+                len: whole,
+                record,
+            }),
+            None => Ok(Next::Damaged(Damage {
+                offset,
+                what: "an unreadable record".to_owned(),
+            })),
+        }
+    }
+
+    fn damaged(&mut self, what: String) -> Next<'static> {
+        self.stopped = true;
+        Next::Damaged(Damage {
+            offset: self.offset,
+            what,
+        })
+    }
+
+    /// Makes `buf[start..]` hold at least `wanted` octets (the caller checked that the file
+    /// has them), reading a chunk or more from the file.
+    fn fill(&mut self, wanted: usize) -> io::Result<()> {
+        if self.end - self.start >= wanted {
+            return Ok(());
+        }
+        // Move what is left to the front; a record larger than the chunk gets a buffer of
+        // its own size, given back once the reading is past it.
+        let capacity = wanted.max(self.chunk);
+        if self.buf.len() != capacity && (self.buf.len() < capacity || capacity == self.chunk) {
+            let mut buf = vec![0u8; capacity];
+            let kept = self.end - self.start;
+            buf[..kept].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = buf;
+            self.end = kept;
+        } else {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+        }
+        self.start = 0;
+        let unread = self.len - self.offset - self.end as u64;
+        let room = self.buf.len() - self.end;
+        let read = usize::try_from(unread).map_or(room, |unread| unread.min(room));
+        self.file
+            .read_exact(&mut self.buf[self.end..self.end + read])?;
+        self.end += read;
+        Ok(())
     }
 }
 
@@ -526,6 +706,135 @@ mod tests {
         std::fs::write(&path, [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1]).unwrap();
         let (_, damage) = read_segment(&path).unwrap();
         assert!(damage.unwrap().what.contains("impossible record size"));
+    }
+
+    /// Everything a reader reading `chunk` octets at a time finds in a segment: the records
+    /// (with offsets and lengths) and the damage that stopped it.
+    fn read_in_chunks(path: &Path, chunk: usize) -> (Vec<(u64, usize, Record)>, Option<Damage>) {
+        let mut reader = SegmentReader::with_chunk(path, chunk).unwrap();
+        let mut records = Vec::new();
+        loop {
+            match reader.next_record().unwrap() {
+                Next::Record {
+                    offset,
+                    len,
+                    record,
+                } => records.push((offset, len, record.to_owned_record())),
+                Next::Damaged(damage) => {
+                    assert_eq!(reader.next_record().unwrap(), Next::End, "reading stops");
+                    return (records, Some(damage));
+                }
+                Next::End => return (records, None),
+            }
+        }
+    }
+
+    /// Publishes of growing body sizes (some larger than the chunk) with acks between them.
+    fn mixed_records() -> Vec<Record> {
+        let mut records = Vec::new();
+        for (id, size) in [0usize, 1, 37, 100, 250, 1000, 3, 4096, 64]
+            .iter()
+            .enumerate()
+        {
+            let id = id as u64 + 1;
+            records.push(Record::Publish(PublishRecord {
+                id,
+                delivered: id % 2 == 0,
+                vhost: Bytes::from_static(b"/"),
+                queue: Bytes::from(format!("queue-{id}")),
+                exchange: Bytes::from_static(b"amq.direct"),
+                routing_key: Bytes::from(format!("key-{id}")),
+                header: Bytes::from(vec![id as u8; 20]),
+                body: Bytes::from(vec![id as u8; *size]),
+            }));
+            records.push(Record::Ack(id));
+            records.push(Record::Delivered(id + 100));
+        }
+        records
+    }
+
+    #[test]
+    fn streaming_reader_finds_records_that_span_its_chunks_whatever_the_chunk_size() {
+        let dir = tempdir();
+        let records = mixed_records();
+        let path = write(&dir, &records);
+        let (whole, _) = read_segment(&path).unwrap();
+        // 8 octets: not even one whole record header; 64 and 100: publishes span chunks and
+        // most are larger than one; 1 MiB: all in one chunk.
+        for chunk in [8, 13, 64, 100, 333, READ_CHUNK] {
+            let (read, damage) = read_in_chunks(&path, chunk);
+            assert_eq!(damage, None, "chunk {chunk}");
+            let found: Vec<Record> = read.iter().map(|(_, _, r)| r.clone()).collect();
+            assert_eq!(found, records, "chunk {chunk}");
+            let offsets: Vec<u64> = read.iter().map(|(offset, _, _)| *offset).collect();
+            let expected: Vec<u64> = whole.iter().map(|(offset, _)| *offset).collect();
+            assert_eq!(offsets, expected, "chunk {chunk}");
+            for (offset, len, record) in &read {
+                assert_eq!(*len, record.encoded_len(), "chunk {chunk} at {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_reader_reports_a_torn_tail_at_the_start_of_the_torn_record() {
+        let dir = tempdir();
+        let records = mixed_records();
+        let path = write(&dir, &records);
+        let full = std::fs::read(&path).unwrap();
+        let last_len = records.last().unwrap().encoded_len();
+        // Cut inside the last record's header, and inside its payload.
+        for cut in [3, last_len - 2] {
+            std::fs::write(&path, &full[..full.len() - last_len + cut]).unwrap();
+            for chunk in [16, 64, READ_CHUNK] {
+                let (read, damage) = read_in_chunks(&path, chunk);
+                assert_eq!(read.len(), records.len() - 1, "cut {cut}, chunk {chunk}");
+                let damage = damage.unwrap();
+                assert_eq!(damage.offset, (full.len() - last_len) as u64);
+                assert!(damage.what.contains("cut short"), "{damage:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_reader_stops_at_a_checksum_failure_in_the_middle_and_says_where() {
+        let dir = tempdir();
+        let records = mixed_records();
+        let path = write(&dir, &records);
+        let (whole, _) = read_segment(&path).unwrap();
+        // Damage the body of the 4096-octet publish (record 21), well inside it.
+        let (offset, _) = whole[21];
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset as usize + 2000] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        for chunk in [16, 100, 1000, READ_CHUNK] {
+            let (read, damage) = read_in_chunks(&path, chunk);
+            assert_eq!(read.len(), 21, "the records before it, chunk {chunk}");
+            assert_eq!(
+                damage,
+                Some(Damage {
+                    offset,
+                    what: "a checksum mismatch".to_owned()
+                }),
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_view_parses_what_was_encoded_and_nothing_longer_or_shorter() {
+        for record in mixed_records() {
+            let mut buf = BytesMut::new();
+            record.encode(&mut buf);
+            let payload = &buf[8..];
+            assert_eq!(
+                RecordView::parse(payload).map(RecordView::to_owned_record),
+                Some(record.clone())
+            );
+            assert_eq!(RecordView::parse(&payload[..payload.len() - 1]), None);
+            let mut longer = payload.to_vec();
+            longer.push(0);
+            assert_eq!(RecordView::parse(&longer), None);
+        }
     }
 
     fn tempdir() -> tests_support::TempDir {
