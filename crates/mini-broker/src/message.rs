@@ -467,6 +467,23 @@ impl ReadyMessage {
         }
     }
 
+    /// A message that is paged out from the start: recovered from the store, its body left
+    /// in the log.
+    pub fn paged_out(
+        persist_id: u64,
+        size: u32,
+        redelivered: bool,
+        expires_at: Option<Deadline>,
+    ) -> ReadyMessage {
+        ReadyMessage {
+            content: None,
+            expires_at,
+            persist_id,
+            paged_size: size,
+            redelivered,
+        }
+    }
+
     /// The content, unless it is paged out.
     pub fn content(&self) -> Option<&Arc<MessageContent>> {
         self.content.as_ref()

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use amqp_codec::{FieldTable, FieldValue, ShortString};
 
 use crate::delivery::{lock, ChannelLink, Unacked};
-use crate::message::{MessageContent, QueuedMessage, ReadyMessage};
-use crate::store::Store;
+use crate::message::{Deadline, MessageContent, QueuedMessage, ReadyMessage};
+use crate::store::log::PublishRecord;
+use crate::store::{RecoveredMessage, Store};
 
 /// Paged-out messages near the head are read back this many at most at a time...
 const READ_AHEAD_MESSAGES: usize = 2048;
@@ -279,7 +280,9 @@ pub enum Enqueued {
 }
 
 impl Queue {
-    /// A new, empty queue. Only a durable queue keeps its persistent messages in `store`.
+    /// A new queue. Only a durable queue keeps its persistent messages in `store`; one that
+    /// the store recovered messages for (at startup) takes them, paged out but for what fits
+    /// in the paging budget.
     pub fn new(declaration: QueueDeclaration, store: Option<Arc<Store>>) -> Queue {
         let QueueDeclaration {
             name,
@@ -290,7 +293,7 @@ impl Queue {
             arguments,
             settings,
         } = declaration;
-        Queue {
+        let queue = Queue {
             name,
             vhost,
             durable,
@@ -314,7 +317,14 @@ impl Queue {
                 last_used: Instant::now(),
                 had_consumer: false,
             }),
+        };
+        if let Some(store) = &queue.store {
+            let recovered = store.take_recovered(&queue.vhost, queue.name.as_bytes());
+            if !recovered.is_empty() {
+                queue.restore_recovered(store, &recovered);
+            }
         }
+        queue
     }
 
     /// Locks the queue's state (for inspection: counts, consumers).
@@ -619,6 +629,73 @@ impl Queue {
         self.enqueue(&mut state, message);
     }
 
+    /// Takes the messages the store recovered for this queue, in publish order, behind any
+    /// it holds: as many from the head as the paging budget has room for are read back into
+    /// memory, the others stay paged out, their bodies in the log (a priority queue, which
+    /// does not page, reads them all back).
+    fn restore_recovered(&self, store: &Store, recovered: &[RecoveredMessage]) {
+        let mut state = self.lock_state();
+        let expires_at = self
+            .settings
+            .message_ttl
+            .and_then(|ttl| Instant::now().checked_add(ttl))
+            .map(Deadline::at);
+        let mut room = match self.settings.max_priority {
+            None => store.pager().room(),
+            Some(_) => u64::MAX,
+        };
+        let in_memory = recovered
+            .iter()
+            .take_while(|m| match room.checked_sub(u64::from(m.size)) {
+                Some(left) => {
+                    room = left;
+                    true
+                }
+                None => false,
+            })
+            .count();
+        let (head, tail) = recovered.split_at(in_memory);
+        state.ready.reserve_exact(recovered.len());
+        for chunk in head.chunks(READ_AHEAD_MESSAGES) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
+                let records = store.read_messages(&ids, READ_AHEAD_BYTES);
+                let (done, left) = rest.split_at(records.len().min(rest.len()));
+                for (message, record) in done.iter().zip(records) {
+                    match self.content_from_log(record, message.delivered) {
+                        Some(content) => self.enqueue(
+                            &mut state,
+                            QueuedMessage {
+                                content,
+                                expires_at,
+                                persist_id: Some(message.id),
+                                redelivered: message.delivered,
+                            },
+                        ),
+                        None => {
+                            self.report_lost(message.id);
+                            store.ack(message.id);
+                        }
+                    }
+                }
+                rest = left;
+            }
+        }
+        for message in tail {
+            let size = message.size as usize;
+            state.ready.push_back(ReadyMessage::paged_out(
+                message.id,
+                message.size,
+                message.delivered,
+                expires_at,
+            ));
+            state.ready_bytes += size;
+            state.paged_out += 1;
+            state.paged_out_bytes += size;
+        }
+    }
+
     /// Takes one ready message for basic.get.
     pub fn get(self: &Arc<Self>, dead: &mut DeadLetters) -> Option<(QueuedMessage, usize)> {
         let mut state = self.lock_state();
@@ -855,21 +932,13 @@ impl Queue {
             Some(store) => store.read_messages(&ids, READ_AHEAD_BYTES),
             None => vec![None],
         };
-        let quorum = self.settings.queue_type == QueueType::Quorum;
         let mut lost = Vec::new();
         for (&(at, id), record) in wanted.iter().zip(records) {
-            let content = record.and_then(|r| {
-                MessageContent::from_stored(&r.exchange, &r.routing_key, &r.header, r.body)
-            });
             let Some(message) = state.ready.get_mut(at) else {
                 continue;
             };
-            match content {
+            match self.content_from_log(record, message.redelivered()) {
                 Some(content) => {
-                    let mut content = Arc::new(content);
-                    if quorum {
-                        content = with_delivery_count(&content, 0);
-                    }
                     let size = message.size();
                     message.page_in(content);
                     state.paged_out -= 1;
@@ -886,11 +955,7 @@ impl Queue {
             let Some(message) = state.ready.remove(at) else {
                 continue;
             };
-            tracing::error!(
-                "queue '{}' in vhost '{}': message {id} cannot be read back from the message log; it is lost",
-                self.name,
-                self.vhost
-            );
+            self.report_lost(id);
             let size = message.size();
             state.ready_bytes -= size;
             if message.is_paged_out() {
@@ -900,6 +965,37 @@ impl Queue {
             self.forget_ids(std::iter::once(message.persist_id()));
         }
         state.unscanned = state.unscanned.min(state.ready.len());
+    }
+
+    /// A message read back from the log, as this queue delivers it: in a quorum queue with
+    /// its delivery count (1 for a message delivered before a restart: returned messages
+    /// do not page, so a redelivered one read back is a recovered one). None if there is no
+    /// record or it does not decode.
+    fn content_from_log(
+        &self,
+        record: Option<PublishRecord>,
+        redelivered: bool,
+    ) -> Option<Arc<MessageContent>> {
+        let record = record?;
+        let content = MessageContent::from_stored(
+            &record.exchange,
+            &record.routing_key,
+            &record.header,
+            record.body,
+        )?;
+        let content = Arc::new(content);
+        Some(match self.settings.queue_type {
+            QueueType::Quorum => with_delivery_count(&content, i64::from(redelivered)),
+            QueueType::Classic => content,
+        })
+    }
+
+    fn report_lost(&self, id: u64) {
+        tracing::error!(
+            "queue '{}' in vhost '{}': message {id} cannot be read back from the message log; it is lost",
+            self.name,
+            self.vhost
+        );
     }
 }
 

@@ -23,6 +23,11 @@
 //! How much may stay in memory is one budget across the durable queues ([`Pager`]): above
 //! it, queues page out their newest pageable messages until the total is back under three
 //! quarters of it.
+//!
+//! A restart does not read the bodies of the recovered messages into memory at all: recovery
+//! streams the log and keeps each live message's id, size and delivered mark, and each
+//! queue takes its messages paged out, reading back only as many from its head as fit in
+//! what is left of the budget's three quarters ([`Pager::room`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -171,6 +176,16 @@ impl Pager {
     /// Where paging out stops: three quarters of the budget.
     pub fn low_water(&self) -> u64 {
         self.threshold.load(Ordering::Relaxed) / 4 * 3
+    }
+
+    /// How many more body bytes may come into memory before the durable queues are back
+    /// at [`Pager::low_water`] (no limit while paging is off): what a restart reads back of
+    /// the messages it recovered, the rest staying paged out.
+    pub fn room(&self) -> u64 {
+        if self.threshold.load(Ordering::Relaxed) == 0 {
+            return u64::MAX;
+        }
+        self.low_water().saturating_sub(self.resident())
     }
 }
 
