@@ -15,6 +15,11 @@
 //! - Queues with deep backlogs drop the bodies of persistent messages that are on disk and
 //!   read them back before delivery ([`paging`]); the writer keeps the index of where each
 //!   live message is.
+//! - A restart reads the log one record at a time ([`log::SegmentReader`]) and keeps no body:
+//!   per live message its place in the log and its queue, size and delivered mark. Each
+//!   queue the saved definitions restore takes its messages paged out
+//!   ([`Store::take_recovered`]) and reads back only what the paging budget holds, so a
+//!   restart with a deep backlog needs about the memory the running broker needed.
 //!
 //! Segments are only ever deleted from the front: an ack record can only refer to a publish
 //! in its own or an earlier segment, so deleting from the front never lets an acked message
@@ -583,6 +588,7 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
     let mut messages: BTreeMap<u64, Summary> = BTreeMap::new();
     let mut queues: Vec<QueueKey> = Vec::new();
     let mut queue_numbers: HashMap<QueueKey, u32> = HashMap::new();
+    let mut last_queue = 0u32;
     let mut location: HashMap<u64, Location> = HashMap::new();
     let mut segments: BTreeMap<u64, SegmentCounts> = BTreeMap::new();
     let mut max_id = 0;
@@ -607,19 +613,26 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
                     max_id = max_id.max(publish.id);
                     counts.written += 1;
                     location.insert(publish.id, Location::new(number, offset, len));
-                    let key = (
-                        Bytes::copy_from_slice(publish.vhost),
-                        Bytes::copy_from_slice(publish.queue),
-                    );
-                    let queue = match queue_numbers.get(&key) {
-                        Some(&queue) => queue,
-                        None => {
-                            let queue = u32::try_from(queues.len()).unwrap_or(u32::MAX);
-                            queue_numbers.insert(key.clone(), queue);
-                            queues.push(key);
+                    // Records come in runs of one queue: the last one's number is tried first.
+                    let same = |(vhost, queue): &QueueKey| {
+                        vhost[..] == *publish.vhost && queue[..] == *publish.queue
+                    };
+                    let queue = match queues.get(last_queue as usize) {
+                        Some(key) if same(key) => last_queue,
+                        _ => {
+                            let key = (
+                                Bytes::copy_from_slice(publish.vhost),
+                                Bytes::copy_from_slice(publish.queue),
+                            );
+                            let next = u32::try_from(queues.len()).unwrap_or(u32::MAX);
+                            let queue = *queue_numbers.entry(key.clone()).or_insert(next);
+                            if queue == next {
+                                queues.push(key);
+                            }
                             queue
                         }
                     };
+                    last_queue = queue;
                     let summary = Summary {
                         queue,
                         size: u32::try_from(publish.body.len()).unwrap_or(u32::MAX),
