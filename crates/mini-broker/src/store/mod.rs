@@ -419,6 +419,27 @@ impl Store {
         recovered.remove(&key).unwrap_or_default()
     }
 
+    /// Drops the recovered messages no queue took (their queue was saved in a vhost the
+    /// broker no longer serves), as the broker drops the messages of queues it does not
+    /// restore; returns how many. Called once the broker restored its queues.
+    pub fn forget_unclaimed(&self) -> usize {
+        let unclaimed = std::mem::take(&mut *lock(&self.recovered));
+        let mut count = 0;
+        for ((vhost, queue), messages) in unclaimed {
+            tracing::warn!(
+                "dropping {} persistent messages of queue '{}' in vhost '{}', which is not restored",
+                messages.len(),
+                String::from_utf8_lossy(&queue),
+                String::from_utf8_lossy(&vhost)
+            );
+            count += messages.len();
+            for message in messages {
+                self.ack(message.id);
+            }
+        }
+        count
+    }
+
     /// Reads recovered messages back whole, in the order given; one that cannot be read
     /// (logged) is dropped from the log.
     fn read_back(&self, messages: &[RecoveredMessage]) -> Vec<Recovered> {
@@ -2122,6 +2143,7 @@ mod tests {
         assert_eq!(recovered, expected);
         assert!(store.take_recovered("/", b"q").is_empty(), "taken once");
         assert!(store.take_recovered("other", b"q").is_empty());
+        assert_eq!(store.forget_unclaimed(), 0, "all were taken");
         let ids: Vec<u64> = recovered.iter().map(|m| m.id).collect();
         let read = store.read_messages(&ids, usize::MAX);
         let expected: Vec<_> = ids
@@ -2129,6 +2151,28 @@ mod tests {
             .map(|&id| Some(record(id, 100 + id as usize)))
             .collect();
         assert!(read == expected, "bodies come from the log, as published");
+    }
+
+    #[test]
+    fn messages_no_queue_took_are_dropped_from_the_log_when_forgotten() {
+        let dir = tempdir();
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        define_queue_q(&store);
+        for id in 1..=3 {
+            store.publish(record(id, 10));
+        }
+        assert!(store.close_cleanly());
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        // The broker did not restore queue q.
+        assert_eq!(store.forget_unclaimed(), 3);
+        assert!(store.take_recovered("/", b"q").is_empty());
+        assert!(store.close_cleanly());
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        assert!(store.take_recovered("/", b"q").is_empty(), "gone for good");
     }
 
     #[test]
