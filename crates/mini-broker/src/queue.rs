@@ -661,7 +661,8 @@ impl Queue {
             while !rest.is_empty() {
                 let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
                 let records = store.read_messages(&ids, READ_AHEAD_BYTES);
-                let (done, left) = rest.split_at(records.len().min(rest.len()));
+                // At least one is read (or reported None) each time.
+                let (done, left) = rest.split_at(records.len().clamp(1, rest.len()));
                 for (message, record) in done.iter().zip(records) {
                     match self.content_from_log(record, message.delivered) {
                         Some(content) => self.enqueue(

@@ -421,7 +421,7 @@ impl Store {
 
     /// Drops the recovered messages no queue took (their queue was saved in a vhost the
     /// broker no longer serves), as the broker drops the messages of queues it does not
-    /// restore; returns how many. Called once the broker restored its queues.
+    /// restore; returns how many. Meant to be called once the broker restored its queues.
     pub fn forget_unclaimed(&self) -> usize {
         let unclaimed = std::mem::take(&mut *lock(&self.recovered));
         let mut count = 0;
@@ -448,7 +448,8 @@ impl Store {
         while !rest.is_empty() {
             let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
             let records = self.read_messages(&ids, READ_BACK_BYTES);
-            let (done, left) = rest.split_at(records.len().min(rest.len()));
+            // At least one is read (or reported None) each time.
+            let (done, left) = rest.split_at(records.len().clamp(1, rest.len()));
             for (message, record) in done.iter().zip(records) {
                 match record {
                     Some(mut record) => {
