@@ -156,6 +156,8 @@ impl Broker {
                 }
             }
             restore_messages(&vhosts, store, recovered);
+            // Messages of queues in vhosts the configuration no longer has (logged).
+            store.forget_unclaimed();
         }
         let permissions =
             crate::permissions::Permissions::from_config(&config).unwrap_or_else(|err| {

@@ -30,6 +30,7 @@ fn data_dir(test: &str) -> PathBuf {
 async fn start(dir: &Path) -> RunningBroker {
     mini_broker::start(BrokerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
+        mgmt_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.to_path_buf()),
         config: BrokerConfig {
             paging_threshold: BUDGET,
@@ -48,6 +49,23 @@ fn queue(running: &RunningBroker, name: &str) -> Arc<Queue> {
         .unwrap()
         .queue(&ShortString::from(name))
         .unwrap()
+}
+
+/// `GET /api/queues/%2F/{name}` as guest: the queue as the management API shows it.
+async fn queue_in_the_api(running: &RunningBroker, name: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = running.mgmt_addr.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/queues/%2F/{name} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// Message `i`'s body: 1 KiB, its number first.
@@ -273,7 +291,15 @@ async fn paged_out_messages_survive_a_restart_and_page_again() {
 
     let running = start(&dir).await;
     let kept = queue(&running, "kept");
-    paged_out(&kept).await;
+    let paged = paged_out(&kept).await;
+    assert!(paged > 0, "a restart brings the backlog back paged out");
+    // The management API's counts say so, as RabbitMQ's do (`messages_ram` is the rest).
+    let shown = queue_in_the_api(&running, "kept").await;
+    assert_eq!(shown["messages_paged_out"], paged);
+    assert_eq!(
+        shown["messages_ram"],
+        shown["messages"].as_u64().unwrap() - paged as u64
+    );
     let connection = Connection::open(&running.url()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     // The transient messages did not survive; the persistent ones come back in order.
