@@ -139,6 +139,7 @@ impl Histogram {
             p75: self.percentile(75.0)?,
             p95: self.percentile(95.0)?,
             p99: self.percentile(99.0)?,
+            p999: self.percentile(99.9)?,
             max: self.max()?,
         })
     }
@@ -159,6 +160,8 @@ pub struct LatencySummary {
     pub p95: u64,
     /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile: at 10,000 msg/s, the worst 10 messages of each second lie above.
+    pub p999: u64,
     /// Largest.
     pub max: u64,
 }
@@ -262,6 +265,33 @@ mod tests {
         }
         assert_eq!(histogram.min(), Some(1));
         assert_eq!(histogram.max(), Some(100_000));
+    }
+
+    #[test]
+    fn summary_p999_sees_a_tail_of_two_in_a_thousand_that_p99_misses() {
+        let mut histogram = Histogram::new();
+        for _ in 0..9_980 {
+            histogram.record(100_000);
+        }
+        for _ in 0..20 {
+            histogram.record(5_000_000);
+        }
+        let summary = histogram.summary().unwrap();
+        assert_eq!(summary.p99, 100_000);
+        assert_eq!(summary.p999, 5_000_000);
+        assert_eq!(summary.max, 5_000_000);
+    }
+
+    #[test]
+    fn summary_p999_ignores_a_tail_of_one_in_ten_thousand() {
+        let mut histogram = Histogram::new();
+        for _ in 0..99_990 {
+            histogram.record(100_000);
+        }
+        for _ in 0..10 {
+            histogram.record(5_000_000);
+        }
+        assert_eq!(histogram.summary().map(|s| s.p999), Some(100_000));
     }
 
     #[test]

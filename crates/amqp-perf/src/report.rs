@@ -204,12 +204,13 @@ impl Summary {
         }
         if let Some(l) = &self.latency {
             lines.push(format!(
-                "consumer latency min/median/75th/95th/99th/max: {}/{}/{}/{}/{}/{} µs",
+                "consumer latency min/median/75th/95th/99th/99.9th/max: {}/{}/{}/{}/{}/{}/{} µs",
                 micros(l.min),
                 micros(l.median),
                 micros(l.p75),
                 micros(l.p95),
                 micros(l.p99),
+                micros(l.p999),
                 micros(l.max)
             ));
         }
@@ -230,6 +231,7 @@ impl Summary {
                 "p75": l.p75 as f64 / 1e3,
                 "p95": l.p95 as f64 / 1e3,
                 "p99": l.p99 as f64 / 1e3,
+                "p999": l.p999 as f64 / 1e3,
                 "max": l.max as f64 / 1e3,
             })
         });
