@@ -6,8 +6,8 @@
 //! it checks what it measured: every message sent was received exactly once.
 //!
 //! ```text
-//!  args ─► run ─┬─ producers (one connection each): BodyWriter stamps, basic.publish, confirms
-//!               ├─ consumers (one connection each): Stamp::read, Tracker, Histogram, acks
+//!  args ─► run ─┬─ producers (one connection and thread each): BodyWriter stamps, basic.publish, confirms
+//!               ├─ consumers (one connection and thread each): Stamp::read, Tracker, Histogram, acks
 //!               └─ reporter: Progress every second ─► Summary (text or JSON)
 //! ```
 //!

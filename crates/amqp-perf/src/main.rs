@@ -18,7 +18,12 @@ fn main() {
         eprintln!("amqp-perf: {error}");
         std::process::exit(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The producers and consumers run on threads of their own (see `run`); this runtime only
+    // declares the queues and reports.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("amqp-perf: cannot start the runtime: {error}");

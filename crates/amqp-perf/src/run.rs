@@ -6,8 +6,12 @@
 //!     stamps (producer, seq, send time)                       reads the stamp: latency, bitset
 //! ```
 //!
-//! Every producer and consumer has a connection of its own, as in PerfTest. Counters are
-//! per task (written by one task, read by the reporter), so the hot paths share no cache line.
+//! Every producer and consumer has a connection of its own, as in PerfTest, and a thread of
+//! its own: a current-thread tokio runtime runs the producer (or the consumer's streams)
+//! together with its connection's task. A publish is written, and a delivery handed to its
+//! stream, without waking another thread; on a loaded machine every such wake-up is a wait
+//! for a core, and those waits are what the latency tail is made of. Counters are per task
+//! (written by one task, read by the reporter), so the hot paths share no cache line.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +43,44 @@ impl std::fmt::Display for RunError {
 }
 
 impl std::error::Error for RunError {}
+
+/// A task running on a thread of its own, in a current-thread runtime of its own: whatever
+/// connection the task opens has its connection task on the same thread.
+struct Worker<T> {
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    /// Starts the future `make` returns on a new thread called `name`.
+    fn spawn<F, Fut>(name: String, make: F) -> Result<Worker<T>, RunError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RunError(format!("cannot start a runtime for {name}: {e}")))?;
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || runtime.block_on(make()))
+            .map_err(|e| RunError(format!("cannot start a thread for {name}: {e}")))?;
+        Ok(Worker { thread })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the task's result, without blocking the caller's runtime.
+    async fn join(self) -> Result<T, RunError> {
+        let name = self.thread.thread().name().unwrap_or("worker").to_owned();
+        match tokio::task::spawn_blocking(move || self.thread.join()).await {
+            Ok(Ok(result)) => Ok(result),
+            _ => Err(RunError(format!("{name} panicked"))),
+        }
+    }
+}
 
 /// A counter written by one task and read by the reporter, alone on its cache line.
 #[repr(align(128))]
@@ -403,6 +445,49 @@ async fn start_consumer(
     Ok((channel, tag, task))
 }
 
+/// One consumer's thread: opens its connection and streams, says which (for cancelling) or
+/// why not through `ready`, then waits for its streams to end and closes the connection.
+async fn consumer_connection(
+    uri: String,
+    plans: Vec<ConsumerPlan>,
+    qos: u16,
+    shared: Arc<Shared>,
+    ready: tokio::sync::oneshot::Sender<Result<Vec<(Channel, String)>, RunError>>,
+) -> Result<Vec<ConsumerResult>, RunError> {
+    let mut streams = Vec::new();
+    let mut tasks = Vec::new();
+    let started = async {
+        let connection = connect(&uri).await?;
+        for plan in plans {
+            let (channel, tag, task) =
+                start_consumer(plan, &connection, qos, shared.clone()).await?;
+            streams.push((channel, tag));
+            tasks.push(task);
+        }
+        Ok::<Connection, RunError>(connection)
+    }
+    .await;
+    let connection = match started {
+        Ok(connection) => {
+            let _ = ready.send(Ok(streams));
+            connection
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let mut results = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(result) => results.push(result),
+            Err(e) => return Err(RunError(format!("consumer task: {e}"))),
+        }
+    }
+    let _ = connection.close().await;
+    Ok(results)
+}
+
 async fn consume(
     plan: ConsumerPlan,
     channel: Channel,
@@ -493,29 +578,37 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
 
     // Consumers first, so nothing is published before they listen. Consumer j takes queue
     // j mod N; with fewer consumers than queues, consumer j also takes j + y, j + 2y, ...
-    let mut consumer_connections = Vec::new();
+    let mut consumers = Vec::new();
     let mut streams = Vec::new();
     let expected_per_producer = args.pmessages.unwrap_or(1 << 16);
     for j in 0..args.consumers {
-        let connection = connect(&args.uri).await?;
         let mut mine: Vec<usize> = (usize::from(j)..queues.len())
             .step_by(usize::from(args.consumers))
             .collect();
         if mine.is_empty() {
             mine.push(usize::from(j) % queues.len());
         }
-        for q in mine {
-            let plan = ConsumerPlan {
+        let plans = mine
+            .into_iter()
+            .map(|q| ConsumerPlan {
                 index: j,
                 queue: queues[q].clone(),
                 autoack: args.autoack,
                 multi_ack: args.multi_ack,
                 producers: usize::from(args.producers),
                 expected_per_producer,
-            };
-            streams.push(start_consumer(plan, &connection, args.qos, shared.clone()).await?);
+            })
+            .collect();
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (uri, qos, shared) = (args.uri.clone(), args.qos, shared.clone());
+        consumers.push(Worker::spawn(format!("consumer {j}"), move || {
+            consumer_connection(uri, plans, qos, shared, ready)
+        })?);
+        match started.await {
+            Ok(Ok(mine)) => streams.extend(mine),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(RunError(format!("consumer {j} ended before it started"))),
         }
-        consumer_connections.push(connection);
     }
 
     let stop_on_signal = {
@@ -549,7 +642,10 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
             persistent: args.persistent(),
             mandatory: args.mandatory(),
         };
-        producers.push(tokio::spawn(producer(plan, shared.clone())));
+        let shared = shared.clone();
+        producers.push(Worker::spawn(format!("producer {i}"), move || {
+            producer(plan, shared)
+        })?);
     }
 
     // Report every second; once the producers are done, wait for the consumers to catch up.
@@ -607,24 +703,15 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
     shared.stop.store(true, Ordering::Relaxed);
 
     let mut producer_results = Vec::new();
-    for task in producers {
-        producer_results.push(
-            task.await
-                .map_err(|e| RunError(format!("producer task: {e}")))?,
-        );
+    for worker in producers {
+        producer_results.push(worker.join().await?);
     }
-    for (channel, tag, _) in &streams {
+    for (channel, tag) in &streams {
         let _ = channel.basic_cancel(tag).await;
     }
     let mut consumer_results = Vec::new();
-    for (_, _, task) in streams {
-        consumer_results.push(
-            task.await
-                .map_err(|e| RunError(format!("consumer task: {e}")))?,
-        );
-    }
-    for connection in &consumer_connections {
-        let _ = connection.close().await;
+    for worker in consumers {
+        consumer_results.extend(worker.join().await??);
     }
 
     // What is left in the queues (the whole backlog, when nobody consumed).
