@@ -38,6 +38,10 @@ pub struct Args {
     /// Messages per second per producer; 0: as fast as possible.
     #[arg(long, short = 'r', default_value_t = 0.0)]
     pub rate: f64,
+    /// With --rate: publish N messages at a time, each group on the schedule of its first
+    /// message (1: every message on its own schedule, evenly spaced).
+    #[arg(long, default_value_t = 1)]
+    pub burst: u32,
     /// Message flags: `persistent` (delivery mode 2), `mandatory`.
     #[arg(long = "flag", short = 'f')]
     pub flags: Vec<String>,
@@ -121,6 +125,9 @@ impl Args {
         if self.rate < 0.0 || !self.rate.is_finite() {
             return Err("--rate must be 0 or more".into());
         }
+        if self.burst == 0 {
+            return Err("--burst must be at least 1".into());
+        }
         if let Some(time) = self.time {
             if time <= 0.0 || !time.is_finite() {
                 return Err("--time must be more than 0".into());
@@ -199,6 +206,13 @@ mod tests {
     fn validate_rejects_multi_ack_above_prefetch() {
         let error = parse(&["-q", "10", "-A", "20"]).validate().unwrap_err();
         assert!(error.contains("exceeds --qos"), "{error}");
+    }
+
+    #[test]
+    fn burst_defaults_to_one_and_zero_is_rejected() {
+        assert_eq!(parse(&["-r", "10000"]).burst, 1);
+        assert_eq!(parse(&["-r", "10000", "--burst", "10"]).burst, 10);
+        assert!(parse(&["--burst", "0"]).validate().is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`args`]: the flags (PerfTest's names).
 //! - [`body`]: the 16-byte stamp at the start of each body, and allocation-free bodies.
 //! - [`histogram`]: fixed-bucket latency histograms.
+//! - [`pacing`]: the schedule of a fixed-rate producer (`-r`).
 //! - [`tracker`]: the exactly-once check.
 //! - [`run`]: the measurement itself.
 //! - [`report`]: progress lines and the summary.
@@ -22,6 +23,7 @@
 pub mod args;
 pub mod body;
 pub mod histogram;
+pub mod pacing;
 pub mod report;
 pub mod run;
 pub mod tracker;

@@ -91,6 +91,8 @@ pub struct Summary {
     pub receive_seconds: f64,
     /// End-to-end latency of every message received.
     pub latency: Option<LatencySummary>,
+    /// At a fixed rate (`-r`): how late the publishes went out against their schedule.
+    pub schedule_lag: Option<LatencySummary>,
     /// The exactly-once check.
     pub verdict: Verdict,
     /// Messages left in the queues at the end.
@@ -214,6 +216,15 @@ impl Summary {
                 micros(l.max)
             ));
         }
+        if let Some(l) = &self.schedule_lag {
+            lines.push(format!(
+                "publish lag behind the schedule median/99th/99.9th/max: {}/{}/{}/{} µs",
+                micros(l.median),
+                micros(l.p99),
+                micros(l.p999),
+                micros(l.max)
+            ));
+        }
         lines.push(self.delivery_line());
         for error in &self.errors {
             lines.push(format!("error: {error}"));
@@ -223,18 +234,8 @@ impl Summary {
 
     /// The JSON summary.
     pub fn json(&self) -> serde_json::Value {
-        let latency = self.latency.map(|l| {
-            serde_json::json!({
-                "count": l.count,
-                "min": l.min as f64 / 1e3,
-                "median": l.median as f64 / 1e3,
-                "p75": l.p75 as f64 / 1e3,
-                "p95": l.p95 as f64 / 1e3,
-                "p99": l.p99 as f64 / 1e3,
-                "p999": l.p999 as f64 / 1e3,
-                "max": l.max as f64 / 1e3,
-            })
-        });
+        let latency = self.latency.map(latency_json);
+        let schedule_lag = self.schedule_lag.map(latency_json);
         let v = &self.verdict;
         serde_json::json!({
             "producers": self.producers,
@@ -258,6 +259,7 @@ impl Summary {
             "receive_rate": self.receive_rate(),
             "receive_mb_s": self.megabytes(self.receive_rate()),
             "latency_us": latency,
+            "schedule_lag_us": schedule_lag,
             "queue_depth": self.queue_depth,
             "delivery": {
                 "checked": self.checks_delivery(),
@@ -274,4 +276,18 @@ impl Summary {
             "ok": self.ok(),
         })
     }
+}
+
+/// Percentiles as JSON, in µs.
+fn latency_json(l: LatencySummary) -> serde_json::Value {
+    serde_json::json!({
+        "count": l.count,
+        "min": l.min as f64 / 1e3,
+        "median": l.median as f64 / 1e3,
+        "p75": l.p75 as f64 / 1e3,
+        "p95": l.p95 as f64 / 1e3,
+        "p99": l.p99 as f64 / 1e3,
+        "p999": l.p999 as f64 / 1e3,
+        "max": l.max as f64 / 1e3,
+    })
 }

@@ -29,6 +29,7 @@ use amqp_client::{
 use crate::args::Args;
 use crate::body::{BodyWriter, Stamp};
 use crate::histogram::{Histogram, SharedHistogram};
+use crate::pacing::{Pacer, Wait};
 use crate::report::{Progress, Summary};
 use crate::tracker::Tracker;
 
@@ -151,6 +152,8 @@ struct ProducerResult {
     /// When its last publish went out, and when its last confirm came, ns since the epoch.
     last_publish_ns: u64,
     last_confirm_ns: u64,
+    /// At a fixed rate: how late each publish went out.
+    lag: Histogram,
     error: Option<String>,
 }
 
@@ -270,6 +273,7 @@ struct ProducerPlan {
     size: usize,
     count: Option<u64>,
     rate: f64,
+    burst: u32,
     confirm: Option<usize>,
     persistent: bool,
     mandatory: bool,
@@ -282,6 +286,7 @@ async fn producer(plan: ProducerPlan, shared: Arc<Shared>) -> ProducerResult {
         nacked: 0,
         last_publish_ns: 0,
         last_confirm_ns: 0,
+        lag: Histogram::new(),
         error: None,
     };
     if let Err(e) = produce(&plan, &shared, &mut result).await {
@@ -314,12 +319,7 @@ async fn produce(
     let mut writer = BodyWriter::new(plan.size);
     let window = plan.confirm.unwrap_or(0);
     let mut outstanding: VecDeque<PublishConfirm> = VecDeque::with_capacity(window + 1);
-    let interval_ns = if plan.rate > 0.0 {
-        1e9 / plan.rate
-    } else {
-        0.0
-    };
-    let start_ns = shared.now_ns();
+    let pacer = Pacer::new(shared.now_ns(), plan.rate, plan.burst);
     let mut sequence = 0u64;
     let outcome: Result<(), RunError> = async {
         loop {
@@ -327,12 +327,21 @@ async fn produce(
                 break;
             }
             let mut now_ns = shared.now_ns();
-            if interval_ns > 0.0 {
-                let due_ns = start_ns + (sequence as f64 * interval_ns) as u64;
-                if due_ns > now_ns + 1_000_000 {
-                    tokio::time::sleep(Duration::from_nanos(due_ns - now_ns)).await;
+            if let Some(pacer) = &pacer {
+                loop {
+                    match pacer.wait(sequence, now_ns) {
+                        Wait::Now => break,
+                        Wait::Coarse(ahead) => tokio::time::sleep(ahead).await,
+                        Wait::Fine(ahead) => {
+                            // The connection task writes the last publish first; then the
+                            // thread sleeps, on this producer's thread only (see pacing).
+                            tokio::task::yield_now().await;
+                            std::thread::sleep(ahead);
+                        }
+                    }
                     now_ns = shared.now_ns();
                 }
+                result.lag.record(pacer.lag_ns(sequence, now_ns));
             }
             let body = writer.body(Stamp {
                 producer: plan.index,
@@ -638,6 +647,7 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
             size: args.size,
             count: args.pmessages,
             rate: args.rate,
+            burst: args.burst,
             confirm: args.confirm,
             persistent: args.persistent(),
             mandatory: args.mandatory(),
@@ -736,6 +746,10 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
     let _ = setup.close().await;
 
     let mut tracker = Tracker::new(usize::from(args.producers), 0);
+    let mut schedule_lag = Histogram::new();
+    for p in &producer_results {
+        schedule_lag.merge(&p.lag);
+    }
     let mut latency = Histogram::new();
     for c in &consumer_results {
         tracker.merge(&c.tracker);
@@ -773,6 +787,7 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
             _ => 0.0,
         },
         latency: latency.summary(),
+        schedule_lag: schedule_lag.summary(),
         verdict: tracker.verdict(&sent_per_producer, nacked),
         queue_depth,
         errors: producer_results

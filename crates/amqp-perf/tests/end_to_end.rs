@@ -41,6 +41,25 @@ async fn run_with_autoack_receives_every_message_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_a_fixed_rate_counts_the_schedule_lag_of_every_publish() {
+    let broker = broker().await;
+    for burst in ["1", "10"] {
+        let flags = ["-C", "300", "-r", "2000", "--burst", burst, "-a"];
+        let summary = run(&args(&broker.url(), &flags), |_| {})
+            .await
+            .expect("run completes");
+        assert!(summary.ok(), "{}", summary.text());
+        assert_eq!(summary.received, 300);
+        assert_eq!(summary.schedule_lag.map(|l| l.count), Some(300));
+    }
+    let unpaced = run(&args(&broker.url(), &["-C", "300", "-a"]), |_| {})
+        .await
+        .expect("run completes");
+    assert!(unpaced.schedule_lag.is_none());
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_confirms_manual_acks_and_two_producers_counts_every_confirm() {
     let broker = broker().await;
     let flags = [
