@@ -85,6 +85,11 @@ pub struct Args {
     /// seconds of no progress.
     #[arg(long, default_value_t = 5.0)]
     pub drain_timeout: f64,
+    /// Write every message's stamp and receive time to FILE, to line them up with a packet
+    /// capture (scripts/latency_split.py): a first line `epoch_unix_ns N` (the wall-clock
+    /// time of the run's ns 0), then `producer sequence sent_ns received_ns` per message.
+    #[arg(long, value_name = "FILE")]
+    pub latency_log: Option<std::path::PathBuf>,
     /// Print the summary as one JSON object (progress lines go to stderr).
     #[arg(long)]
     pub json: bool,

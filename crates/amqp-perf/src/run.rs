@@ -164,7 +164,35 @@ struct ConsumerResult {
     latency: Histogram,
     first_ns: Option<u64>,
     last_ns: u64,
+    /// With --latency-log: every message of this run, as received.
+    log: Vec<LoggedMessage>,
     error: Option<String>,
+}
+
+/// One line of the latency log.
+struct LoggedMessage {
+    stamp: Stamp,
+    received_ns: u64,
+}
+
+/// Writes the latency log: the wall-clock time of the run's ns 0, then one line per message.
+fn write_latency_log(
+    path: &std::path::Path,
+    epoch_unix_ns: u128,
+    consumers: &[ConsumerResult],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "epoch_unix_ns {epoch_unix_ns}")?;
+    for message in consumers.iter().flat_map(|c| &c.log) {
+        let stamp = &message.stamp;
+        writeln!(
+            out,
+            "{} {} {} {}",
+            stamp.producer, stamp.sequence, stamp.sent_ns, message.received_ns
+        )?;
+    }
+    out.flush()
 }
 
 /// The URI without its password, for messages.
@@ -422,6 +450,7 @@ struct ConsumerPlan {
     queue: String,
     autoack: bool,
     multi_ack: u32,
+    log: bool,
     producers: usize,
     expected_per_producer: u64,
 }
@@ -509,6 +538,7 @@ async fn consume(
         latency: Histogram::new(),
         first_ns: None,
         last_ns: 0,
+        log: Vec::new(),
         error: None,
     };
     let Some(stats) = shared.consumers.get(usize::from(plan.index)) else {
@@ -531,6 +561,12 @@ async fn consume(
                     .tracker
                     .record(stamp.producer, stamp.sequence, delivery.redelivered);
                 let latency = now_ns.saturating_sub(stamp.sent_ns);
+                if plan.log {
+                    result.log.push(LoggedMessage {
+                        stamp,
+                        received_ns: now_ns,
+                    });
+                }
                 result.latency.record(latency);
                 shared.latency.record(latency);
             }
@@ -562,6 +598,9 @@ async fn consume(
 pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Summary, RunError> {
     args.validate().map_err(RunError)?;
     let epoch = Instant::now();
+    let epoch_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let run_tag = (std::process::id() as u16)
         ^ (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -604,6 +643,7 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
                 queue: queues[q].clone(),
                 autoack: args.autoack,
                 multi_ack: args.multi_ack,
+                log: args.latency_log.is_some(),
                 producers: usize::from(args.producers),
                 expected_per_producer,
             })
@@ -744,6 +784,15 @@ pub async fn run(args: &Args, mut progress: impl FnMut(&Progress)) -> Result<Sum
         }
     }
     let _ = setup.close().await;
+
+    if let Some(path) = &args.latency_log {
+        write_latency_log(path, epoch_unix_ns, &consumer_results).map_err(|e| {
+            RunError(format!(
+                "cannot write the latency log {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
 
     let mut tracker = Tracker::new(usize::from(args.producers), 0);
     let mut schedule_lag = Histogram::new();

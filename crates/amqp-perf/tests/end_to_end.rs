@@ -60,6 +60,39 @@ async fn run_at_a_fixed_rate_counts_the_schedule_lag_of_every_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_log_has_the_epoch_then_one_line_per_message_with_its_stamp() {
+    let broker = broker().await;
+    let path = std::env::temp_dir().join(format!("amqp-perf-log-{}.txt", std::process::id()));
+    let log = path.to_str().expect("utf-8 temp path");
+    let flags = ["-x", "2", "-C", "250", "-a", "--latency-log", log];
+    let summary = run(&args(&broker.url(), &flags), |_| {})
+        .await
+        .expect("run completes");
+    assert!(summary.ok(), "{}", summary.text());
+    let text = std::fs::read_to_string(&path).expect("log written");
+    let _ = std::fs::remove_file(&path);
+    let mut lines = text.lines();
+    let epoch = lines.next().expect("epoch line");
+    assert!(epoch.starts_with("epoch_unix_ns "), "{epoch}");
+    let mut seen = std::collections::BTreeSet::new();
+    for line in lines {
+        let fields: Vec<u64> = line
+            .split(' ')
+            .map(|f| f.parse().expect("numbers"))
+            .collect();
+        let [producer, sequence, sent_ns, received_ns] = fields[..] else {
+            panic!("four fields: {line}");
+        };
+        assert!(received_ns >= sent_ns, "{line}");
+        assert!(seen.insert((producer, sequence)), "twice: {line}");
+    }
+    let expected: std::collections::BTreeSet<(u64, u64)> =
+        (0..2).flat_map(|p| (0..250).map(move |q| (p, q))).collect();
+    assert_eq!(seen, expected);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_confirms_manual_acks_and_two_producers_counts_every_confirm() {
     let broker = broker().await;
     let flags = [
