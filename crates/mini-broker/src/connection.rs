@@ -34,7 +34,7 @@ use amqp_codec::methods::*;
 use amqp_codec::tune::Tune;
 use amqp_codec::{
     ChannelId, Command, ContentAssembler, ContentHeader, DecodeError, FieldArray, FieldTable,
-    FieldValue, Frame, FrameType, Limits, Method, ReplyCode, ShortString,
+    FieldValue, Frame, FrameType, Limits, LongString, Method, ReplyCode, ShortString,
 };
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -667,7 +667,9 @@ impl ServerConnection {
     }
 
     fn on_start_ok(&mut self, start_ok: ConnectionStartOk, now: Instant) -> Result<(), AmqpError> {
-        self.client_properties = start_ok.client_properties;
+        // A copy: the decoded table's strings are slices of the read buffer, and would keep
+        // it allocated for as long as the connection lives.
+        self.client_properties = copied_table(&start_ok.client_properties);
         if let Some(FieldValue::Table(capabilities)) = self.client_properties.get("capabilities") {
             let enabled = |name| matches!(capabilities.get(name), Some(FieldValue::Bool(true)));
             self.cancel_notify = enabled("consumer_cancel_notify");
@@ -1942,6 +1944,35 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
 
 /// RabbitMQ's `is_cycle`: the message already died in `queue` (an entry of `x-death`, which
 /// lists the newest first) and no death since then, that one included, was a rejection.
+/// A copy of `table` that shares no octets with the frame it was decoded from (the strings
+/// of a decoded table are slices of the read buffer).
+fn copied_table(table: &FieldTable) -> FieldTable {
+    table
+        .iter()
+        .map(|(name, value)| {
+            (
+                ShortString::copy_from_slice(name.as_bytes()),
+                copied_value(value),
+            )
+        })
+        .collect()
+}
+
+/// A copy of `value` that shares no octets with the frame it was decoded from.
+fn copied_value(value: &FieldValue) -> FieldValue {
+    match value {
+        FieldValue::LongString(text) => {
+            FieldValue::LongString(LongString::new(Bytes::copy_from_slice(text.as_bytes())))
+        }
+        FieldValue::ByteArray(octets) => FieldValue::ByteArray(Bytes::copy_from_slice(octets)),
+        FieldValue::Array(values) => {
+            FieldValue::Array(FieldArray(values.iter().map(copied_value).collect()))
+        }
+        FieldValue::Table(table) => FieldValue::Table(copied_table(table)),
+        scalar => scalar.clone(),
+    }
+}
+
 fn is_cycle(queue: &ShortString, deaths: &FieldArray) -> bool {
     let mut since = Vec::new();
     for death in deaths.iter() {
@@ -2395,6 +2426,76 @@ fn routing_headers(headers: Option<&FieldTable>) -> Result<Option<Vec<ShortStrin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every octet range `value` holds in a shared buffer, nested ones included.
+    fn value_octets<'a>(value: &'a FieldValue, out: &mut Vec<&'a [u8]>) {
+        match value {
+            FieldValue::LongString(text) => out.push(text.as_bytes()),
+            FieldValue::ByteArray(octets) => out.push(octets),
+            FieldValue::Array(values) => values.iter().for_each(|v| value_octets(v, out)),
+            FieldValue::Table(table) => table_octets(table, out),
+            _ => {}
+        }
+    }
+
+    fn table_octets<'a>(table: &'a FieldTable, out: &mut Vec<&'a [u8]>) {
+        for (name, value) in table.iter() {
+            out.push(name.as_bytes());
+            value_octets(value, out);
+        }
+    }
+
+    #[test]
+    fn client_properties_are_copied_out_of_the_frame_they_came_in() {
+        let long_name = "a-property-name-longer-than-thirty-one-octets";
+        let mut capabilities = FieldTable::new();
+        capabilities.insert("publisher_confirms", true);
+        capabilities.insert(long_name, "x".repeat(100).as_str());
+        let mut properties = FieldTable::new();
+        properties.insert("product", "a client with a long product name");
+        properties.insert("capabilities", capabilities);
+        properties.insert(
+            "list",
+            FieldValue::Array(FieldArray(vec![
+                FieldValue::LongString("in an array".into()),
+                FieldValue::ByteArray(Bytes::from_static(b"raw octets")),
+                FieldValue::I32(7),
+            ])),
+        );
+        let start_ok = ConnectionStartOk {
+            client_properties: properties,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        };
+        let mut wire = BytesMut::new();
+        Frame::Method(0, start_ok.into())
+            .encode(&mut wire, 0)
+            .unwrap();
+        let frame_octets = wire.as_ptr_range();
+        let Some(Frame::Method(_, Method::ConnectionStartOk(decoded))) =
+            amqp_codec::decode(&mut wire, &Limits::default()).unwrap()
+        else {
+            panic!("not a start-ok");
+        };
+        let mut decoded_octets = Vec::new();
+        table_octets(&decoded.client_properties, &mut decoded_octets);
+        let in_frame = |octets: &&[u8]| frame_octets.contains(&octets.as_ptr());
+        assert!(
+            decoded_octets.iter().any(in_frame),
+            "the decoded table is a view of the frame"
+        );
+
+        let copied = copied_table(&decoded.client_properties);
+        assert_eq!(copied, decoded.client_properties);
+        let mut copied_octets = Vec::new();
+        table_octets(&copied, &mut copied_octets);
+        assert_eq!(copied_octets.len(), decoded_octets.len());
+        assert!(
+            !copied_octets.iter().any(in_frame),
+            "no octet of the frame kept"
+        );
+    }
 
     #[test]
     fn expiration_is_read_as_rabbitmq_reads_it() {
