@@ -33,6 +33,15 @@ pub const OUTBOX_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// freed, so an idle connection does not hold megabytes.
 const SPARE_MAX: usize = 1024 * 1024;
 
+/// The least room the outbox makes for frames at a time. After each take it makes room for
+/// as much as the writer took last, rounded up to a power of two (up to [`SPARE_MAX`]). A
+/// drained buffer that held less than this is not kept: a quiet connection holds no frame
+/// buffer between its frames.
+const FRAMES_MIN: usize = 4096;
+
+/// Room made for a frame the broker encodes (a larger one grows the buffer itself).
+const FRAME_ROOM: usize = 1024;
+
 /// The most pieces a drained list may hold room for and still be kept for reuse.
 const SPARE_PIECES_MAX: usize = 1024;
 
@@ -60,10 +69,18 @@ pub struct Outbox {
 /// messages as they were received, never copied), then the frames encoded since the last
 /// piece in `filling`. Drained ones are kept to swap in when the writer takes them, so the
 /// steady state allocates nothing (`BytesMut::split` would leave no capacity behind).
+///
+/// Only while frames come fast: `filling` starts with no buffer, and a connection that sends
+/// a frame now and then (a heartbeat, a confirm) gets a buffer for it that goes once written
+/// ([`Outbox::recycle`]). An idle connection holds no frame buffer.
 struct Buffers {
     pieces: Vec<Bytes>,
     pieces_len: usize,
     filling: BytesMut,
+    /// Octets encoded into `filling` since the last take that were split off into `pieces`.
+    encoded_in_pieces: usize,
+    /// How much room to make for frames at a time ([`FRAMES_MIN`] ..= [`SPARE_MAX`]).
+    chunk: usize,
     spare: BytesMut,
     spare_pieces: Vec<Bytes>,
 }
@@ -74,11 +91,24 @@ impl Buffers {
         self.pieces_len + self.filling.len()
     }
 
+    /// The buffer to encode frames into, with room for at least `needed` more octets.
+    ///
+    /// Room is made a chunk at a time: `BytesMut`, asked for a little more room while the
+    /// writer still holds pieces split off the buffer, would otherwise allocate just that
+    /// little, and the next frame would need another allocation.
+    fn room(&mut self, needed: usize) -> &mut BytesMut {
+        if self.filling.capacity() - self.filling.len() < needed {
+            self.filling.reserve(needed.max(self.chunk));
+        }
+        &mut self.filling
+    }
+
     /// Adds a piece after what is encoded so far.
     fn push_piece(&mut self, piece: Bytes) {
         if !self.filling.is_empty() {
             let encoded = self.filling.split().freeze();
             self.pieces_len += encoded.len();
+            self.encoded_in_pieces += encoded.len();
             self.pieces.push(encoded);
         }
         self.pieces_len += piece.len();
@@ -95,6 +125,8 @@ pub struct Segments {
     at: usize,
     pieces_len: usize,
     tail: BytesMut,
+    /// Octets the outbox encoded for these segments (what it copied, not the large bodies).
+    encoded: usize,
 }
 
 impl Segments {
@@ -176,7 +208,9 @@ impl Outbox {
             buf: Mutex::new(Buffers {
                 pieces: Vec::new(),
                 pieces_len: 0,
-                filling: BytesMut::with_capacity(64 * 1024),
+                filling: BytesMut::new(),
+                encoded_in_pieces: 0,
+                chunk: FRAMES_MIN,
                 spare: BytesMut::new(),
                 spare_pieces: Vec::new(),
             }),
@@ -206,7 +240,7 @@ impl Outbox {
         let mut buf = lock(&self.buf);
         let was_empty = buf.len() == 0;
         // A method the broker itself builds always encodes; a failure here is a bug, logged.
-        if let Err(err) = frame.encode(&mut buf.filling, 0) {
+        if let Err(err) = frame.encode(buf.room(FRAME_ROOM), 0) {
             tracing::error!("cannot encode {frame:?}: {err}");
         }
         drop(buf);
@@ -276,14 +310,15 @@ impl Outbox {
         content: &MessageContent,
     ) {
         let frame_max = self.frame_max();
+        let room = FRAME_ROOM + content.properties_wire().len();
         let Some(body) = content.shared_body() else {
-            if let Err(err) = put_content(&mut buf.filling, channel, method, content, frame_max) {
+            let filling = buf.room(room + content.size());
+            if let Err(err) = put_content(filling, channel, method, content, frame_max) {
                 tracing::error!("cannot encode a {}: {err}", method.name());
             }
             return;
         };
-        if let Err(err) =
-            put_method_and_header(&mut buf.filling, channel, method, content, frame_max)
+        if let Err(err) = put_method_and_header(buf.room(room), channel, method, content, frame_max)
         {
             tracing::error!("cannot encode a {}: {err}", method.name());
             return;
@@ -331,6 +366,8 @@ impl Outbox {
         if buf.len() == 0 {
             return Segments::default();
         }
+        let encoded = std::mem::take(&mut buf.encoded_in_pieces) + buf.filling.len();
+        buf.chunk = encoded.next_power_of_two().clamp(FRAMES_MIN, SPARE_MAX);
         let spare = std::mem::take(&mut buf.spare);
         let tail = std::mem::replace(&mut buf.filling, spare);
         let spare_pieces = std::mem::take(&mut buf.spare_pieces);
@@ -341,26 +378,50 @@ impl Outbox {
             at: 0,
             pieces_len,
             tail,
+            encoded,
         }
     }
 
     /// Gives written segments back for the next [`Outbox::take`] to swap in, keeping their
-    /// capacity (up to a limit).
+    /// capacity while frames come fast enough to be worth it.
+    ///
+    /// The frame buffer is kept if the outbox encoded at least [`FRAMES_MIN`] octets into it
+    /// (a quiet connection keeps none, not even an earlier spare), it has room for a chunk
+    /// again, and it is no more than four chunks (a connection gone quiet after a burst does
+    /// not keep the burst's buffer: after two takes it has let it go). The list of pieces
+    /// likewise, if it is no more than four times the pieces it held (at least 16).
     pub fn recycle(&self, written: Segments) {
         let Segments {
             mut pieces,
             mut tail,
+            encoded,
             ..
         } = written;
+        let pieces_held = pieces.len();
+        // The pieces go first: the tail may share their buffer, and is reclaimed whole only
+        // once it is the last to hold it.
         pieces.clear();
         tail.clear();
         let mut buf = lock(&self.buf);
-        if pieces.capacity() <= SPARE_PIECES_MAX && pieces.capacity() > buf.spare_pieces.capacity()
+        let pieces_max = (4 * pieces_held).clamp(16, SPARE_PIECES_MAX);
+        if pieces_held > 0
+            && pieces.capacity() <= pieces_max
+            && pieces.capacity() > buf.spare_pieces.capacity()
         {
             buf.spare_pieces = pieces;
+        } else if buf.spare_pieces.capacity() > pieces_max {
+            buf.spare_pieces = Vec::new();
         }
-        if tail.capacity() <= SPARE_MAX && tail.capacity() > buf.spare.capacity() {
+        let kept_max = (4 * buf.chunk).min(SPARE_MAX);
+        if encoded < FRAMES_MIN {
+            buf.spare = BytesMut::new();
+        } else if tail.try_reclaim(buf.chunk)
+            && tail.capacity() <= kept_max
+            && tail.capacity() > buf.spare.capacity()
+        {
             buf.spare = tail;
+        } else if buf.spare.capacity() > kept_max {
+            buf.spare = BytesMut::new();
         }
     }
 
@@ -748,24 +809,96 @@ impl ChannelLink {
 mod tests {
     use super::*;
 
+    /// Sends `n` heartbeats (8 octets each).
+    fn heartbeats(outbox: &Outbox, n: usize) {
+        for _ in 0..n {
+            outbox.send(&Frame::Heartbeat);
+        }
+    }
+
+    /// Takes everything, writes it (all of it, as a vectored write would) and hands it back.
+    fn write_round(outbox: &Outbox) -> Bytes {
+        let mut segments = outbox.take();
+        let written = segments.copy_to_bytes(segments.remaining());
+        outbox.recycle(segments);
+        written
+    }
+
     #[test]
     fn outbox_take_swaps_in_recycled_buffer_keeping_its_capacity() {
         let outbox = Outbox::new(131_072);
-        outbox.send(&Frame::Heartbeat);
+        heartbeats(&outbox, FRAMES_MIN / 8);
         let first = outbox.take();
         let capacity = first.tail.capacity();
+        let start = first.tail.as_ptr();
         // Heartbeat: type 8, channel 0 (2 octets), size 0 (4 octets), frame end 0xCE.
         assert_eq!(
             first.parts().collect::<Vec<_>>(),
-            vec![&b"\x08\x00\x00\x00\x00\x00\x00\xce"[..]]
+            vec![&b"\x08\x00\x00\x00\x00\x00\x00\xce".repeat(FRAMES_MIN / 8)[..]]
         );
         outbox.recycle(first);
-        outbox.send(&Frame::Heartbeat);
+        heartbeats(&outbox, FRAMES_MIN / 8);
         // The buffer filled since is taken; the recycled one becomes the one being filled.
         let second = outbox.take();
-        assert_eq!(second.remaining(), 8);
+        assert_eq!(second.remaining(), FRAMES_MIN);
+        assert_ne!(second.tail.as_ptr(), start);
         outbox.send(&Frame::Heartbeat);
-        assert_eq!(lock(&outbox.buf).filling.capacity(), capacity);
+        let filling = &lock(&outbox.buf).filling;
+        assert_eq!((filling.as_ptr(), filling.capacity()), (start, capacity));
+    }
+
+    #[test]
+    fn a_new_outbox_holds_no_buffer_and_a_quiet_one_none_once_written() {
+        let outbox = Outbox::new(131_072);
+        assert_eq!(lock(&outbox.buf).filling.capacity(), 0);
+        heartbeats(&outbox, 1);
+        assert_eq!(write_round(&outbox).len(), 8);
+        let buf = lock(&outbox.buf);
+        assert_eq!((buf.filling.capacity(), buf.spare.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn an_outbox_gone_quiet_after_a_burst_lets_the_burst_buffers_go() {
+        let outbox = Outbox::new(131_072);
+        heartbeats(&outbox, 25_000);
+        assert_eq!(write_round(&outbox).len(), 200_000);
+        assert!(
+            lock(&outbox.buf).spare.capacity() >= 200_000,
+            "kept while busy"
+        );
+        // Two quiet rounds: the first fills the burst's buffer, the second lets it go.
+        for _ in 0..2 {
+            heartbeats(&outbox, 1);
+            assert_eq!(write_round(&outbox).len(), 8);
+        }
+        let buf = lock(&outbox.buf);
+        assert_eq!((buf.filling.capacity(), buf.spare.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn an_outbox_gone_quiet_after_large_bodies_lets_the_list_of_pieces_go() {
+        let outbox = Outbox::new(131_072);
+        let body = Bytes::from(vec![7; 2 * crate::message::INLINE_BODY_MAX]);
+        let large = MessageContent::with_properties(b"", b"q", &BasicProperties::default(), body);
+        for tag in 1..=200 {
+            let deliver = ContentMethod::Deliver {
+                consumer_tag: b"c",
+                delivery_tag: tag,
+                redelivered: false,
+            };
+            outbox.send_content(1, &deliver, &large);
+        }
+        write_round(&outbox);
+        assert!(
+            lock(&outbox.buf).spare_pieces.capacity() >= 400,
+            "kept while busy"
+        );
+        for _ in 0..2 {
+            heartbeats(&outbox, 1);
+            write_round(&outbox);
+        }
+        let buf = lock(&outbox.buf);
+        assert!(buf.pieces.capacity() <= 16 && buf.spare_pieces.capacity() <= 16);
     }
 
     #[test]
@@ -814,6 +947,7 @@ mod tests {
             at: 0,
             pieces_len: 7,
             tail: BytesMut::from(&b"hi"[..]),
+            encoded: 2,
         };
         let mut slices = [std::io::IoSlice::new(&[]); 4];
         assert_eq!(segments.chunks_vectored(&mut slices), 3);
