@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -98,8 +99,7 @@ async fn handle(
         let _ = writer.shutdown().await;
     });
 
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut retired = RetiredBuffers::default();
+    let mut input = ReadBuffer::new();
     let mut alarm = broker_alarm(&connection);
     let mut reading_paused = false;
     let mut shutting_down = *shutdown.borrow();
@@ -122,17 +122,21 @@ async fn handle(
             }
         };
         tokio::select! {
-            read = reader.read_buf(&mut buf), if !reading_paused => match read {
-                Ok(0) | Err(_) => {
-                    connection.handle_eof();
-                    break;
-                }
-                Ok(n) => {
-                    trace_in.trace_tail(&buf, n);
-                    connection.handle_input(&mut buf, Instant::now());
-                    // Tell a newly opened connection of an alarm already on; stop reading
-                    // from a publisher that just published under the alarm.
-                    reading_paused = connection.alarm_changed(*alarm.borrow());
+            read = read_into(&mut reader, &mut input, outbox.frame_max()), if !reading_paused => {
+                match read {
+                    (Ok(0), _) | (Err(_), _) => {
+                        connection.handle_eof();
+                        break;
+                    }
+                    (Ok(n), limit) => {
+                        input.filled(n, limit);
+                        trace_in.trace_tail(&input.buf, n);
+                        connection.handle_input(&mut input.buf, Instant::now());
+                        input.settle(outbox.frame_max());
+                        // Tell a newly opened connection of an alarm already on; stop
+                        // reading from a publisher that just published under the alarm.
+                        reading_paused = connection.alarm_changed(*alarm.borrow());
+                    }
                 }
             },
             changed = alarm.changed() => {
@@ -159,7 +163,6 @@ async fn handle(
                 connection.force_close("broker forced connection closure with reason 'shutdown'", Instant::now());
             }
         }
-        reserve_for_next_read(&mut buf, &mut retired, outbox.frame_max());
     }
     connection.handle_eof();
     // Let the writer flush what is left (a close, a close-ok), then stop it.
@@ -168,42 +171,154 @@ async fn handle(
     Ok(())
 }
 
-/// Makes room in the read buffer: 64 KiB when less than 4 KiB is free, and at least the
-/// whole frame in progress (up to `frame_max` + 8 octets of it), so a large frame is read
-/// into one allocation instead of regrowing (and copying) it a read at a time.
-///
-/// A buffer still referenced by frames handed on (a large body waiting in a queue or an
-/// outbox) cannot be reused in place: reading goes on in an earlier such buffer that is free
-/// again, or in a new one, and this one is retired until it is free. (Fresh buffers of this
-/// size cost page faults every time; reused ones do not.)
-fn reserve_for_next_read(buf: &mut BytesMut, retired: &mut RetiredBuffers, frame_max: u32) {
-    let mut wanted = 4096;
-    // A frame header: type, channel (2), size (4). Anything else (the protocol header) is
-    // left to the 4 KiB rule; an oversized size is refused by the connection, not reserved.
-    if let [1 | 2 | 3 | 8, _, _, s0, s1, s2, s3, ..] = buf[..] {
-        let size = u32::from_be_bytes([s0, s1, s2, s3]);
-        let limit = if frame_max == 0 {
-            128 * 1024
-        } else {
-            frame_max
-        };
-        let frame = usize::try_from(size.min(limit)).unwrap_or(0) + 8;
-        wanted = wanted.max(frame.saturating_sub(buf.len()));
+/// Reads into `input`: the octets read, and how many the read could take. A quiet
+/// connection has no read buffer: it waits until the socket is readable before it makes one.
+async fn read_into(
+    reader: &mut OwnedReadHalf,
+    input: &mut ReadBuffer,
+    frame_max: u32,
+) -> (std::io::Result<usize>, usize) {
+    if input.buf.capacity() == 0 {
+        if let Err(err) = reader.readable().await {
+            return (Err(err), 0);
+        }
     }
-    if buf.capacity() - buf.len() < wanted {
-        let wanted = wanted.max(64 * 1024);
-        if buf.try_reclaim(wanted) {
+    let limit = input.prepare(frame_max);
+    let read = reader.read_buf(&mut (&mut input.buf).limit(limit)).await;
+    (read, limit)
+}
+
+/// What a read at a frame boundary takes at first and the least it takes; reads there
+/// double while they fill what they may take, up to [`READ_MAX`], and come back to this once
+/// a read brings less or a large frame comes. Room is made in the read buffer when less than
+/// this is free.
+const READ_MIN: usize = 1024;
+
+/// The most a read at a frame boundary takes.
+const READ_MAX: usize = 64 * 1024;
+
+/// A frame with at least this many octets still to come is read by itself, to its last
+/// octet: a read past its end would bring the start of the next frame, which would then be
+/// copied to a new buffer when that frame does not fit in what is left of this one.
+const LARGE_FRAME_REST: usize = 16 * 1024;
+
+/// The reader's buffer, and how much each read may take.
+///
+/// Frames are split off the buffer without copying ([`ServerConnection::handle_input`]), and a
+/// large message's body stays the slice of the frame it came in, until the last consumer's
+/// socket took it. So the buffer is shared with the messages read into it, and making room in
+/// it means another buffer and a copy of the frame in progress. Reads are sized to keep that
+/// copy small: a large frame is read to its end and no further, and a read at a frame boundary
+/// takes little ([`READ_MIN`]) while large frames come, so what is copied is at most the start
+/// of one frame. While small frames come, boundary reads grow to [`READ_MAX`], many frames per
+/// read.
+///
+/// A connection gone quiet (its last read brought less than [`READ_MIN`]) gives its buffers
+/// up once every frame in them was taken: an idle connection holds no read buffer.
+struct ReadBuffer {
+    buf: BytesMut,
+    /// What a read at a frame boundary, or in a small frame, may take.
+    read_size: usize,
+    /// The last read brought less than [`READ_MIN`].
+    quiet: bool,
+    /// Earlier buffers, to read on in once the frames split off them are gone.
+    retired: RetiredBuffers,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            buf: BytesMut::new(),
+            read_size: READ_MIN,
+            quiet: true,
+            retired: RetiredBuffers::default(),
+        }
+    }
+
+    /// Makes room for the next read and returns how much it may take: the rest of a large
+    /// frame in progress; otherwise up to `read_size` (and at least the rest of a small
+    /// frame), as far as the buffer has room, making room only when less than [`READ_MIN`]
+    /// is left.
+    fn prepare(&mut self, frame_max: u32) -> usize {
+        let rest = rest_of_frame(&self.buf, frame_max);
+        if rest >= LARGE_FRAME_REST {
+            self.make_room(rest, rest);
+            return rest;
+        }
+        let wanted = rest.max(self.read_size);
+        self.make_room(rest.max(READ_MIN), wanted);
+        self.spare().min(wanted)
+    }
+
+    /// Makes room for `wanted` octets when fewer than `needed` are free: in this buffer if no
+    /// frame split off it is still held (moving the frame in progress to its start), else in
+    /// an earlier buffer free again, or a new one, with a copy of the frame in progress. This
+    /// one is retired until its frames are gone. (Fresh large buffers cost page faults every
+    /// time; reused ones do not.)
+    fn make_room(&mut self, needed: usize, wanted: usize) {
+        if self.spare() >= needed || self.buf.try_reclaim(wanted) {
             return;
         }
-        let needed = buf.len() + wanted;
-        let mut next = retired
-            .take(needed)
-            .unwrap_or_else(|| BytesMut::with_capacity(needed));
-        next.put_slice(buf);
-        let mut old = std::mem::replace(buf, next);
+        let size = self.buf.len() + wanted;
+        let mut next = self
+            .retired
+            .take(size)
+            .unwrap_or_else(|| BytesMut::with_capacity(size));
+        next.put_slice(&self.buf);
+        // Retired even with no room left: it may still be the whole of a large frame's buffer.
+        let mut old = std::mem::replace(&mut self.buf, next);
         old.clear();
-        retired.put(old);
+        self.retired.put(old);
     }
+
+    fn spare(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// A read of `n` octets that could take `limit`: a boundary read that filled it says
+    /// more is waiting, so boundary reads may take twice as much; one that brought less
+    /// than [`READ_MIN`] says the burst is over.
+    fn filled(&mut self, n: usize, limit: usize) {
+        self.quiet = n < READ_MIN;
+        if n == limit && limit <= self.read_size {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if self.quiet {
+            self.read_size = READ_MIN;
+        }
+    }
+
+    /// After the connection took the complete frames: a read that ended in a large frame
+    /// makes the boundary reads small. After a read that brought little, once every frame
+    /// was taken, the buffers are given up (there is nothing to copy): a quiet connection
+    /// holds no read buffer, and one gone quiet after a burst does not keep the burst's.
+    fn settle(&mut self, frame_max: u32) {
+        if rest_of_frame(&self.buf, frame_max) >= LARGE_FRAME_REST {
+            self.read_size = READ_MIN;
+        }
+        if self.quiet && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.retired = RetiredBuffers::default();
+        }
+    }
+}
+
+/// The octets still to come of the frame whose start is in `buf` (0 when its header is not
+/// all there): its size as its header says, up to `frame_max`, plus 8 octets of framing.
+/// Anything else than a frame header (the protocol header) counts as nothing; an oversized
+/// size is refused by the connection, not reserved.
+fn rest_of_frame(buf: &[u8], frame_max: u32) -> usize {
+    // A frame header: type, channel (2), size (4).
+    let [1 | 2 | 3 | 8, _, _, s0, s1, s2, s3, ..] = *buf else {
+        return 0;
+    };
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    let limit = if frame_max == 0 {
+        128 * 1024
+    } else {
+        frame_max
+    };
+    let frame = usize::try_from(size.min(limit)).unwrap_or(0) + 8;
+    frame.saturating_sub(buf.len())
 }
 
 /// Read buffers waiting for the frames sliced from them to be dropped, oldest first.
@@ -237,5 +352,143 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME_MAX: u32 = 131_072;
+
+    /// A body frame header on channel 1 with a payload of `size` octets.
+    fn body_frame_header(size: u32) -> Vec<u8> {
+        let mut header = vec![3, 0, 1];
+        header.extend_from_slice(&size.to_be_bytes());
+        header
+    }
+
+    #[test]
+    fn a_new_connection_has_no_read_buffer_until_it_reads() {
+        let mut input = ReadBuffer::new();
+        assert_eq!(input.buf.capacity(), 0);
+        assert_eq!(input.prepare(FRAME_MAX), READ_MIN);
+        assert!(input.buf.capacity() >= READ_MIN);
+    }
+
+    /// A read that brings `octets`, before the connection takes any frame.
+    fn read(input: &mut ReadBuffer, octets: &[u8]) {
+        let limit = input.prepare(FRAME_MAX);
+        assert!(octets.len() <= limit, "a read takes at most {limit} octets");
+        input.buf.extend_from_slice(octets);
+        input.filled(octets.len(), limit);
+        input.settle(FRAME_MAX);
+    }
+
+    /// The connection takes the whole buffer (complete frames), then the reader settles.
+    fn take_all(input: &mut ReadBuffer) -> bytes::Bytes {
+        let frames = input.buf.split().freeze();
+        input.settle(FRAME_MAX);
+        frames
+    }
+
+    #[test]
+    fn a_large_frame_in_progress_is_read_to_its_end_and_no_further() {
+        let mut input = ReadBuffer::new();
+        // A boundary read brought the start of a 65,536-octet body frame: its header and
+        // 100 octets of its payload.
+        read(
+            &mut input,
+            &[&body_frame_header(65_536)[..], &[0; 100]].concat(),
+        );
+        let rest = 65_536 + 8 - 107;
+        assert_eq!(input.prepare(FRAME_MAX), rest);
+        assert!(input.buf.capacity() - input.buf.len() >= rest);
+        // The frame is read and split off whole, its start copied: nothing else was read.
+        read(&mut input, &vec![0; rest]);
+        let frame = take_all(&mut input);
+        assert_eq!(frame.len(), 65_544);
+        // The next read, at a frame boundary, is small, in a buffer of its own (the frame
+        // still holds the last one).
+        assert_eq!(input.prepare(FRAME_MAX), READ_MIN);
+        assert!(!input.buf.as_ptr_range().contains(&frame.as_ptr()));
+    }
+
+    #[test]
+    fn a_buffer_held_by_a_frame_is_read_into_again_once_the_frame_is_gone() {
+        let mut input = ReadBuffer::new();
+        let header = body_frame_header(65_536);
+        read(&mut input, &header);
+        read(&mut input, &vec![0; 65_544 - 7]);
+        let large = input.buf.as_ptr();
+        let frame = take_all(&mut input);
+        // While a queue holds the frame, reading goes on elsewhere.
+        read(&mut input, &header);
+        assert_ne!(input.buf.as_ptr(), large);
+        drop(frame);
+        // The frame was delivered: its buffer takes the next large frame, no new one.
+        assert_eq!(input.prepare(FRAME_MAX), 65_544 - 7);
+        assert_eq!(input.buf.as_ptr(), large);
+        assert_eq!(&input.buf[..], &header[..]);
+    }
+
+    #[test]
+    fn boundary_reads_double_while_they_fill_and_shrink_back_when_the_burst_is_over() {
+        let mut input = ReadBuffer::new();
+        let mut limits = Vec::new();
+        for _ in 0..8 {
+            let limit = input.prepare(FRAME_MAX);
+            limits.push(limit);
+            read(&mut input, &vec![0; limit]);
+            take_all(&mut input);
+        }
+        assert_eq!(
+            limits,
+            [1024, 2048, 4096, 8192, 16_384, 32_768, 65_536, 65_536]
+        );
+        // A read that brings little: the burst is over, and the buffer grown for it goes.
+        input.prepare(FRAME_MAX);
+        assert!(input.buf.capacity() > 4 * READ_MIN, "grown for the burst");
+        read(&mut input, &[0; 100]);
+        take_all(&mut input);
+        assert_eq!(input.buf.capacity(), 0, "no buffer while quiet");
+        assert_eq!(input.prepare(FRAME_MAX), READ_MIN);
+    }
+
+    #[test]
+    fn a_quiet_connection_keeps_its_buffer_while_a_frame_is_in_progress() {
+        let mut input = ReadBuffer::new();
+        read(&mut input, &body_frame_header(10));
+        assert_eq!(&input.buf[..], &body_frame_header(10)[..]);
+        assert!(input.buf.capacity() > 7);
+    }
+
+    #[test]
+    fn the_rest_of_a_small_frame_is_read_whole_and_does_not_count_as_a_boundary_read() {
+        let mut input = ReadBuffer::new();
+        // A frame with 10,000 octets to come (below LARGE_FRAME_REST).
+        input.buf.extend_from_slice(&body_frame_header(10_000));
+        assert_eq!(input.prepare(FRAME_MAX), 10_008 - 7);
+        input.filled(10_008 - 7, 10_008 - 7);
+        assert_eq!(input.read_size, READ_MIN);
+    }
+
+    #[test]
+    fn the_buffer_is_not_regrown_while_a_worthwhile_read_still_fits() {
+        let mut input = ReadBuffer::new();
+        input.prepare(FRAME_MAX);
+        let capacity = input.buf.capacity();
+        input.buf.resize(capacity - READ_MIN, 0);
+        let start = input.buf.as_ptr();
+        assert_eq!(input.prepare(FRAME_MAX), READ_MIN);
+        assert_eq!(input.buf.as_ptr(), start, "no new buffer, no copy");
+    }
+
+    #[test]
+    fn the_size_of_a_frame_is_taken_up_to_frame_max_and_only_from_a_frame_header() {
+        assert_eq!(rest_of_frame(&body_frame_header(65_536), FRAME_MAX), 65_537);
+        assert_eq!(rest_of_frame(&body_frame_header(u32::MAX), 4096), 4097);
+        assert_eq!(rest_of_frame(&body_frame_header(10)[..6], FRAME_MAX), 0);
+        assert_eq!(rest_of_frame(b"AMQP\x00\x00\x09\x01", FRAME_MAX), 0);
     }
 }
