@@ -200,8 +200,9 @@ async fn many_idle_connections_stay_open_and_each_answers_when_it_is_used_again(
     for _ in 0..CONNECTIONS {
         connections.push(Connection::open(&running.url()).await.unwrap());
     }
-    // Quiet for a while: every connection has given its buffers up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Quiet for longer than the broker waits before it gives a quiet connection's read
+    // buffer up (1 s): every connection has given its buffers up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(running.broker.connections.all().len(), CONNECTIONS);
     for (i, connection) in connections.iter().enumerate() {
         let channel = connection.create_channel().await.unwrap();
