@@ -47,13 +47,17 @@ impl Stamp {
         })
     }
 
-    fn write(&self, out: &mut BytesMut) {
+    fn write(&self, out: &mut impl BufMut) {
         out.put_u64((u64::from(self.producer) << 48) | (self.sequence & LOW_48));
         out.put_u64((u64::from(self.run) << 48) | (self.sent_ns & LOW_48));
     }
 }
 
 /// Makes bodies of one size for one producer.
+///
+/// Bodies are cut from a chunk zeroed when it is made (by `calloc`, so the kernel's fresh
+/// pages are not written twice); only the stamp is written per body, so a 64 KiB body costs
+/// 16 octets of writing, not a 64 KiB memset.
 pub struct BodyWriter {
     size: usize,
     chunk: BytesMut,
@@ -65,19 +69,20 @@ impl BodyWriter {
         let size = size.max(STAMP_LEN);
         BodyWriter {
             size,
-            chunk: BytesMut::with_capacity(CHUNK.max(size)),
+            chunk: BytesMut::zeroed(CHUNK.max(size)),
         }
     }
 
     /// The next body, stamped.
     pub fn body(&mut self, stamp: Stamp) -> Bytes {
-        if self.chunk.capacity() < self.size {
+        if self.chunk.len() < self.size {
             // The old chunk lives on in the bodies cut from it, until they are dropped.
-            self.chunk = BytesMut::with_capacity(CHUNK.max(self.size));
+            self.chunk = BytesMut::zeroed(CHUNK.max(self.size));
         }
-        stamp.write(&mut self.chunk);
-        self.chunk.put_bytes(0, self.size - STAMP_LEN);
-        self.chunk.split().freeze()
+        let mut body = self.chunk.split_to(self.size);
+        let mut stamped = &mut body[..STAMP_LEN];
+        stamp.write(&mut stamped);
+        body.freeze()
     }
 }
 
@@ -98,6 +103,27 @@ mod tests {
         assert_eq!(body.len(), 100);
         assert_eq!(Stamp::read(&body), Some(stamp));
         assert!(body[STAMP_LEN..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn bodies_cut_across_chunks_are_whole_stamped_and_zero_after_the_stamp() {
+        // Three 400 KiB bodies per 1 MiB chunk: the fourth comes from a new chunk.
+        let mut writer = BodyWriter::new(400 * 1024);
+        let bodies: Vec<Bytes> = (0..7)
+            .map(|sequence| {
+                writer.body(Stamp {
+                    producer: 1,
+                    sequence,
+                    run: 2,
+                    sent_ns: 3,
+                })
+            })
+            .collect();
+        for (sequence, body) in bodies.iter().enumerate() {
+            assert_eq!(body.len(), 400 * 1024);
+            assert_eq!(Stamp::read(body).map(|s| s.sequence), Some(sequence as u64));
+            assert!(body[STAMP_LEN..].iter().all(|b| *b == 0), "body {sequence}");
+        }
     }
 
     #[test]
