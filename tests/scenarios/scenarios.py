@@ -758,6 +758,16 @@ def exclusive_consumer(ctx):
     r.send(1, spec.Basic.Consume(queue=q2, consumer_tag=n("dup")))
     out["raw_duplicate_consumer_tag_same_channel"] = r.until({"Connection.Close",
                                                               "Channel.Close"})
+    # The tag is checked before the queue: a tag in use, on a queue that does not exist,
+    # is refused for the tag (530), not for the queue (404).
+    r = ctx.raw()
+    r.handshake()
+    r.open_channel(1)
+    r.send(1, spec.Basic.Consume(queue=q2, consumer_tag=n("dup")))
+    r.until({"Basic.ConsumeOk"})
+    r.send(1, spec.Basic.Consume(queue=n("missing-q"), consumer_tag=n("dup")))
+    out["raw_duplicate_consumer_tag_missing_queue"] = r.until({"Connection.Close",
+                                                               "Channel.Close"})
     r = ctx.raw()
     r.handshake()
     r.open_channel(1)

@@ -1469,6 +1469,14 @@ impl ServerConnection {
         consume: BasicConsume,
         vhost: &Arc<VHost>,
     ) -> Result<(), AmqpError> {
+        // A tag in use on the channel is refused first, before the queue is looked up or
+        // the read permission checked, as RabbitMQ's channel does. (A generated tag is new.)
+        let tag = &consume.consumer_tag;
+        if !tag.is_empty() && self.channel(id)?.consumers.contains_key(tag) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
         let name = self.queue_name(id, &consume.queue)?;
         self.permit.read_queue(&name)?;
         let queue = vhost.usable_queue(&name, self.id)?;
@@ -1491,11 +1499,6 @@ impl ServerConnection {
         } else {
             consume.consumer_tag.clone()
         };
-        if channel.consumers.contains_key(&tag) {
-            return Err(AmqpError::not_allowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
-        }
         channel.consumers.insert(tag.clone(), queue.clone());
         let consumer = QueueConsumer {
             tag: tag.clone(),
