@@ -14,6 +14,7 @@
 //! ended with the error that ended the connection: nothing waits forever.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -24,14 +25,14 @@ use amqp_codec::tune::Tune;
 use amqp_codec::{
     BasicProperties, ChannelId, Command, FieldTable, LongString, Method, ShortString,
 };
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::{Channel, ChannelShared};
 use crate::consumer::{Consumer, DeliveryItem, Returned};
-use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event, Message};
+use crate::core::{ConnectionConfig, ConnectionCore, ConnectionState, Event, Message, Output};
 use crate::error::Error;
 use crate::queue::{self, TrySendError};
 use crate::uri::AmqpUri;
@@ -40,6 +41,9 @@ use crate::uri::AmqpUri;
 const REQUEST_QUEUE: usize = 1024;
 /// How many deliveries a consumer buffers before the connection stops reading the socket.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 1024;
+/// At most this many pieces of output go into one vectored write (a large message is three:
+/// its frames before the body, the body, and what follows).
+const MAX_WRITE_SLICES: usize = 64;
 /// How long the TCP connect plus handshake may take unless the URI says otherwise.
 const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -589,22 +593,17 @@ impl ConnectionTask {
     /// live server's heartbeats keep counting, and a dead one is declared dead instead of
     /// leaving the task stuck in the write forever.
     async fn flush(&mut self) -> std::io::Result<()> {
-        while let Some(out) = self.core.take_output(Instant::now()) {
-            let mut written = 0;
-            while written < out.len() {
+        while let Some(mut out) = self.core.take_output(Instant::now()) {
+            while out.has_remaining() {
                 if self.core.state() == ConnectionState::Closed {
                     return Ok(());
                 }
                 let deadline = self.core.poll_timeout();
                 let (mut reader, mut writer) = self.socket.split();
                 tokio::select! {
-                    write = writer.write(&out[written..]) => match write? {
-                        0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                        n => {
-                            self.tracer.sent(out.get(written..written + n).unwrap_or_default());
-                            written += n;
-                        }
-                    },
+                    write = write_some(&mut writer, &mut out, &mut self.tracer) => {
+                        write?;
+                    }
                     read = reader.read_buf(&mut self.read_buf), if self.stalled.is_none() => {
                         self.handle_read(read);
                     }
@@ -868,7 +867,7 @@ impl ConnectionTask {
                     immediate: false,
                 };
                 let properties = properties.as_deref().unwrap_or(&NO_PROPERTIES);
-                match self.core.publish(channel, publish, properties, &body) {
+                match self.core.publish(channel, publish, properties, body) {
                     Ok(Some(seq)) => {
                         let state = self.confirms.entry(channel).or_default();
                         state.last_seq = seq;
@@ -914,6 +913,26 @@ impl ConnectionTask {
             Request::Close { reply } => {
                 let _ = self.core.close(Token::Reply(reply));
             }
+        }
+    }
+}
+
+/// One vectored write of what `out` holds (at most [`MAX_WRITE_SLICES`] pieces of it);
+/// advances `out` past the octets the writer took, which may be fewer than offered.
+async fn write_some<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut Output,
+    tracer: &mut Tracer,
+) -> std::io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+    let count = out.chunks_vectored(&mut slices);
+    let slices = slices.get(..count).unwrap_or_default();
+    match writer.write_vectored(slices).await? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        n => {
+            out.for_each_prefix(n, |part| tracer.sent(part));
+            out.advance(n);
+            Ok(n)
         }
     }
 }
@@ -1089,6 +1108,138 @@ mod tests {
             waiter.try_recv(),
             Ok(Err(Error::ChannelClosedLocally))
         ));
+    }
+
+    /// A socket that takes at most `per_write` octets per write, of the first slice only, and
+    /// says "not now" before every other write.
+    struct Trickle {
+        written: Vec<u8>,
+        per_write: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes += 1;
+            if this.writes % 2 == 1 {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(this.per_write);
+            this.written.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An open connection core with one open channel, 1.
+    fn open_core() -> ConnectionCore<u32> {
+        use amqp_codec::methods::{ChannelOpenOk, ConnectionOpenOk, ConnectionTune};
+        let now = Instant::now();
+        let uri = AmqpUri::parse("amqp://localhost?frame_max=8192").unwrap();
+        let mut core = ConnectionCore::new(ConnectionConfig::new(uri), now);
+        let mut start = amqp_codec::methods::ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            ..Default::default()
+        };
+        start.mechanisms = LongString::from("PLAIN");
+        let tune = ConnectionTune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 0,
+        };
+        for method in [start.into(), tune.into(), ConnectionOpenOk.into()] {
+            let mut bytes = BytesMut::new();
+            amqp_codec::Frame::Method(0, method)
+                .encode(&mut bytes, 0)
+                .unwrap();
+            core.handle_input(&mut bytes, now);
+        }
+        core.open_channel(|_| 1).unwrap();
+        let mut bytes = BytesMut::new();
+        amqp_codec::Frame::Method(1, ChannelOpenOk.into())
+            .encode(&mut bytes, 0)
+            .unwrap();
+        core.handle_input(&mut bytes, now);
+        while core.poll_event().is_some() {}
+        let _ = core.take_output(now);
+        core
+    }
+
+    #[tokio::test]
+    async fn output_written_a_few_octets_at_a_time_arrives_whole_and_in_order() {
+        let mut core = open_core();
+        // Small and large bodies, the large ones over several 8 KiB frames: the output is
+        // encoded frames and body slices in turn.
+        let bodies: Vec<Bytes> = [16usize, 20_000, 5, 8184, 70_000]
+            .iter()
+            .map(|&len| {
+                (0..len)
+                    .map(|i| (i % 253) as u8)
+                    .collect::<Vec<u8>>()
+                    .into()
+            })
+            .collect();
+        for body in &bodies {
+            let publish = amqp_codec::methods::BasicPublish {
+                routing_key: "q".into(),
+                ..Default::default()
+            };
+            core.publish(1, publish, &NO_PROPERTIES, body.clone())
+                .unwrap();
+        }
+        let mut out = core.take_output(Instant::now()).unwrap();
+        let total = out.len();
+        let mut expected = BytesMut::new();
+        for part in out.parts() {
+            expected.extend_from_slice(part);
+        }
+        let mut socket = Trickle {
+            written: Vec::new(),
+            per_write: 7,
+            writes: 0,
+        };
+        let mut tracer = Tracer::new("client", "127.0.0.1:5672");
+        let mut written = 0;
+        while !out.is_empty() {
+            written += write_some(&mut socket, &mut out, &mut tracer)
+                .await
+                .unwrap();
+        }
+        assert_eq!(written, total);
+        assert_eq!(socket.written, expected);
+
+        // What arrived is the five messages, bodies intact.
+        let mut wire = BytesMut::from(&socket.written[..]);
+        let mut assembler = amqp_codec::ContentAssembler::default();
+        let mut received = Vec::new();
+        let limits = amqp_codec::Limits::with_frame_max(8192);
+        while let Some(frame) = amqp_codec::decode(&mut wire, &limits).unwrap() {
+            if let Some(command) = assembler.feed(frame).unwrap() {
+                received.push(command.content.unwrap().body);
+            }
+        }
+        assert!(wire.is_empty());
+        assert_eq!(received, bodies);
     }
 
     #[test]

@@ -9,8 +9,17 @@
 //!
 //! Frames of one content travel in order on one channel; other channels' frames may be
 //! interleaved, so a peer keeps one [`ContentAssembler`] per channel.
+//!
+//! A sender keeps large bodies out of its encoded bytes: an [`OutputBuffer`] holds the frames
+//! encoded so far and, between them, the payloads of large body frames as slices of the body
+//! itself; what it hands to the socket is an [`Output`], written with vectored writes.
+//!
+//! ```text
+//!  ┌ method + header frames, body frame header ┐┌ body (the sender's Bytes) ┐┌ 0xCE, next frames… ┐
+//!  └──────────── encoded piece ────────────────┘└────────── piece ──────────┘└────── tail ────────┘
+//! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::constants::{ChannelId, FRAME_OVERHEAD};
 use crate::error::{DecodeError, EncodeError};
@@ -278,11 +287,22 @@ pub fn encode_content(
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), EncodeError> {
+    all_or_nothing(buf, method, |buf| {
+        encode_content_unchecked(buf, channel, method, properties, body, frame_max)
+    })
+}
+
+/// Runs `encode` for a content-carrying `method`, leaving `buf` as it was if it fails.
+fn all_or_nothing(
+    buf: &mut BytesMut,
+    method: &Method,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
     if !method.has_content() {
         return Err(EncodeError::MethodCarriesNoContent(method.name()));
     }
     let start = buf.len();
-    let result = encode_content_unchecked(buf, channel, method, properties, body, frame_max);
+    let result = encode(buf);
     if result.is_err() {
         buf.truncate(start);
     }
@@ -307,6 +327,45 @@ fn encode_content_unchecked(
             .saturating_add(method.arguments_len())
             .saturating_add(properties.encoded_len()),
     );
+    put_method_and_header(
+        buf,
+        channel,
+        method,
+        properties,
+        body.len() as u64,
+        frame_max,
+    )?;
+    for slice in body.chunks(chunk) {
+        put_body_frame(buf, channel, slice)?;
+    }
+    Ok(())
+}
+
+/// Appends the first two frames of a message, the method frame and the content header frame
+/// announcing `body_size` octets, for a caller that writes the body frames itself: one that
+/// sends large bodies as they are, without copying them (see [`put_body_frame_header`]).
+/// On error `buf` is left as it was.
+pub fn encode_content_head(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &Method,
+    properties: &BasicProperties,
+    body_size: u64,
+    frame_max: u32,
+) -> Result<(), EncodeError> {
+    all_or_nothing(buf, method, |buf| {
+        put_method_and_header(buf, channel, method, properties, body_size, frame_max)
+    })
+}
+
+fn put_method_and_header(
+    buf: &mut BytesMut,
+    channel: ChannelId,
+    method: &Method,
+    properties: &BasicProperties,
+    body_size: u64,
+    frame_max: u32,
+) -> Result<(), EncodeError> {
     let method_start = buf.len();
     put_method_frame(buf, channel, method)?;
     check_frame_max(buf.len().saturating_sub(method_start), frame_max)?;
@@ -315,14 +374,20 @@ fn encode_content_unchecked(
         buf,
         channel,
         ContentHeader::BASIC_CLASS_ID,
-        body.len() as u64,
+        body_size,
         properties,
     )?;
-    check_frame_max(buf.len().saturating_sub(header_start), frame_max)?;
-    for slice in body.chunks(chunk) {
-        put_body_frame(buf, channel, slice)?;
-    }
-    Ok(())
+    check_frame_max(buf.len().saturating_sub(header_start), frame_max)
+}
+
+/// Appends the seven octets that open a body frame with `payload_len` octets of body: frame
+/// type 3, channel, size (spec 4.2.3). The payload and [`FRAME_END`](crate::FRAME_END) are
+/// the caller's to send after it, so the payload can go out as a slice of the body instead of
+/// a copy. `payload_len` is at most [`max_body_frame_payload`] of the negotiated frame_max.
+pub fn put_body_frame_header(buf: &mut BytesMut, channel: ChannelId, payload_len: u32) {
+    buf.put_u8(crate::constants::FrameType::BODY.0);
+    buf.put_u16(channel);
+    buf.put_u32(payload_len);
 }
 
 fn check_frame_max(size: usize, frame_max: u32) -> Result<(), EncodeError> {
@@ -330,5 +395,172 @@ fn check_frame_max(size: usize, frame_max: u32) -> Result<(), EncodeError> {
         Err(EncodeError::FrameTooLarge { size, frame_max })
     } else {
         Ok(())
+    }
+}
+
+/// Bytes on their way to a socket: frames encoded into one buffer, with pieces added between
+/// them as they are (the payloads of large body frames: slices of the body, not copies).
+#[derive(Debug, Default)]
+pub struct OutputBuffer {
+    /// Pieces before `encoded`, in order; none unless a piece was added.
+    pieces: Vec<Bytes>,
+    /// Octets in `pieces`.
+    pieces_len: usize,
+    /// Where frames are encoded, after the pieces.
+    encoded: BytesMut,
+}
+
+impl OutputBuffer {
+    /// An empty output with room for `capacity` encoded octets.
+    pub fn with_capacity(capacity: usize) -> OutputBuffer {
+        OutputBuffer {
+            pieces: Vec::new(),
+            pieces_len: 0,
+            encoded: BytesMut::with_capacity(capacity),
+        }
+    }
+
+    /// Where to encode frames: they go after everything already in the output.
+    pub fn encoded_mut(&mut self) -> &mut BytesMut {
+        &mut self.encoded
+    }
+
+    /// Octets waiting.
+    pub fn len(&self) -> usize {
+        self.pieces_len.saturating_add(self.encoded.len())
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `piece` after everything so far, as it is: its octets are not copied.
+    pub fn push_piece(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        if !self.encoded.is_empty() {
+            let encoded = self.encoded.split().freeze();
+            self.pieces_len = self.pieces_len.saturating_add(encoded.len());
+            self.pieces.push(encoded);
+        }
+        self.pieces_len = self.pieces_len.saturating_add(piece.len());
+        self.pieces.push(piece);
+    }
+
+    /// Adds `body`'s body frames for `frame_max`, their payloads as slices of `body`: each
+    /// frame's header and end octet are encoded, its payload is a piece. Goes after
+    /// [`encode_content_head`].
+    pub fn put_body_frames(&mut self, channel: ChannelId, body: &Bytes, frame_max: u32) {
+        let chunk = max_body_frame_payload(frame_max);
+        let mut from = 0;
+        while from < body.len() {
+            let to = body.len().min(from.saturating_add(chunk));
+            // At most frame_max - 8 octets: the size fits the header's u32.
+            let payload_len = u32::try_from(to.saturating_sub(from)).unwrap_or(u32::MAX);
+            put_body_frame_header(&mut self.encoded, channel, payload_len);
+            self.push_piece(body.slice(from..to));
+            self.encoded.put_u8(crate::FRAME_END);
+            from = to;
+        }
+    }
+
+    /// Takes everything, leaving the output empty (the encoding buffer keeps its spare
+    /// capacity for the frames to come).
+    pub fn take(&mut self) -> Output {
+        Output {
+            pieces: std::mem::take(&mut self.pieces),
+            at: 0,
+            pieces_len: std::mem::take(&mut self.pieces_len),
+            tail: self.encoded.split(),
+        }
+    }
+}
+
+/// What was taken from an [`OutputBuffer`] to write: a [`Buf`] of one or more parts, to be
+/// written in order, with vectored writes ([`Buf::chunks_vectored`]) where the socket has
+/// them. A write may take fewer octets than offered: [`Buf::advance`] past what it took.
+#[derive(Debug, Default)]
+pub struct Output {
+    pieces: Vec<Bytes>,
+    /// The first piece not yet written.
+    at: usize,
+    /// Octets left in `pieces[at..]`.
+    pieces_len: usize,
+    /// The frames encoded after the last piece.
+    tail: BytesMut,
+}
+
+impl Output {
+    /// Octets left to write.
+    pub fn len(&self) -> usize {
+        self.remaining()
+    }
+
+    /// Whether everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// The parts left to write, in order, empty ones left out.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let pieces = self.pieces.get(self.at..).unwrap_or_default();
+        pieces
+            .iter()
+            .map(|piece| &piece[..])
+            .chain(std::iter::once(&self.tail[..]))
+            .filter(|part| !part.is_empty())
+    }
+
+    /// Calls `each` with the first `n` octets left to write, part by part: what a write of
+    /// `n` octets took (for tracing, before [`Buf::advance`]).
+    pub fn for_each_prefix(&self, mut n: usize, mut each: impl FnMut(&[u8])) {
+        for part in self.parts() {
+            if n == 0 {
+                break;
+            }
+            let take = n.min(part.len());
+            each(part.get(..take).unwrap_or_default());
+            n = n.saturating_sub(take);
+        }
+    }
+}
+
+impl Buf for Output {
+    fn remaining(&self) -> usize {
+        self.pieces_len.saturating_add(self.tail.len())
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.pieces.get(self.at) {
+            Some(piece) => piece,
+            None => &self.tail,
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(piece) = self.pieces.get_mut(self.at) else {
+                self.tail.advance(n.min(self.tail.len()));
+                return;
+            };
+            let step = n.min(piece.len());
+            piece.advance(step);
+            self.pieces_len = self.pieces_len.saturating_sub(step);
+            n = n.saturating_sub(step);
+            if piece.is_empty() {
+                self.at = self.at.saturating_add(1);
+            }
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut filled: usize = 0;
+        for (slot, part) in dst.iter_mut().zip(self.parts()) {
+            *slot = std::io::IoSlice::new(part);
+            filled = filled.saturating_add(1);
+        }
+        filled
     }
 }

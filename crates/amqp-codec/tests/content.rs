@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use amqp_codec::content::{encode_content_head, put_body_frame_header, Output, OutputBuffer};
 use amqp_codec::methods::{BasicAck, BasicDeliver, BasicGetOk, BasicPublish, BasicReturn};
 use amqp_codec::{
     body_frames, decode, encode_content, BasicProperties, Command, ContentAssembler, ContentHeader,
     DecodeError, Frame, Limits, Method, ProtocolHeader, ReplyCode,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// A body of `len` octets that is not all one value, so a misplaced slice shows.
 fn body_of(len: usize) -> Bytes {
@@ -459,4 +460,170 @@ fn interleaved_channels_assemble_separately() {
 
 fn ack_method() -> Method {
     BasicAck::default().into()
+}
+
+#[test]
+fn content_head_and_body_frame_headers_make_the_same_octets_as_encode_content() {
+    // A sender that keeps large bodies out of its buffer writes the head, then for each body
+    // frame its header, the payload (sent from the body itself) and the end octet.
+    for frame_max in [4096u32, 131_072] {
+        let max_payload = frame_max as usize - 8;
+        for len in [
+            0usize,
+            1,
+            max_payload,
+            max_payload + 1,
+            20 * max_payload + 3,
+        ] {
+            let case = format!("frame_max {frame_max}, body {len}");
+            let body = body_of(len);
+            let method = publish("q");
+            let mut whole = BytesMut::new();
+            encode_content(&mut whole, 3, &method, &persistent(), &body, frame_max).unwrap();
+
+            let mut pieces = BytesMut::new();
+            encode_content_head(
+                &mut pieces,
+                3,
+                &method,
+                &persistent(),
+                len as u64,
+                frame_max,
+            )
+            .unwrap();
+            for part in body.chunks(max_payload) {
+                put_body_frame_header(&mut pieces, 3, part.len() as u32);
+                pieces.extend_from_slice(part);
+                pieces.extend_from_slice(&[amqp_codec::FRAME_END]);
+            }
+            assert_eq!(pieces, whole, "{case}");
+        }
+    }
+}
+
+#[test]
+fn content_head_of_a_method_without_content_is_refused_and_writes_nothing() {
+    let mut buf = BytesMut::from(&b"before"[..]);
+    let result = encode_content_head(&mut buf, 1, &ack_method(), &persistent(), 5, 131_072);
+    assert!(matches!(
+        result,
+        Err(amqp_codec::EncodeError::MethodCarriesNoContent(_))
+    ));
+    assert_eq!(&buf[..], b"before");
+}
+
+#[test]
+fn content_head_too_large_for_frame_max_writes_nothing() {
+    let mut buf = BytesMut::from(&b"before"[..]);
+    let long_key = "k".repeat(255);
+    let result = encode_content_head(
+        &mut buf,
+        1,
+        &publish(&long_key),
+        &persistent(),
+        5,
+        64, // the method frame alone is over 255 octets
+    );
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(&buf[..], b"before");
+}
+
+fn output_of(parts: &[&'static [u8]]) -> Output {
+    // Even parts are encoded, odd ones added as pieces.
+    let mut out = OutputBuffer::with_capacity(16);
+    for (i, part) in parts.iter().enumerate() {
+        if i % 2 == 0 {
+            out.encoded_mut().extend_from_slice(part);
+        } else {
+            out.push_piece(Bytes::from_static(part));
+        }
+    }
+    out.take()
+}
+
+#[test]
+fn output_pieces_keep_their_order_and_are_not_copied() {
+    let body = body_of(1000);
+    let mut out = OutputBuffer::with_capacity(16);
+    out.encoded_mut().extend_from_slice(b"head");
+    out.push_piece(body.clone());
+    out.encoded_mut().extend_from_slice(b"end");
+    assert_eq!(out.len(), 1007);
+    let output = out.take();
+    assert!(out.is_empty());
+    let parts: Vec<&[u8]> = output.parts().collect();
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[0], b"head");
+    assert_eq!(parts[1].as_ptr(), body.as_ptr(), "the piece is a copy");
+    assert_eq!(parts[2], b"end");
+    assert_eq!(output.len(), 1007);
+}
+
+#[test]
+fn output_written_two_octets_at_a_time_yields_every_octet_once_in_order() {
+    let mut output = output_of(&[b"abc", b"defgh", b"ij", b"k", b""]);
+    let mut seen = Vec::new();
+    while output.has_remaining() {
+        let mut slices = [std::io::IoSlice::new(&[]); 2];
+        let n = output.chunks_vectored(&mut slices);
+        assert!(n > 0);
+        // A writer that takes at most 2 octets of the slices it is given.
+        let mut took = 0;
+        for slice in &slices[..n] {
+            let step = slice.len().min(2 - took);
+            seen.extend_from_slice(&slice[..step]);
+            took += step;
+            if took == 2 {
+                break;
+            }
+        }
+        output.advance(took);
+    }
+    assert_eq!(seen, b"abcdefghijk");
+    assert!(output.is_empty());
+}
+
+#[test]
+fn output_for_each_prefix_gives_exactly_the_octets_a_write_took() {
+    let output = output_of(&[b"abc", b"defgh", b"ij"]);
+    let mut seen = Vec::new();
+    output.for_each_prefix(6, |part| seen.extend_from_slice(part));
+    assert_eq!(seen, b"abcdef");
+}
+
+#[test]
+fn body_frames_put_as_pieces_decode_to_the_body_for_every_size() {
+    for frame_max in [4096u32, 131_072] {
+        let max_payload = frame_max as usize - 8;
+        for len in [1usize, max_payload, max_payload + 1, 20 * max_payload + 3] {
+            let case = format!("frame_max {frame_max}, body {len}");
+            let body = body_of(len);
+            let mut out = OutputBuffer::with_capacity(64);
+            encode_content_head(
+                out.encoded_mut(),
+                1,
+                &publish("q"),
+                &persistent(),
+                len as u64,
+                frame_max,
+            )
+            .unwrap();
+            out.put_body_frames(1, &body, frame_max);
+            let output = out.take();
+            let frames_count = len.div_ceil(max_payload);
+            // Head and first frame header, then per frame its payload and what follows it.
+            assert_eq!(output.parts().count(), 2 * frames_count + 1, "{case}");
+            let mut wire = BytesMut::new();
+            wire.put(output);
+            let frames = decode_all(&mut wire, &Limits::with_frame_max(frame_max));
+            assert_eq!(frames.len(), 2 + frames_count, "{case}");
+            let mut assembler = ContentAssembler::default();
+            let commands: Vec<Command> = frames
+                .into_iter()
+                .filter_map(|frame| assembler.feed(frame).unwrap())
+                .collect();
+            assert_eq!(commands.len(), 1, "{case}");
+            assert_eq!(commands[0].content.as_ref().unwrap().body, body, "{case}");
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use amqp_codec::content::{encode_content_head, OutputBuffer};
 use amqp_codec::methods::*;
 use amqp_codec::tune::{client_tune_ok, Tune};
 use amqp_codec::{
@@ -36,6 +37,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::{Error, ServerClose};
 use crate::uri::{AmqpUri, AuthMechanism};
 use channel::{responses, ChannelCore, ChannelState};
+
+pub use amqp_codec::content::Output;
 
 /// What the client asks of the server, from the URI and the program.
 #[derive(Debug, Clone)]
@@ -241,6 +244,11 @@ impl<M> Message<M> {
     }
 }
 
+/// The largest body [`ConnectionCore::publish`] copies into the output. Larger bodies go out
+/// as they are, in pieces of their own: a copy costs more than one more slice of a vectored
+/// write from about this size on (the broker draws the same line for deliveries).
+pub const COPY_BODY_MAX: usize = 4096;
+
 /// Acks of consecutive oldest deliveries on one channel, written as one.
 #[derive(Debug, Clone, Copy)]
 struct AckRun {
@@ -259,7 +267,7 @@ pub struct ConnectionCore<T> {
     limits: Limits,
     /// Bytes to write. Written through [`output`](Self::output), which first writes the
     /// pending ack run, so frames keep the order they were made in.
-    out: BytesMut,
+    out: OutputBuffer,
     /// Acks of the oldest unacked deliveries of one channel, made one by one and not written
     /// yet: they go out as one basic.ack (see `channel::Unacked`).
     pending_ack: Option<AckRun>,
@@ -281,8 +289,8 @@ pub struct ConnectionCore<T> {
 impl<T> ConnectionCore<T> {
     /// Starts a connection: the protocol header is the first output.
     pub fn new(config: ConnectionConfig, now: Instant) -> Self {
-        let mut output = BytesMut::with_capacity(8192);
-        output.put_slice(&amqp_codec::PROTOCOL_HEADER);
+        let mut output = OutputBuffer::with_capacity(8192);
+        output.encoded_mut().put_slice(&amqp_codec::PROTOCOL_HEADER);
         ConnectionCore {
             config,
             state: ConnectionState::AwaitingStart,
@@ -415,13 +423,13 @@ impl<T> ConnectionCore<T> {
     // ---- outputs ------------------------------------------------------------------------
 
     /// Takes the bytes to write, if any; `now` records when traffic last went out.
-    pub fn take_output(&mut self, now: Instant) -> Option<BytesMut> {
+    pub fn take_output(&mut self, now: Instant) -> Option<Output> {
         self.flush_pending_ack();
         if self.out.is_empty() {
             return None;
         }
         self.last_sent = now;
-        Some(self.out.split())
+        Some(self.out.take())
     }
 
     /// Whether bytes are waiting to be written.
@@ -554,29 +562,46 @@ impl<T> ConnectionCore<T> {
                 delivery_tag: run.upto,
                 multiple: run.count > 1,
             };
-            let _ = Frame::Method(run.channel, ack.into()).encode(&mut self.out, 0);
+            let _ = Frame::Method(run.channel, ack.into()).encode(self.out.encoded_mut(), 0);
         }
     }
 
     /// Where frames are written: after the pending ack run, which was made before them.
     fn output(&mut self) -> &mut BytesMut {
         self.flush_pending_ack();
-        &mut self.out
+        self.out.encoded_mut()
     }
 
     /// Publishes a message: basic.publish, its content header and body frames. Returns the
     /// publish sequence number when the channel is in confirm mode.
+    ///
+    /// A body of up to [`COPY_BODY_MAX`] octets is copied into the output with its frames
+    /// (one contiguous write for many small messages); a larger one is not copied at all: its
+    /// body frames' payloads go out as slices of `body`, between their headers and end octets.
     pub fn publish(
         &mut self,
         channel: ChannelId,
         publish: BasicPublish,
         properties: &BasicProperties,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<Option<u64>, Error> {
         self.check_channel(channel)?;
         let method = Method::BasicPublish(publish);
         let frame_max = self.tune.frame_max;
-        encode_content(self.output(), channel, &method, properties, body, frame_max)?;
+        if body.len() <= COPY_BODY_MAX {
+            encode_content(
+                self.output(),
+                channel,
+                &method,
+                properties,
+                &body,
+                frame_max,
+            )?;
+        } else {
+            let size = body.len() as u64;
+            encode_content_head(self.output(), channel, &method, properties, size, frame_max)?;
+            self.out.put_body_frames(channel, &body, frame_max);
+        }
         Ok(self
             .channels
             .get_mut(&channel)

@@ -9,7 +9,7 @@ use amqp_codec::{
     body_frames, decode, BasicProperties, ContentHeader, FieldValue, Frame, Limits, Method,
     ReplyCode,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::*;
 
@@ -94,7 +94,7 @@ impl Pair {
     /// Every frame the client has written since the last call.
     fn server_reads(&mut self) -> Vec<Frame> {
         if let Some(out) = self.client.take_output(self.now) {
-            self.to_server.extend_from_slice(&out);
+            self.to_server.put(out);
         }
         let mut frames = Vec::new();
         while let Some(frame) = decode(&mut self.to_server, &Limits::with_frame_max(0)).unwrap() {
@@ -697,7 +697,7 @@ fn publish_splits_body_by_negotiated_frame_max_without_waiting() {
                 ..Default::default()
             },
             &BasicProperties::default(),
-            &body,
+            Bytes::from(body),
         )
         .unwrap();
     assert_eq!(seq, None);
@@ -725,7 +725,12 @@ fn confirm_mode_numbers_publishes_and_reports_acks_and_nacks() {
     let seqs: Vec<_> = (0..3)
         .map(|_| {
             pair.client
-                .publish(ch, publish(), &BasicProperties::default(), b"x")
+                .publish(
+                    ch,
+                    publish(),
+                    &BasicProperties::default(),
+                    Bytes::from_static(b"x"),
+                )
                 .unwrap()
         })
         .collect();
@@ -1135,4 +1140,113 @@ fn basic_get_ok_without_no_ack_is_tracked_like_a_delivery() {
     send_ack(&mut pair, ch, 1);
     send_ack(&mut pair, ch, 2);
     assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
+}
+
+/// A body of `len` octets that is not all one value, so a misplaced slice shows.
+fn body_of(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Publishes `body` on channel `ch` and returns the output parts as written, and the bodies
+/// the server assembles from them.
+fn publish_and_read(pair: &mut Pair, ch: ChannelId, body: &Bytes) -> (Vec<Bytes>, Vec<Frame>) {
+    let publish = BasicPublish {
+        routing_key: "q".into(),
+        ..Default::default()
+    };
+    pair.client
+        .publish(ch, publish, &BasicProperties::default(), body.clone())
+        .unwrap();
+    let out = pair.client.take_output(pair.now).unwrap();
+    let parts = out.parts().map(Bytes::copy_from_slice).collect();
+    let pointers: Vec<*const u8> = out.parts().map(<[u8]>::as_ptr).collect();
+    assert_eq!(
+        pointers.iter().filter(|&&p| p == body.as_ptr()).count(),
+        usize::from(body.len() > COPY_BODY_MAX),
+        "a large body's first frame goes out from the body itself; a small one is copied"
+    );
+    pair.to_server.put(out);
+    let frames = pair.server_reads();
+    (parts, frames)
+}
+
+fn assembled_body(frames: Vec<Frame>) -> Bytes {
+    let mut assembler = amqp_codec::ContentAssembler::default();
+    let mut bodies = Vec::new();
+    for frame in frames {
+        if let Some(command) = assembler.feed(frame).unwrap() {
+            bodies.push(command.content.unwrap().body);
+        }
+    }
+    assert_eq!(bodies.len(), 1);
+    bodies.remove(0)
+}
+
+#[test]
+fn publish_of_a_small_body_is_one_contiguous_piece() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    let body = body_of(COPY_BODY_MAX);
+    let (parts, frames) = publish_and_read(&mut pair, ch, &body);
+    assert_eq!(parts.len(), 1);
+    assert_eq!(frames.len(), 3, "method, header, body");
+    assert_eq!(assembled_body(frames), body);
+}
+
+#[test]
+fn publish_of_a_large_body_sends_its_frames_payloads_as_slices_of_the_body() {
+    let mut pair = Pair::new("amqp://localhost?frame_max=8192");
+    pair.handshake(Tune::RABBITMQ_DEFAULTS);
+    let ch = pair.open_channel(1);
+    let max_payload = 8192 - 8;
+    for (len, body_frames) in [
+        (COPY_BODY_MAX + 1, 1),
+        (max_payload, 1), // exactly one full frame
+        (max_payload + 1, 2),
+        (20 * max_payload, 20),
+        (20 * max_payload + 5, 21),
+    ] {
+        let body = body_of(len);
+        let (parts, frames) = publish_and_read(&mut pair, ch, &body);
+        // Head and first frame header, then per body frame: payload, end octet and the next
+        // header (or nothing after the last).
+        assert_eq!(parts.len(), 1 + 2 * body_frames - 1 + 1, "body of {len}");
+        assert_eq!(frames.len(), 2 + body_frames, "body of {len}");
+        assert!(frames.iter().all(|f| f.encoded_len() <= 8192));
+        assert_eq!(assembled_body(frames), body, "body of {len}");
+    }
+}
+
+#[test]
+fn frames_written_after_a_large_body_follow_it_in_order() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    let publish = || BasicPublish {
+        routing_key: "q".into(),
+        ..Default::default()
+    };
+    let large = body_of(100_000);
+    let small = body_of(3);
+    pair.client
+        .publish(ch, publish(), &BasicProperties::default(), large.clone())
+        .unwrap();
+    pair.client
+        .publish(ch, publish(), &BasicProperties::default(), small.clone())
+        .unwrap();
+    pair.client.send(ch, BasicQos::default().into()).unwrap();
+    let frames = pair.server_reads();
+    assert!(matches!(
+        frames.last(),
+        Some(Frame::Method(_, Method::BasicQos(_)))
+    ));
+    let mut assembler = amqp_codec::ContentAssembler::default();
+    let bodies: Vec<Bytes> = frames
+        .into_iter()
+        .filter_map(|frame| assembler.feed(frame).unwrap())
+        .filter_map(|command| command.content.map(|c| c.body))
+        .collect();
+    assert_eq!(bodies, vec![large, small]);
 }
