@@ -41,6 +41,13 @@ use crate::uri::AmqpUri;
 const REQUEST_QUEUE: usize = 1024;
 /// How many deliveries a consumer buffers before the connection stops reading the socket.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 1024;
+/// The read buffer's size: what one read may bring in. Frames are split off it and handed
+/// up without a copy (bodies stay slices of it), so it is only reused once they are all gone;
+/// until then a fresh one is taken, and the unfinished frame at its end is copied over. The
+/// larger it is, the rarer that copy: once per this many octets read.
+const READ_BUFFER: usize = 256 * 1024;
+/// A read needs at least this much free room; with less, a fresh read buffer is taken.
+const READ_MIN_ROOM: usize = 16 * 1024;
 /// At most this many pieces of output go into one vectored write (a large message is three:
 /// its frames before the body, the body, and what follows).
 const MAX_WRITE_SLICES: usize = 64;
@@ -230,7 +237,7 @@ impl Connection {
             core: ConnectionCore::new(config, Instant::now()),
             socket,
             tracer,
-            read_buf: BytesMut::with_capacity(128 * 1024),
+            read_buf: BytesMut::with_capacity(READ_BUFFER),
             requests: request_rx,
             blocked: blocked_tx,
             blocked_rx,
@@ -529,6 +536,7 @@ impl ConnectionTask {
             }
             let deadline = self.core.poll_timeout();
             let stalled_sender = self.stalled.as_ref().map(|s| s.sender.clone());
+            self.make_read_room();
             tokio::select! {
                 biased;
                 () = poll_ready(stalled_sender.as_ref()), if stalled_sender.is_some() => {
@@ -569,6 +577,16 @@ impl ConnectionTask {
         self.finish();
     }
 
+    /// Makes sure the next read has room for a good part of [`READ_BUFFER`]: without it, a
+    /// read buffer whose frames are still held (by deliveries not yet dropped) would be
+    /// regrown by a few octets at a time, for small reads and a copy of the unfinished frame
+    /// at each.
+    fn make_read_room(&mut self) {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_MIN_ROOM {
+            self.read_buf.reserve(READ_BUFFER);
+        }
+    }
+
     /// Feeds what a read brought to the core.
     fn handle_read(&mut self, read: std::io::Result<usize>) {
         match read {
@@ -599,6 +617,7 @@ impl ConnectionTask {
                     return Ok(());
                 }
                 let deadline = self.core.poll_timeout();
+                self.make_read_room();
                 let (mut reader, mut writer) = self.socket.split();
                 tokio::select! {
                     write = write_some(&mut writer, &mut out, &mut self.tracer) => {
