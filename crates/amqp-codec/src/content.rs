@@ -493,6 +493,26 @@ pub struct Output {
 }
 
 impl Output {
+    /// `pieces`, then `tail`, to be written in that order (for a writer that gathers its
+    /// frames itself, as the broker's outbox does).
+    pub fn from_parts(pieces: Vec<Bytes>, tail: BytesMut) -> Output {
+        let pieces_len = pieces
+            .iter()
+            .fold(0usize, |sum, piece| sum.saturating_add(piece.len()));
+        Output {
+            pieces,
+            at: 0,
+            pieces_len,
+            tail,
+        }
+    }
+
+    /// The list of pieces and the tail buffer, for their allocations to be used again once
+    /// written (the pieces are still in the list, written or not).
+    pub fn into_parts(self) -> (Vec<Bytes>, BytesMut) {
+        (self.pieces, self.tail)
+    }
+
     /// Octets left to write.
     pub fn len(&self) -> usize {
         self.remaining()

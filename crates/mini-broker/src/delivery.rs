@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use amqp_codec::content::max_body_frame_payload;
+use amqp_codec::content::{max_body_frame_payload, put_body_frame_header, Output};
 use amqp_codec::methods::{BasicDeliver, BasicGetOk, BasicReturn};
 use amqp_codec::{ChannelId, Frame, FrameType, Method, ShortString};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -120,11 +120,8 @@ impl Buffers {
 /// ([`bytes::Buf`]), then given back with [`Outbox::recycle`].
 #[derive(Debug, Default)]
 pub struct Segments {
-    pieces: Vec<Bytes>,
-    /// The first piece not yet written.
-    at: usize,
-    pieces_len: usize,
-    tail: BytesMut,
+    /// The pieces and the frames encoded after them, as the codec writes a client's output.
+    output: Output,
     /// Octets the outbox encoded for these segments (what it copied, not the large bodies).
     encoded: usize,
 }
@@ -132,16 +129,12 @@ pub struct Segments {
 impl Segments {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.remaining() == 0
+        self.output.is_empty()
     }
 
     /// The parts, in order (for tracing).
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
-        let pieces = self.pieces.get(self.at..).unwrap_or_default();
-        pieces
-            .iter()
-            .map(|piece| &piece[..])
-            .chain(std::iter::once(&self.tail[..]))
+        self.output.parts()
     }
 }
 
@@ -160,44 +153,22 @@ impl Segments {
     }
 }
 
+/// The writer's view: [`Output`]'s, which offers every part to one vectored write.
 impl Buf for Segments {
     fn remaining(&self) -> usize {
-        self.pieces_len + self.tail.len()
+        self.output.remaining()
     }
 
     fn chunk(&self) -> &[u8] {
-        match self.pieces.get(self.at) {
-            Some(piece) => piece,
-            None => &self.tail,
-        }
+        self.output.chunk()
     }
 
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(piece) = self.pieces.get_mut(self.at) else {
-                self.tail.advance(n.min(self.tail.len()));
-                return;
-            };
-            let step = n.min(piece.len());
-            piece.advance(step);
-            self.pieces_len -= step;
-            n -= step;
-            if piece.is_empty() {
-                self.at += 1;
-            }
-        }
+    fn advance(&mut self, n: usize) {
+        self.output.advance(n)
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
-        let mut filled = 0;
-        for part in self.parts().filter(|part| !part.is_empty()) {
-            let Some(slot) = dst.get_mut(filled) else {
-                break;
-            };
-            *slot = std::io::IoSlice::new(part);
-            filled += 1;
-        }
-        filled
+        self.output.chunks_vectored(dst)
     }
 }
 
@@ -327,7 +298,7 @@ impl Outbox {
         let mut from = 0;
         while from < body.len() {
             let to = body.len().min(from + chunk);
-            put_body_frame_header(&mut buf.filling, channel, to - from);
+            put_body_frame_header(&mut buf.filling, channel, frame_payload_len(to - from));
             buf.push_piece(body.slice(from..to));
             buf.filling.put_u8(amqp_codec::FRAME_END);
             from = to;
@@ -372,12 +343,9 @@ impl Outbox {
         let tail = std::mem::replace(&mut buf.filling, spare);
         let spare_pieces = std::mem::take(&mut buf.spare_pieces);
         let pieces = std::mem::replace(&mut buf.pieces, spare_pieces);
-        let pieces_len = std::mem::take(&mut buf.pieces_len);
+        buf.pieces_len = 0;
         Segments {
-            pieces,
-            at: 0,
-            pieces_len,
-            tail,
+            output: Output::from_parts(pieces, tail),
             encoded,
         }
     }
@@ -391,12 +359,8 @@ impl Outbox {
     /// not keep the burst's buffer: after two takes it has let it go). The list of pieces
     /// likewise, if it is no more than four times the pieces it held (at least 16).
     pub fn recycle(&self, written: Segments) {
-        let Segments {
-            mut pieces,
-            mut tail,
-            encoded,
-            ..
-        } = written;
+        let Segments { output, encoded } = written;
+        let (mut pieces, mut tail) = output.into_parts();
         let pieces_held = pieces.len();
         // The pieces go first: the tail may share their buffer, and is reclaimed whole only
         // once it is the last to hold it.
@@ -535,7 +499,7 @@ pub fn put_content(
     buf.reserve(body.len() + body.len().div_ceil(chunk) * 8);
     put_method_and_header(buf, channel, method, content, frame_max)?;
     for part in body.chunks(chunk) {
-        put_body_frame_header(buf, channel, part.len());
+        put_body_frame_header(buf, channel, frame_payload_len(part.len()));
         buf.put_slice(part);
         buf.put_u8(amqp_codec::FRAME_END);
     }
@@ -618,10 +582,10 @@ fn put_method_and_header_unchecked(
 }
 
 /// The 7 octets before a body frame's payload: type, channel, size.
-fn put_body_frame_header(buf: &mut BytesMut, channel: ChannelId, size: usize) {
-    buf.put_u8(FrameType::BODY.0);
-    buf.put_u16(channel);
-    buf.put_u32(size as u32);
+/// A body frame's payload size: at most frame_max - 8 octets (the parts are cut so), which
+/// fits the frame header's u32.
+fn frame_payload_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// A short string: its length octet, then its octets (at most 255: what the broker holds
@@ -828,20 +792,26 @@ mod tests {
     fn outbox_take_swaps_in_recycled_buffer_keeping_its_capacity() {
         let outbox = Outbox::new(131_072);
         heartbeats(&outbox, FRAMES_MIN / 8);
-        let first = outbox.take();
-        let capacity = first.tail.capacity();
-        let start = first.tail.as_ptr();
+        let Segments { output, encoded } = outbox.take();
+        let (pieces, tail) = output.into_parts();
+        let (capacity, start) = (tail.capacity(), tail.as_ptr());
         // Heartbeat: type 8, channel 0 (2 octets), size 0 (4 octets), frame end 0xCE.
+        assert!(pieces.is_empty());
         assert_eq!(
-            first.parts().collect::<Vec<_>>(),
-            vec![&b"\x08\x00\x00\x00\x00\x00\x00\xce".repeat(FRAMES_MIN / 8)[..]]
+            &tail[..],
+            &b"\x08\x00\x00\x00\x00\x00\x00\xce".repeat(FRAMES_MIN / 8)[..]
         );
+        let first = Segments {
+            output: Output::from_parts(pieces, tail),
+            encoded,
+        };
         outbox.recycle(first);
         heartbeats(&outbox, FRAMES_MIN / 8);
         // The buffer filled since is taken; the recycled one becomes the one being filled.
         let second = outbox.take();
         assert_eq!(second.remaining(), FRAMES_MIN);
-        assert_ne!(second.tail.as_ptr(), start);
+        let tail = second.parts().last().map(<[u8]>::as_ptr);
+        assert_ne!(tail, Some(start));
         outbox.send(&Frame::Heartbeat);
         let filling = &lock(&outbox.buf).filling;
         assert_eq!((filling.as_ptr(), filling.capacity()), (start, capacity));
@@ -930,8 +900,7 @@ mod tests {
         // Three body frames of at most 4088 octets: each payload is a slice of the body.
         let body_range = body.as_ptr_range();
         let shared = segments
-            .pieces
-            .iter()
+            .parts()
             .filter(|piece| body_range.contains(&piece.as_ptr()))
             .map(|piece| piece.len())
             .collect::<Vec<_>>();
@@ -943,10 +912,10 @@ mod tests {
     #[test]
     fn segments_advance_across_pieces_and_offer_them_for_one_vectored_write() {
         let mut segments = Segments {
-            pieces: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
-            at: 0,
-            pieces_len: 7,
-            tail: BytesMut::from(&b"hi"[..]),
+            output: Output::from_parts(
+                vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
+                BytesMut::from(&b"hi"[..]),
+            ),
             encoded: 2,
         };
         let mut slices = [std::io::IoSlice::new(&[]); 4];
