@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -62,6 +63,7 @@ struct Options {
     multi_ack: u64,
     threads: usize,
     max_backlog: u64,
+    publish: PublishMode,
     queue: String,
     json: bool,
 }
@@ -79,6 +81,7 @@ impl Options {
             multi_ack: 100,
             threads: 2,
             max_backlog: 0,
+            publish: PublishMode::Queued,
             queue: format!("lapin-load-{}", std::process::id()),
             json: false,
         };
@@ -108,6 +111,13 @@ impl Options {
                 "--threads" => options.threads = number(&value) as usize,
                 "--max-backlog" => options.max_backlog = number(&value),
                 "--queue" => options.queue = value,
+                "--publish" => {
+                    options.publish = match value.as_str() {
+                        "window" => PublishMode::Window,
+                        "queued" => PublishMode::Queued,
+                        _ => usage(&flag),
+                    }
+                }
                 _ => usage(&flag),
             }
         }
@@ -125,11 +135,22 @@ impl Options {
     }
 }
 
+/// How the producer hands its publishes to lapin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PublishMode {
+    /// Up to `--window` publish futures outstanding in a `FuturesUnordered`, each awaited
+    /// until lapin's IO thread has written it.
+    Window,
+    /// Each publish future polled once (which queues its frames for the IO thread) and then
+    /// dropped; only the last one is awaited. The backlog cap is the only flow control.
+    Queued,
+}
+
 fn usage(flag: &str) -> ! {
     eprintln!(
         "bad flag or value near {flag:?}; flags: --uri URI -z SECONDS -C COUNT -s SIZE (>= 8) \
          --window W -a | -q QOS --multi-ack N --threads T (0: current thread) \
-         --max-backlog B --queue NAME --json"
+         --max-backlog B --publish window|queued --queue NAME --json"
     );
     std::process::exit(2)
 }
@@ -146,6 +167,10 @@ struct Shared {
     producer_done: Notify,
     /// The largest backlog (published, not yet received) seen by the probe.
     max_backlog: AtomicU64,
+    /// Notified by the consumer every `resume_every` messages, for a producer waiting at the
+    /// backlog cap.
+    consumer_progress: Notify,
+    resume_every: u64,
 }
 
 impl Shared {
@@ -231,6 +256,9 @@ async fn run(options: Options) -> Result<(), Error> {
         received: AtomicU64::new(0),
         producer_done: Notify::new(),
         max_backlog: AtomicU64::new(0),
+        consumer_progress: Notify::new(),
+        // A producer at the cap resumes once a quarter of it (at most 256) has been received.
+        resume_every: (options.max_backlog / 4).clamp(1, 256),
     });
     let backlog_probe = tokio::spawn(probe_backlog(shared.clone()));
     let consuming = tokio::spawn(consume(
@@ -239,7 +267,10 @@ async fn run(options: Options) -> Result<(), Error> {
         options.clone(),
         shared.clone(),
     ));
-    let produced = produce(&producer_channel, &options, &shared).await;
+    let produced = match options.publish {
+        PublishMode::Window => produce_window(&producer_channel, &options, &shared).await,
+        PublishMode::Queued => produce_queued(&producer_channel, &options, &shared).await,
+    };
     shared.producer_done.notify_one();
     let consumed = consuming.await?;
     backlog_probe.abort();
@@ -262,9 +293,88 @@ async fn run(options: Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// Publishes until the duration is over or the count is reached, each publish future polled
+/// once and dropped: the first poll of lapin's `basic_publish` queues the frames for its IO
+/// thread (in order), the rest of the future only waits for the write. The last publish is
+/// awaited, so `last_publish_written` is when every frame was written. With `--max-backlog`
+/// the producer sleeps at the cap until the consumer says it has made progress.
+async fn produce_queued(
+    channel: &Channel,
+    options: &Options,
+    shared: &Shared,
+) -> Result<ProducerReport, Error> {
+    let deadline = options.duration.map(|duration| Instant::now() + duration);
+    let mut body = vec![0u8; options.size];
+    let mut sequence = 0u64;
+    let mut backlog_waits = 0u64;
+    let first_publish = shared.epoch.elapsed();
+    let mut check_clock = true;
+    while options.count != Some(0) {
+        if options.max_backlog > 0
+            && sequence.saturating_sub(shared.received.load(Ordering::Relaxed))
+                >= options.max_backlog
+        {
+            backlog_waits += 1;
+            shared.published.store(sequence, Ordering::Relaxed);
+            shared.consumer_progress.notified().await;
+            check_clock = true;
+            continue;
+        }
+        // The message after the deadline (or the count-th) is the last one.
+        let last = options.count.is_some_and(|count| sequence + 1 >= count)
+            || (check_clock && deadline.is_some_and(|deadline| Instant::now() >= deadline));
+        check_clock = false;
+        body[..8].copy_from_slice(&sequence.to_le_bytes());
+        if options.size >= 16 {
+            body[8..16].copy_from_slice(&shared.nanos_since_epoch().to_le_bytes());
+        }
+        sequence += 1;
+        if last {
+            // Frames are written in the order they were queued: once this one is written,
+            // every message is.
+            drop(publish(channel, options, &body).await?);
+            break;
+        }
+        // Not in confirm mode: a ready publish carries only an error worth reading.
+        if let Some(queued) = publish(channel, options, &body).now_or_never() {
+            drop(queued?);
+        }
+        // Every 256 publishes, check the clock, publish the count and let other tasks run.
+        if sequence.is_multiple_of(256) {
+            shared.published.store(sequence, Ordering::Relaxed);
+            check_clock = true;
+            tokio::task::yield_now().await;
+        }
+    }
+    shared.published.store(sequence, Ordering::Relaxed);
+    Ok(ProducerReport {
+        published: sequence,
+        first_publish,
+        last_publish_written: shared.epoch.elapsed(),
+        backlog_waits,
+    })
+}
+
+/// One transient message to the queue through the default exchange.
+async fn publish(
+    channel: &Channel,
+    options: &Options,
+    body: &[u8],
+) -> lapin::Result<lapin::PublisherConfirm> {
+    channel
+        .basic_publish(
+            "".into(),
+            options.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+}
+
 /// Publishes until the duration is over or the count is reached, with up to `window`
 /// publishes outstanding (queued for lapin's IO thread, not yet written).
-async fn produce(
+async fn produce_window(
     channel: &Channel,
     options: &Options,
     shared: &Shared,
@@ -334,59 +444,53 @@ async fn produce(
     })
 }
 
-/// Receives until every published message is in, acking with `multiple = true` every
-/// `multi_ack` deliveries unless autoack.
-async fn consume(
-    channel: Channel,
-    mut consumer: lapin::Consumer,
-    options: Options,
-    shared: Arc<Shared>,
-) -> Result<ConsumerReport, Error> {
-    let mut seen: Vec<bool> = Vec::new();
-    let mut report = ConsumerReport {
-        received: 0,
-        unique: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        last_receive: Duration::ZERO,
-        slots: Vec::new(),
-        latencies_us: Vec::new(),
-        timed_out: false,
-    };
-    let mut next_expected = 0u64;
-    let mut unacked = 0u64;
-    let mut last_tag = 0;
-    let mut acks = FuturesUnordered::new();
-    let producer_done = shared.producer_done.notified();
-    tokio::pin!(producer_done);
-    let mut published = None;
-    loop {
-        if published.is_some_and(|published| report.received >= published) {
-            break;
+/// The consumer's bookkeeping, the same whichever way the deliveries arrive: the counts, the
+/// exactly-once check, the receive slots, the latency samples and the ack batches.
+struct Tally {
+    report: ConsumerReport,
+    /// Which sequence numbers have arrived.
+    seen: Vec<bool>,
+    next_expected: u64,
+    /// Deliveries since the last ack, and the newest delivery tag.
+    unacked: u64,
+    last_tag: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            report: ConsumerReport {
+                received: 0,
+                unique: 0,
+                duplicates: 0,
+                out_of_order: 0,
+                last_receive: Duration::ZERO,
+                slots: Vec::new(),
+                latencies_us: Vec::new(),
+                timed_out: false,
+            },
+            seen: Vec::new(),
+            next_expected: 0,
+            unacked: 0,
+            last_tag: 0,
         }
-        let delivery = tokio::select! {
-            biased;
-            Some(acked) = acks.next(), if !acks.is_empty() => {
-                acked?;
-                continue;
-            }
-            delivery = consumer.next() => delivery,
-            () = &mut producer_done, if published.is_none() => {
-                published = Some(shared.published.load(Ordering::Relaxed));
-                continue;
-            }
-            () = tokio::time::sleep(DRAIN_TIMEOUT), if published.is_some() => {
-                report.timed_out = true;
-                break;
-            }
-        };
-        let delivery = match delivery {
-            Some(delivery) => delivery?,
-            None => return Err("the consumer ended".into()),
-        };
+    }
+
+    /// Records one delivery. Returns the delivery tag to ack (with `multiple = true`) when an
+    /// ack batch is full.
+    fn record(
+        &mut self,
+        delivery: &Delivery,
+        options: &Options,
+        shared: &Shared,
+    ) -> Result<Option<u64>, Error> {
+        let report = &mut self.report;
         let now = shared.epoch.elapsed();
         report.received += 1;
-        shared.received.store(report.received, Ordering::Relaxed);
+        shared.received.store(report.received, Ordering::SeqCst);
+        if report.received.is_multiple_of(shared.resume_every) {
+            shared.consumer_progress.notify_one();
+        }
         report.last_receive = now;
         let slot = (now.as_nanos() / SLOT.as_nanos()) as usize;
         if report.slots.len() <= slot {
@@ -401,19 +505,20 @@ async fn consume(
             .map(u64::from_le_bytes)
             .ok_or("a body shorter than 8 octets")?;
         let index = sequence as usize;
-        if seen.len() <= index {
-            seen.resize((index + 1).max(seen.len() * 2), false);
+        if self.seen.len() <= index {
+            self.seen
+                .resize((index + 1).max(self.seen.len() * 2), false);
         }
-        if seen[index] {
+        if self.seen[index] {
             report.duplicates += 1;
         } else {
-            seen[index] = true;
+            self.seen[index] = true;
             report.unique += 1;
         }
-        if sequence != next_expected {
+        if sequence != self.next_expected {
             report.out_of_order += 1;
         }
-        next_expected = sequence + 1;
+        self.next_expected = sequence + 1;
         if sequence.is_multiple_of(LATENCY_SAMPLE_EVERY) {
             if let Some(sent) = data
                 .get(8..16)
@@ -425,30 +530,82 @@ async fn consume(
             }
         }
 
-        if !options.autoack {
-            unacked += 1;
-            last_tag = delivery.delivery_tag;
-            if unacked >= options.multi_ack {
-                unacked = 0;
-                let channel = &channel;
-                acks.push(async move {
-                    channel
-                        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                        .await
-                });
-            }
+        if options.autoack {
+            return Ok(None);
         }
+        self.unacked += 1;
+        self.last_tag = delivery.delivery_tag;
+        if self.unacked < options.multi_ack {
+            return Ok(None);
+        }
+        self.unacked = 0;
+        Ok(Some(self.last_tag))
     }
-    if unacked > 0 {
-        // The last, partial batch.
-        channel
-            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await?;
+
+    /// Acks the last, partial batch (if any) and waits until the ack is written.
+    async fn finish(mut self, channel: &Channel) -> Result<ConsumerReport, Error> {
+        if self.unacked > 0 {
+            self.unacked = 0;
+            channel
+                .basic_ack(self.last_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(self.report)
     }
-    while let Some(acked) = acks.next().await {
+}
+
+/// Queues `basic.ack multiple=true` up to `tag` without waiting for the write: as with
+/// `produce_queued`, the first poll queues the frame (acks leave in the order queued).
+fn queue_ack(channel: &Channel, tag: u64) -> Result<(), Error> {
+    let ack = channel.basic_ack(tag, BasicAckOptions { multiple: true });
+    if let Some(acked) = ack.now_or_never() {
         acked?;
     }
-    Ok(report)
+    Ok(())
+}
+
+/// Receives from the `Consumer` stream until every published message is in.
+async fn consume(
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+    options: Options,
+    shared: Arc<Shared>,
+) -> Result<ConsumerReport, Error> {
+    let mut tally = Tally::new();
+    let producer_done = shared.producer_done.notified();
+    tokio::pin!(producer_done);
+    let mut published = None;
+    loop {
+        if published.is_some_and(|published| tally.report.received >= published) {
+            break;
+        }
+        let delivery = if published.is_none() {
+            tokio::select! {
+                biased;
+                delivery = consumer.next() => delivery,
+                () = &mut producer_done => {
+                    published = Some(shared.published.load(Ordering::SeqCst));
+                    continue;
+                }
+            }
+        } else {
+            match tokio::time::timeout(DRAIN_TIMEOUT, consumer.next()).await {
+                Ok(delivery) => delivery,
+                Err(_) => {
+                    tally.report.timed_out = true;
+                    break;
+                }
+            }
+        };
+        let delivery = match delivery {
+            Some(delivery) => delivery?,
+            None => return Err("the consumer ended".into()),
+        };
+        if let Some(tag) = tally.record(&delivery, &options, &shared)? {
+            queue_ack(&channel, tag)?;
+        }
+    }
+    tally.finish(&channel).await
 }
 
 /// Samples the backlog (published, not yet received) every SLOT into `max_backlog`.
