@@ -3,17 +3,23 @@
 //! See ../../LAPIN_LOAD.md for how it was used and what it measured.
 //!
 //! ```text
-//! bench-lapin-load [--uri URI] [-z SECONDS | -C COUNT] [-s SIZE] [--window W]
-//!                  [-a | -q QOS [--multi-ack N]] [--threads T] [--max-backlog B] [--json]
+//! bench-lapin-load [--uri URI] [-z SECONDS | -C COUNT] [-s SIZE] [--publish queued|window]
+//!                  [--window W] [-a | -q QOS [--multi-ack N]] [--threads T] [--max-backlog B]
+//!                  [--json]
 //! ```
 //!
-//! Why the window: lapin 4.12's `basic_publish` (and `basic_ack`) returns only once its IO
-//! thread has written the frames to the socket, so a loop that awaits each publish has one
-//! message in flight and pays two cross-thread wake-ups per message. Here the producer keeps
-//! up to `W` publish futures outstanding in a `FuturesUnordered`: each one queues its frames
-//! when first polled, and the IO thread writes many of them per wake-up. The consumer acks
-//! with `multiple = true` every N deliveries, and those acks are polled alongside the
-//! deliveries instead of awaited one by one.
+//! Why not a plain loop: lapin 4.12's `basic_publish` (and `basic_ack`) returns only once its
+//! IO thread has written the frames to the socket, so a loop that awaits each publish has one
+//! message in flight and pays two cross-thread wake-ups per message. But the first poll of
+//! the future already queues the frames for the IO thread, in order. So by default
+//! (`--publish queued`) the producer polls each publish future once and drops it: no future
+//! is kept, no wake-up comes back per write; only the last publish is awaited (once it is
+//! written, all are). `--publish window` is the earlier way: up to `W` publish futures
+//! outstanding in a `FuturesUnordered`, each awaited. The consumer acks with
+//! `multiple = true` every N deliveries, queued the same way (polled once, dropped; the last,
+//! partial batch awaited). With `--max-backlog` the producer sleeps at the cap until the
+//! consumer notifies it (every quarter of the cap, at most every 256 messages) instead of
+//! waking on every write.
 //!
 //! The body carries the sequence number (8 octets, little-endian) and, when there is room, the
 //! send time (8 octets, nanoseconds since the run started): the consumer checks that every
@@ -64,6 +70,9 @@ struct Options {
     threads: usize,
     max_backlog: u64,
     publish: PublishMode,
+    /// Zero: the consumer is woken per delivery; otherwise it drains what lapin has buffered
+    /// and then sleeps this long.
+    poll_pause: Duration,
     queue: String,
     json: bool,
 }
@@ -82,6 +91,7 @@ impl Options {
             threads: 2,
             max_backlog: 0,
             publish: PublishMode::Queued,
+            poll_pause: Duration::ZERO,
             queue: format!("lapin-load-{}", std::process::id()),
             json: false,
         };
@@ -111,6 +121,7 @@ impl Options {
                 "--threads" => options.threads = number(&value) as usize,
                 "--max-backlog" => options.max_backlog = number(&value),
                 "--queue" => options.queue = value,
+                "--poll-us" => options.poll_pause = Duration::from_micros(number(&value)),
                 "--publish" => {
                     options.publish = match value.as_str() {
                         "window" => PublishMode::Window,
@@ -150,7 +161,7 @@ fn usage(flag: &str) -> ! {
     eprintln!(
         "bad flag or value near {flag:?}; flags: --uri URI -z SECONDS -C COUNT -s SIZE (>= 8) \
          --window W -a | -q QOS --multi-ack N --threads T (0: current thread) \
-         --max-backlog B --publish window|queued --queue NAME --json"
+         --max-backlog B --publish window|queued --poll-us MICROS --queue NAME --json"
     );
     std::process::exit(2)
 }
@@ -575,11 +586,34 @@ async fn consume(
     let producer_done = shared.producer_done.notified();
     tokio::pin!(producer_done);
     let mut published = None;
+    let mut idle_since: Option<Instant> = None;
     loop {
         if published.is_some_and(|published| tally.report.received >= published) {
             break;
         }
-        let delivery = if published.is_none() {
+        let delivery = if !options.poll_pause.is_zero() {
+            match consumer.next().now_or_never() {
+                Some(delivery) => {
+                    idle_since = None;
+                    delivery
+                }
+                None => {
+                    // Nothing buffered: look again after a pause instead of being woken by
+                    // lapin's IO thread for every delivery.
+                    let idle = *idle_since.get_or_insert_with(Instant::now);
+                    if published.is_none() {
+                        if producer_done.as_mut().now_or_never().is_some() {
+                            published = Some(shared.published.load(Ordering::SeqCst));
+                        }
+                    } else if idle.elapsed() >= DRAIN_TIMEOUT {
+                        tally.report.timed_out = true;
+                        break;
+                    }
+                    tokio::time::sleep(options.poll_pause).await;
+                    continue;
+                }
+            }
+        } else if published.is_none() {
             tokio::select! {
                 biased;
                 delivery = consumer.next() => delivery,
@@ -663,7 +697,8 @@ fn report(
     };
     if options.json {
         println!(
-            "{{\"mode\":\"{mode}\",\"size\":{},\"window\":{},\"threads\":{},\
+            "{{\"mode\":\"{mode}\",\"size\":{},\"publish\":\"{:?}\",\"window\":{},\
+             \"threads\":{},\"poll_us\":{},\
              \"published\":{},\"received\":{},\"unique\":{},\"duplicates\":{},\
              \"out_of_order\":{},\"timed_out\":{},\"publish_s\":{publish_span:.3},\
              \"end_to_end_s\":{end_to_end_span:.3},\"drain_s\":{drain:.3},\
@@ -672,8 +707,10 @@ fn report(
              \"backlog_waits\":{},\"latency_p50_us\":{},\"latency_p99_us\":{},\
              \"latency_max_us\":{}}}",
             options.size,
+            options.publish,
             options.window,
             options.threads,
+            options.poll_pause.as_micros(),
             produced.published,
             consumed.received,
             consumed.unique,
