@@ -102,7 +102,7 @@ def summary(path):
     for run in runs:
         groups.setdefault((run["variant"], run["mode"]), {}).setdefault(run["broker"], []).append(run)
     print("variant mode | mini msg/s (runs) | RabbitMQ msg/s (runs) | ratio | lapin CPU s mini/RMQ "
-          "| broker CPU s mini/RMQ | load | errors")
+          "| broker CPU s mini/RMQ | lapin µs/msg mini/RMQ | broker µs/msg mini/RMQ | load | errors")
     for (variant, mode), by_broker in groups.items():
         med = lambda broker, key: statistics.median(r.get(key, 0) for r in by_broker.get(broker, [{}]))
         rates = {b: [round(r.get("end_to_end_rate", 0) / 1000) for r in rs] for b, rs in by_broker.items()}
@@ -110,10 +110,14 @@ def summary(path):
                      if "error" in r or r.get("unique") != r.get("published") or r.get("duplicates"))
         loads = [r["load"] for rs in by_broker.values() for r in rs]
         mini, rabbit = med("mini", "end_to_end_rate"), med("rabbit", "end_to_end_rate")
+        per_msg = lambda broker, key: statistics.median(
+            1e6 * r.get(key, 0) / max(r.get("received", 0), 1) for r in by_broker.get(broker, [{}]))
         print(f"{variant} {mode} | {mini / 1000:.0f} k {rates.get('mini')} | {rabbit / 1000:.0f} k "
               f"{rates.get('rabbit')} | {mini / max(rabbit, 1):.2f}x | {med('mini', 'lapin_cpu_s'):.1f} / "
               f"{med('rabbit', 'lapin_cpu_s'):.1f} | {med('mini', 'broker_cpu_s'):.1f} / "
-              f"{med('rabbit', 'broker_cpu_s'):.1f} | {min(loads):.1f}-{max(loads):.1f} | {errors}")
+              f"{med('rabbit', 'broker_cpu_s'):.1f} | {per_msg('mini', 'lapin_cpu_s'):.1f} / "
+              f"{per_msg('rabbit', 'lapin_cpu_s'):.1f} | {per_msg('mini', 'broker_cpu_s'):.2f} / "
+              f"{per_msg('rabbit', 'broker_cpu_s'):.1f} | {min(loads):.1f}-{max(loads):.1f} | {errors}")
 
 
 def main():

@@ -5,7 +5,7 @@
 //! ```text
 //! bench-lapin-load [--uri URI] [-z SECONDS | -C COUNT] [-s SIZE] [--publish queued|window]
 //!                  [--window W] [-a | -q QOS [--multi-ack N]] [--threads T] [--max-backlog B]
-//!                  [--json]
+//!                  [--poll-us MICROS] [--json]
 //! ```
 //!
 //! Why not a plain loop: lapin 4.12's `basic_publish` (and `basic_ack`) returns only once its
@@ -19,7 +19,8 @@
 //! `multiple = true` every N deliveries, queued the same way (polled once, dropped; the last,
 //! partial batch awaited). With `--max-backlog` the producer sleeps at the cap until the
 //! consumer notifies it (every quarter of the cap, at most every 256 messages) instead of
-//! waking on every write.
+//! waking on every write. The consumer drains what lapin has buffered and then sleeps
+//! `--poll-us` (default 1000; 0: woken by lapin's IO thread per delivery, as before).
 //!
 //! The body carries the sequence number (8 octets, little-endian) and, when there is room, the
 //! send time (8 octets, nanoseconds since the run started): the consumer checks that every
@@ -70,8 +71,8 @@ struct Options {
     threads: usize,
     max_backlog: u64,
     publish: PublishMode,
-    /// Zero: the consumer is woken per delivery; otherwise it drains what lapin has buffered
-    /// and then sleeps this long.
+    /// The consumer drains what lapin has buffered and then sleeps this long (default 1 ms);
+    /// zero: it waits on the `Consumer` stream and is woken per delivery.
     poll_pause: Duration,
     queue: String,
     json: bool,
@@ -91,7 +92,7 @@ impl Options {
             threads: 2,
             max_backlog: 0,
             publish: PublishMode::Queued,
-            poll_pause: Duration::ZERO,
+            poll_pause: Duration::from_millis(1),
             queue: format!("lapin-load-{}", std::process::id()),
             json: false,
         };
@@ -724,13 +725,15 @@ fn report(
         );
     } else {
         println!(
-            "lapin-load {mode}, {} B, window {}: published {} in {publish_span:.2} s \
+            "lapin-load {mode}, {} B, publish {:?} (window {}), poll {} µs: published {} in {publish_span:.2} s \
              ({sent_rate:.0} msg/s); received {} ({} distinct, {} duplicates, {} out of order{}) \
              end to end in {end_to_end_span:.2} s ({end_to_end_rate:.0} msg/s); steady receive \
              rate {steady_rate:.0} msg/s; drain after publishing {drain:.2} s; largest backlog \
              {max_backlog}; latency p50 {} µs, p99 {} µs, max {} µs",
             options.size,
+            options.publish,
             options.window,
+            options.poll_pause.as_micros(),
             produced.published,
             consumed.received,
             consumed.unique,
