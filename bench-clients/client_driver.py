@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""amqp-client vs amqprs (bench-ours, bench-amqprs) against RabbitMQ (127.0.0.1:5672) and a fresh
+mini-broker, alternating the client order every rep; one JSON line per run, then medians.
+
+    client_driver.py BIN_DIR MINI_BROKER [REPS] [N] > runs.jsonl
+
+MINI_BROKER must be a file named mini-broker (its directory is used).
+
+BIN_DIR holds the bench-clients release binaries. This process and RabbitMQ get autogroup nice
+-10 for the run (restored to 0 at the end); plain nice does not reach across sessions.
+"""
+import json, os, statistics, subprocess, sys
+BIN, MINI = sys.argv[1], sys.argv[2]
+os.environ["PERF_BIN"] = os.path.dirname(os.path.abspath(MINI))  # where measure finds mini-broker
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import measure  # noqa: E402
+REPS = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+N = sys.argv[4] if len(sys.argv) > 4 else "200000"
+
+
+def autogroup(pid, value):
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(value))
+    except OSError:
+        pass
+
+
+def bench(client, port, test):
+    out = subprocess.run([f"{BIN}/bench-{client}", "--host", "127.0.0.1", "--port", str(port),
+                          "--test", test, "-n", N], capture_output=True, text=True, timeout=600)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"error": out.stderr.strip()[-300:]}
+
+
+beam = measure.beam_pid()
+autogroup(os.getpid(), -10)
+autogroup(beam, -10)
+rows = []
+try:
+    for rep in range(REPS):
+        clients = ["ours", "amqprs"] if rep % 2 == 0 else ["amqprs", "ours"]
+        for broker in ["rabbit", "mini"]:
+            for test in ["publish", "confirm", "consume"]:
+                for client in clients:
+                    if broker == "mini":
+                        with measure.MiniBroker():
+                            result = bench(client, measure.MINI_PORT, test)
+                    else:
+                        result = bench(client, 5672, test)
+                    row = {**result, "broker": broker, "test": test, "client": client,
+                           "rep": rep, "load": os.getloadavg()[0]}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+finally:
+    autogroup(os.getpid(), 0)
+    autogroup(beam, 0)
+for broker in ["rabbit", "mini"]:
+    for test in ["publish", "confirm", "consume"]:
+        med = {}
+        for client in ["ours", "amqprs"]:
+            rates = [r["rate"] for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]
+            med[client] = statistics.median(rates) if rates else 0
+        ratio = med["ours"] / med["amqprs"] if med["amqprs"] else 0
+        print(f"# {broker} {test}: ours {med['ours']:.0f} amqprs {med['amqprs']:.0f} = {ratio:.2f}x", file=sys.stderr)
