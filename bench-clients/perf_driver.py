@@ -6,7 +6,8 @@ alternating (the order flips every rep); one JSON line per run on stdout.
     perf_driver.py target/release/amqp-perf target/release/mini-broker 16B,64K,lat 3
 
 Scenarios: 16B (1p1c 16 B autoack, 10 s), 64K (1p1c 64 KiB autoack, 10 s), lat (16 B at
-10,000 msg/s, 10 s). This process (so amqp-perf and mini-broker) and RabbitMQ get autogroup
+10,000 msg/s, 10 s), persist (1p1c 16 B persistent to a durable queue, confirms with 1000
+outstanding, manual acks with qos 1000, 10 s: confirmed after fsync on both brokers). This process (so amqp-perf and mini-broker) and RabbitMQ get autogroup
 nice -10 for the run (plain nice does not reach across sessions), restored to 0 at the end.
 Each line: scenario, broker, rep, load, broker CPU seconds (/proc/PID/stat; RabbitMQ's is the
 whole node), receive rate and MB/s, amqp-perf's exactly-once verdict and latency percentiles.
@@ -17,7 +18,9 @@ import measure  # noqa: E402
 PERF = sys.argv[1]; MINI = sys.argv[2]; SCEN = sys.argv[3].split(","); REPS = int(sys.argv[4])
 FLAGS = {"16B": ["-x1", "-y1", "-s16", "-z", "10", "-a"],
          "64K": ["-x1", "-y1", "-s65536", "-z", "10", "-a"],
-         "lat": ["-x1", "-y1", "-s16", "-r", "10000", "-z", "10", "-a"]}
+         "lat": ["-x1", "-y1", "-s16", "-r", "10000", "-z", "10", "-a"],
+         "persist": ["-x1", "-y1", "-s16", "-f", "persistent", "--durable", "-c", "1000",
+                     "-q", "1000", "-z", "10"]}
 def cpu(pid):
     parts = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
