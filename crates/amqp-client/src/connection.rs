@@ -41,6 +41,12 @@ use crate::uri::AmqpUri;
 const REQUEST_QUEUE: usize = 1024;
 /// How many deliveries a consumer buffers before the connection stops reading the socket.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 1024;
+
+/// The most acks held back to go out as one frame (see `ConnectionTask::hold_acks`).
+const ACK_RUN_MAX: u32 = 64;
+
+/// The longest acks are held back for more to join them.
+const ACK_HOLD_MAX: Duration = Duration::from_millis(1);
 /// The read buffer's size: what one read may bring in. Frames are split off it and handed
 /// up without a copy (bodies stay slices of it), so it is only reused once they are all gone;
 /// until then a fresh one is taken, and the unfinished frame at its end is copied over. The
@@ -249,6 +255,7 @@ impl Connection {
             channels: HashMap::new(),
             stalled: None,
             to_wake: Vec::new(),
+            acks_held_until: None,
         };
         tokio::spawn(task.run());
         let shared = ready_rx
@@ -489,6 +496,13 @@ impl Consumers {
         consumers.into_iter().map(|(_, sender)| sender).collect()
     }
 
+    /// Whether a consumer of `channel` has deliveries its application has not taken yet.
+    fn has_unreceived(&self, channel: ChannelId) -> bool {
+        self.by_channel
+            .get(&channel)
+            .is_some_and(|consumers| consumers.iter().any(|(_, s)| s.unreceived() > 0))
+    }
+
     /// Every consumer, leaving none.
     fn drain(&mut self) -> impl Iterator<Item = queue::Sender<DeliveryItem>> {
         std::mem::take(&mut self.by_channel)
@@ -518,6 +532,9 @@ struct ConnectionTask {
     stalled: Option<Stalled>,
     /// Consumers to wake at the end of [`dispatch_events`](Self::dispatch_events).
     to_wake: Vec<std::task::Waker>,
+    /// While acks are held back for more to join them (see [`ConnectionTask::hold_acks`]):
+    /// when they go out at the latest.
+    acks_held_until: Option<Instant>,
 }
 
 impl ConnectionTask {
@@ -526,15 +543,21 @@ impl ConnectionTask {
             if !self.dispatch_events() {
                 break;
             }
-            if let Err(err) = self.flush().await {
-                self.core.handle_eof(Some(err));
-                continue;
+            if !self.hold_acks(Instant::now()) {
+                self.acks_held_until = None;
+                if let Err(err) = self.flush().await {
+                    self.core.handle_eof(Some(err));
+                    continue;
+                }
             }
             if self.core.state() == ConnectionState::Closed {
                 self.dispatch_events();
                 break;
             }
-            let deadline = self.core.poll_timeout();
+            let deadline = match (self.core.poll_timeout(), self.acks_held_until) {
+                (Some(core), Some(acks)) => Some(core.min(acks)),
+                (core, acks) => core.or(acks),
+            };
             let stalled_sender = self.stalled.as_ref().map(|s| s.sender.clone());
             self.make_read_room();
             tokio::select! {
@@ -575,6 +598,25 @@ impl ConnectionTask {
             }
         }
         self.finish();
+    }
+
+    /// Whether to hold back the acks waiting to be written, so that more join them: RabbitMQ
+    /// settles a `basic.ack multiple=true` for a run of deliveries at the cost of one ack, and
+    /// a consumer acking one by one otherwise sends about one frame per handful of acks
+    /// (measured against RabbitMQ 3.10: 8 k frames for 200 k acks in a fast run, 26–37 k in
+    /// the slow ones, at half the speed). Held only while nothing but acks waits, the
+    /// consumer they are for still has deliveries in hand (its next acks are coming: a
+    /// consumer with prefetch 1, or one that caught up, is never held), fewer than
+    /// [`ACK_RUN_MAX`] have joined, and for at most [`ACK_HOLD_MAX`].
+    fn hold_acks(&mut self, now: Instant) -> bool {
+        let Some((channel, count)) = self.core.ack_run_alone() else {
+            return false;
+        };
+        if count >= ACK_RUN_MAX || !self.consumers.has_unreceived(channel) {
+            return false;
+        }
+        let until = *self.acks_held_until.get_or_insert(now + ACK_HOLD_MAX);
+        now < until
     }
 
     /// Makes sure the next read has room for a good part of [`READ_BUFFER`]: without it, a

@@ -21,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -36,6 +37,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             receiver_closed: false,
             senders: 1,
         }),
+        unreceived: AtomicUsize::new(0),
     });
     (
         Sender {
@@ -50,6 +52,9 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
+    /// Items sent and not yet handed out by the receiver (queued or in its batch): what the
+    /// receiving side still has to work through. Read without the lock, as a hint.
+    unreceived: AtomicUsize,
 }
 
 impl<T> Shared<T> {
@@ -84,9 +89,11 @@ impl<T> State<T> {
         self.items.len() + self.in_batch < self.capacity
     }
 
-    /// Appends `item`; returns the receiver's waker if it was waiting.
-    fn push(&mut self, item: T) -> Option<Waker> {
+    /// Appends `item`, counting it in `unreceived`; returns the receiver's waker if it was
+    /// waiting.
+    fn push(&mut self, item: T, unreceived: &AtomicUsize) -> Option<Waker> {
         self.items.push_back(item);
+        unreceived.fetch_add(1, Ordering::Relaxed);
         self.receiver.take()
     }
 }
@@ -132,6 +139,12 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Sender<T> {
+    /// How many items sent here the receiver has not handed out yet (queued, or taken into its
+    /// batch and not yet returned): a hint of the work waiting on the receiving side.
+    pub(crate) fn unreceived(&self) -> usize {
+        self.shared.unreceived.load(Ordering::Relaxed)
+    }
+
     /// Sends `item`, waiting while the queue is full. Fails (handing the item back) only
     /// when the receiver is gone.
     pub(crate) async fn send(&self, item: T) -> Result<(), T> {
@@ -159,7 +172,7 @@ impl<T> Sender<T> {
                 *item = Some(value);
                 return Poll::Pending;
             }
-            state.push(value)
+            state.push(value, &self.shared.unreceived)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -177,7 +190,7 @@ impl<T> Sender<T> {
             if !state.has_room() {
                 return Err(TrySendError::Full(item));
             }
-            state.push(item)
+            state.push(item, &self.shared.unreceived)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -196,7 +209,7 @@ impl<T> Sender<T> {
         if !state.has_room() {
             return Err(TrySendError::Full(item));
         }
-        Ok(state.push(item))
+        Ok(state.push(item, &self.shared.unreceived))
     }
 
     /// Sends `item` whatever the capacity: the one last item (an error ending a consumer)
@@ -208,7 +221,7 @@ impl<T> Sender<T> {
             if state.receiver_closed {
                 return Err(item);
             }
-            state.push(item)
+            state.push(item, &self.shared.unreceived)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -250,7 +263,7 @@ impl<T> Receiver<T> {
     /// The next item; `Ready(None)` once every sender is gone and every item is out.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if let Some(item) = self.batch.pop_front() {
-            return Poll::Ready(Some(item));
+            return Poll::Ready(Some(self.handed_out(item)));
         }
         let (item, senders) = {
             let mut state = self.shared.lock();
@@ -269,9 +282,15 @@ impl<T> Receiver<T> {
         };
         senders.into_iter().for_each(Waker::wake);
         match item {
-            Some(item) => Poll::Ready(Some(item)),
+            Some(item) => Poll::Ready(Some(self.handed_out(item))),
             None => Poll::Pending,
         }
+    }
+
+    /// Counts `item` out of [`Shared::unreceived`] as it is handed out.
+    fn handed_out(&self, item: T) -> T {
+        self.shared.unreceived.fetch_sub(1, Ordering::Relaxed);
+        item
     }
 
     /// The next item, waiting for one; None once every sender is gone and every item is out.
@@ -282,14 +301,15 @@ impl<T> Receiver<T> {
     /// The next item if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<T> {
         if let Some(item) = self.batch.pop_front() {
-            return Some(item);
+            return Some(self.handed_out(item));
         }
         let senders = {
             let mut state = self.shared.lock();
             refill(&mut self.batch, &mut state)
         };
         senders.into_iter().for_each(Waker::wake);
-        self.batch.pop_front()
+        let item = self.batch.pop_front()?;
+        Some(self.handed_out(item))
     }
 
     /// Closes the queue: every later send fails; what was sent can still be received.
@@ -335,6 +355,24 @@ fn refill<T>(batch: &mut VecDeque<T>, state: &mut State<T>) -> Vec<Waker> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unreceived_counts_items_until_they_are_handed_out_not_until_taken_in_a_batch() {
+        let (tx, mut rx) = bounded::<u32>(8);
+        assert_eq!(tx.unreceived(), 0);
+        for i in 0..3 {
+            tx.send(i).await.unwrap();
+        }
+        assert_eq!(tx.unreceived(), 3);
+        // The first receive takes all three into the batch and hands out one.
+        assert_eq!(rx.recv().await, Some(0));
+        assert_eq!(tx.unreceived(), 2);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.try_recv(), Some(2));
+        assert_eq!(tx.unreceived(), 0);
+        assert_eq!(rx.try_recv(), None);
+        assert_eq!(tx.unreceived(), 0);
+    }
 
     #[tokio::test]
     async fn items_come_out_in_the_order_they_went_in() {

@@ -432,6 +432,16 @@ impl<T> ConnectionCore<T> {
         Some(self.out.take())
     }
 
+    /// When the only thing waiting to be written is a run of acks (see [`send`](Self::send)):
+    /// its channel and how many acks it stands for. A driver may wait for more acks to join
+    /// it before taking the output.
+    pub fn ack_run_alone(&self) -> Option<(ChannelId, u32)> {
+        match &self.pending_ack {
+            Some(run) if self.out.is_empty() => Some((run.channel, run.count)),
+            _ => None,
+        }
+    }
+
     /// Whether bytes are waiting to be written.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || self.pending_ack.is_some()

@@ -1014,6 +1014,33 @@ fn acks_of_the_oldest_deliveries_sent_together_are_written_as_one_multiple_ack()
 }
 
 #[test]
+fn a_run_of_acks_alone_is_reported_until_another_frame_joins_or_it_is_taken() {
+    let (mut pair, ch) = consuming(4);
+    assert_eq!(pair.client.ack_run_alone(), None);
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 2);
+    assert_eq!(pair.client.ack_run_alone(), Some((ch, 2)));
+    // Any other frame ends it: the run is written before it, and there is more than acks.
+    pair.client
+        .send(
+            ch,
+            BasicNack {
+                delivery_tag: 3,
+                multiple: false,
+                requeue: true,
+            }
+            .into(),
+        )
+        .unwrap();
+    assert_eq!(pair.client.ack_run_alone(), None);
+    pair.server_reads();
+    send_ack(&mut pair, ch, 4);
+    assert_eq!(pair.client.ack_run_alone(), Some((ch, 1)));
+    assert_eq!(pair.server_reads(), vec![ack(ch, 4, false)]);
+    assert_eq!(pair.client.ack_run_alone(), None);
+}
+
+#[test]
 fn an_ack_that_is_not_of_the_oldest_delivery_is_written_as_made_after_the_run_before_it() {
     let (mut pair, ch) = consuming(4);
     send_ack(&mut pair, ch, 1);

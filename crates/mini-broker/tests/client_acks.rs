@@ -1,0 +1,121 @@
+//! The client holds acks back for a moment while its consumer still has deliveries in hand,
+//! so that they reach the broker as one `basic.ack multiple=true`: checked here against an
+//! in-process broker's own counts, that such acks still arrive while the application holds
+//! the rest, and that a consumer with prefetch 1 gets its next delivery after each ack.
+
+use std::time::Duration;
+
+use amqp_client::{BasicConsumeOptions, Connection, Consumer, Delivery, FieldTable};
+use mini_broker::{BrokerOptions, RunningBroker};
+
+async fn broker() -> RunningBroker {
+    mini_broker::start(BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the broker's queue has these ready and unacked counts (at most 2 s).
+async fn settle(running: &RunningBroker, queue: &str, ready: usize, unacked: usize) {
+    let queue = running
+        .broker
+        .vhost("/")
+        .unwrap()
+        .queue(&queue.into())
+        .unwrap();
+    for _ in 0..200 {
+        {
+            let state = queue.state();
+            if state.ready.len() == ready && state.unacked == unacked {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let state = queue.state();
+    panic!(
+        "the queue never reached {ready} ready and {unacked} unacked: {} and {}",
+        state.ready.len(),
+        state.unacked
+    );
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream is open")
+        .expect("a delivery")
+}
+
+/// A queue `name` with `count` messages, and a channel consuming it with `prefetch`.
+async fn consuming(
+    running: &RunningBroker,
+    name: &str,
+    count: usize,
+    prefetch: u16,
+) -> (Connection, Consumer) {
+    let connection = Connection::open(&running.url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(name, Default::default(), FieldTable::new())
+        .await
+        .unwrap();
+    channel.confirm_select().await.unwrap();
+    for i in 0..count {
+        channel
+            .basic_publish("", name, Default::default(), format!("m{i}"), false)
+            .await
+            .unwrap();
+    }
+    assert!(channel.wait_for_confirms().await.unwrap());
+    let consumer_channel = connection.create_channel().await.unwrap();
+    consumer_channel.basic_qos(prefetch, false).await.unwrap();
+    let consumer = consumer_channel
+        .basic_consume(name, "", BasicConsumeOptions::default(), FieldTable::new())
+        .await
+        .unwrap();
+    (connection, consumer)
+}
+
+#[tokio::test]
+async fn acks_held_back_while_deliveries_wait_in_the_consumer_still_reach_the_broker() {
+    let running = broker().await;
+    let (connection, mut consumer) = consuming(&running, "held", 10, 10).await;
+    let first = next(&mut consumer).await;
+    // All ten are delivered: one in hand, nine in the consumer's buffer.
+    settle(&running, "held", 0, 10).await;
+    first.ack().await.unwrap();
+    let second = next(&mut consumer).await;
+    second.ack().await.unwrap();
+    let third = next(&mut consumer).await;
+    third.ack().await.unwrap();
+    // Seven deliveries still wait in the consumer, so the three acks may be held back, but
+    // only for a moment: the broker settles them while nothing else is sent or taken.
+    settle(&running, "held", 0, 7).await;
+    // The rest, acked as they come, are all settled too.
+    for _ in 0..7 {
+        next(&mut consumer).await.ack().await.unwrap();
+    }
+    settle(&running, "held", 0, 0).await;
+    connection.close().await.unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_prefetch_one_consumer_gets_each_next_delivery_after_its_ack() {
+    let running = broker().await;
+    let (connection, mut consumer) = consuming(&running, "fair", 20, 1).await;
+    for i in 0..20 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(&delivery.body[..], format!("m{i}").as_bytes());
+        // One in flight: the broker keeps the rest until this ack.
+        settle(&running, "fair", 19 - i, 1).await;
+        delivery.ack().await.unwrap();
+    }
+    settle(&running, "fair", 0, 0).await;
+    connection.close().await.unwrap();
+    running.shutdown().await;
+}
