@@ -87,7 +87,11 @@ impl Delivery {
         self.channel.as_ref().ok_or(Error::ChannelClosedLocally)
     }
 
-    /// Acknowledges this message (basic.ack): the broker may forget it.
+    /// Acknowledges this message (basic.ack): the broker may forget it. Returns once the ack
+    /// is queued for the connection, without waiting for the socket. Acks of consecutive
+    /// deliveries made while more deliveries wait in the consumer go out together, as one
+    /// `basic.ack multiple=true`, at most 1 ms (or 64 acks) later; once the consumer has
+    /// nothing more in hand (with prefetch 1, always), an ack goes out at once.
     pub async fn ack(&self) -> Result<(), Error> {
         self.channel()?.basic_ack(self.delivery_tag, false).await
     }
