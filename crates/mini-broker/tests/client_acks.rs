@@ -8,6 +8,9 @@ use std::time::Duration;
 use amqp_client::{BasicConsumeOptions, Connection, Consumer, Delivery, FieldTable};
 use mini_broker::{BrokerOptions, RunningBroker};
 
+mod common;
+use common::settle;
+
 async fn broker() -> RunningBroker {
     mini_broker::start(BrokerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -15,31 +18,6 @@ async fn broker() -> RunningBroker {
     })
     .await
     .unwrap()
-}
-
-/// Waits until the broker's queue has these ready and unacked counts (at most 2 s).
-async fn settle(running: &RunningBroker, queue: &str, ready: usize, unacked: usize) {
-    let queue = running
-        .broker
-        .vhost("/")
-        .unwrap()
-        .queue(&queue.into())
-        .unwrap();
-    for _ in 0..200 {
-        {
-            let state = queue.state();
-            if state.ready.len() == ready && state.unacked == unacked {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let state = queue.state();
-    panic!(
-        "the queue never reached {ready} ready and {unacked} unacked: {} and {}",
-        state.ready.len(),
-        state.unacked
-    );
 }
 
 async fn next(consumer: &mut Consumer) -> Delivery {

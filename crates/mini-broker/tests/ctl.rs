@@ -2,12 +2,14 @@
 //! prints what `rabbitmqctl` prints (RabbitMQ 3.10), preamble, header and rows.
 
 use std::process::Output;
-use std::time::Duration;
 
 use amqp_client::{
     BasicConsumeOptions, BasicProperties, Connection, FieldTable, FieldValue, QueueDeclareOptions,
 };
 use mini_broker::{BrokerOptions, RunningBroker};
+
+mod common;
+use common::settle;
 
 async fn broker() -> RunningBroker {
     mini_broker::start(BrokerOptions {
@@ -38,26 +40,6 @@ fn stdout(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-/// Waits until the broker's queue has these ready and unacked counts.
-async fn settle(running: &RunningBroker, queue: &str, ready: usize, unacked: usize) {
-    let queue = running
-        .broker
-        .vhost("/")
-        .unwrap()
-        .queue(&queue.into())
-        .unwrap();
-    for _ in 0..200 {
-        {
-            let state = queue.state();
-            if state.ready.len() == ready && state.unacked == unacked {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the queue never reached {ready} ready and {unacked} unacked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
