@@ -34,8 +34,7 @@
 //! `Permit` methods below say where each one falls.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -419,7 +418,7 @@ impl ChangeFile {
         patterns: Option<[String; 3]>,
     ) -> std::io::Result<()> {
         let previous = self.last.insert(key.clone(), patterns);
-        let written = write_atomically(&self.path, &self.to_json());
+        let written = crate::store::write_atomically(&self.path, &self.to_json());
         if written.is_err() {
             match previous {
                 Some(previous) => self.last.insert(key, previous),
@@ -449,22 +448,6 @@ impl ChangeFile {
             .collect();
         // A list of plain strings always serialises.
         serde_json::to_vec_pretty(&stored).unwrap_or_default()
-    }
-}
-
-/// Replaces the file at `path` with `contents` so that a crash leaves the old file or the
-/// new one, never a mix: a temporary file next to it, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
     }
 }
 

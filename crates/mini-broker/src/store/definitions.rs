@@ -6,7 +6,6 @@
 //! equal to the original declaration.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use amqp_codec::{Decimal, FieldArray, FieldTable, FieldValue};
@@ -92,14 +91,8 @@ impl Definitions {
     /// Writes `<dir>/definitions.json` atomically: a temporary file, fsync, rename, fsync of
     /// the directory.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let path = dir.join("definitions.json");
-        let temporary = dir.join("definitions.json.tmp");
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        std::fs::File::open(dir)?.sync_all()
+        super::write_atomically(&dir.join("definitions.json"), text.as_bytes())
     }
 }
 

@@ -70,6 +70,22 @@ use log::{
 };
 use paging::{Index, Location, Pager};
 
+/// Replaces the file at `path` with `contents` so that a crash leaves the old file or the
+/// new one, never a mix: a temporary file next to it, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
 /// The file a clean shutdown leaves in the data directory.
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 
