@@ -495,7 +495,9 @@ pub struct Output {
 impl Output {
     /// `pieces`, then `tail`, to be written in that order (for a writer that gathers its
     /// frames itself, as the broker's outbox does).
-    pub fn from_parts(pieces: Vec<Bytes>, tail: BytesMut) -> Output {
+    pub fn from_parts(mut pieces: Vec<Bytes>, tail: BytesMut) -> Output {
+        // An empty piece would be a chunk of nothing with octets still to come.
+        pieces.retain(|piece| !piece.is_empty());
         let pieces_len = pieces
             .iter()
             .fold(0usize, |sum, piece| sum.saturating_add(piece.len()));

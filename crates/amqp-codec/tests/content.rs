@@ -627,3 +627,25 @@ fn body_frames_put_as_pieces_decode_to_the_body_for_every_size() {
         }
     }
 }
+
+#[test]
+fn output_from_parts_skips_empty_pieces_so_every_chunk_has_octets() {
+    let pieces = vec![
+        Bytes::new(),
+        Bytes::from_static(b"ab"),
+        Bytes::new(),
+        Bytes::from_static(b"c"),
+    ];
+    let mut out = Output::from_parts(pieces, BytesMut::from(&b"de"[..]));
+    let mut written = Vec::new();
+    while out.has_remaining() {
+        let chunk = out.chunk();
+        assert!(!chunk.is_empty(), "a chunk of nothing with octets left");
+        written.extend_from_slice(chunk);
+        let n = chunk.len();
+        out.advance(n);
+    }
+    assert_eq!(written, b"abcde");
+    let (pieces, _) = out.into_parts();
+    assert_eq!(pieces.len(), 2);
+}

@@ -1945,8 +1945,6 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
     }
 }
 
-/// RabbitMQ's `is_cycle`: the message already died in `queue` (an entry of `x-death`, which
-/// lists the newest first) and no death since then, that one included, was a rejection.
 /// A copy of `table` that shares no octets with the frame it was decoded from (the strings
 /// of a decoded table are slices of the read buffer).
 fn copied_table(table: &FieldTable) -> FieldTable {
@@ -1976,6 +1974,8 @@ fn copied_value(value: &FieldValue) -> FieldValue {
     }
 }
 
+/// RabbitMQ's `is_cycle`: the message already died in `queue` (an entry of `x-death`, which
+/// lists the newest first) and no death since then, that one included, was a rejection.
 fn is_cycle(queue: &ShortString, deaths: &FieldArray) -> bool {
     let mut since = Vec::new();
     for death in deaths.iter() {

@@ -298,9 +298,10 @@ impl Outbox {
         let mut from = 0;
         while from < body.len() {
             let to = body.len().min(from + chunk);
-            put_body_frame_header(&mut buf.filling, channel, frame_payload_len(to - from));
+            // Frame header (7) now, frame end (1) after the piece: room for both.
+            put_body_frame_header(buf.room(8), channel, frame_payload_len(to - from));
             buf.push_piece(body.slice(from..to));
-            buf.filling.put_u8(amqp_codec::FRAME_END);
+            buf.room(1).put_u8(amqp_codec::FRAME_END);
             from = to;
         }
     }
@@ -581,7 +582,6 @@ fn put_method_and_header_unchecked(
     Ok(())
 }
 
-/// The 7 octets before a body frame's payload: type, channel, size.
 /// A body frame's payload size: at most frame_max - 8 octets (the parts are cut so), which
 /// fits the frame header's u32.
 fn frame_payload_len(len: usize) -> u32 {
