@@ -377,28 +377,27 @@ impl SegmentReader {
         if crc32fast::hash(body) != crc {
             return Ok(self.damaged("a checksum mismatch".to_owned()));
         }
-        if RecordView::parse(body).is_none() {
-            return Ok(self.damaged("an unreadable record".to_owned()));
-        }
         let at = self.start + 8;
-        self.start += whole;
-        self.offset += whole as u64;
-        // Parsed again to hand out: the borrow of the buffer starts here.
-        match self
+        // Parsed once, borrowing only the buffer, so the position can move on past it.
+        let Some(record) = self
             .buf
             .get(at..at + size as usize)
             .and_then(RecordView::parse)
-        {
-            Some(record) => Ok(Next::Record {
-                offset,
-                len: whole,
-                record,
-            }),
-            None => Ok(Next::Damaged(Damage {
+        else {
+            // As `damaged`, field by field: the buffer is still borrowed here.
+            self.stopped = true;
+            return Ok(Next::Damaged(Damage {
                 offset,
                 what: "an unreadable record".to_owned(),
-            })),
-        }
+            }));
+        };
+        self.start += whole;
+        self.offset += whole as u64;
+        Ok(Next::Record {
+            offset,
+            len: whole,
+            record,
+        })
     }
 
     fn damaged(&mut self, what: String) -> Next<'static> {

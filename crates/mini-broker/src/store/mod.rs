@@ -81,7 +81,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        Some(dir) if !dir.as_os_str().is_empty() => log::sync_dir(dir),
         _ => Ok(()),
     }
 }
