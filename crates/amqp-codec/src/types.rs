@@ -132,6 +132,17 @@ impl ShortString {
             ShortOctets::Shared(bytes) => bytes,
         }
     }
+
+    /// The same string, sharing no memory with the frame it was read from: a string kept
+    /// inline is already apart, a shared one is copied. What outlives a frame (a queue's
+    /// name, a binding's key) is detached, so that it does not keep the whole read buffer
+    /// the frame was a slice of alive.
+    pub fn detached(&self) -> Self {
+        match &self.0 {
+            ShortOctets::Inline(_) => self.clone(),
+            ShortOctets::Shared(bytes) => ShortString::copy_from_slice(bytes),
+        }
+    }
 }
 
 impl Default for ShortString {
@@ -204,6 +215,12 @@ impl LongString {
     /// The octets, consuming the string.
     pub fn into_bytes(self) -> Bytes {
         self.0
+    }
+
+    /// A copy of the string, sharing no memory with the frame it was read from (see
+    /// [`ShortString::detached`]).
+    pub fn detached(&self) -> Self {
+        LongString(Bytes::copy_from_slice(&self.0))
     }
 }
 
@@ -344,6 +361,18 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// A copy of the value, sharing no memory with the frame it was read from: its strings
+    /// and byte arrays are copied, nested tables and arrays detached in turn.
+    pub fn detached(&self) -> Self {
+        match self {
+            FieldValue::LongString(text) => FieldValue::LongString(text.detached()),
+            FieldValue::ByteArray(octets) => FieldValue::ByteArray(Bytes::copy_from_slice(octets)),
+            FieldValue::Array(values) => FieldValue::Array(values.detached()),
+            FieldValue::Table(table) => FieldValue::Table(table.detached()),
+            scalar => scalar.clone(),
+        }
+    }
+
     /// The type letter that tags this value on the wire.
     pub fn type_letter(&self) -> u8 {
         match self {
@@ -500,6 +529,18 @@ impl FieldTable {
         self.0.is_empty()
     }
 
+    /// A copy of the table, sharing no memory with the frame it was read from: names and
+    /// values detached (see [`ShortString::detached`]). A decoded table is a view of its
+    /// frame; a table kept beyond the frame (a queue's arguments) is detached first.
+    pub fn detached(&self) -> FieldTable {
+        FieldTable(
+            self.0
+                .iter()
+                .map(|(name, value)| (name.detached(), value.detached()))
+                .collect(),
+        )
+    }
+
     /// Whether both tables hold the same keys with the same values, in any order.
     ///
     /// `==` compares in wire order; this is the comparison a peer that re-orders keys needs.
@@ -555,6 +596,11 @@ impl FieldArray {
     /// Whether the array has no values.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// A copy of the array, sharing no memory with the frame it was read from.
+    pub fn detached(&self) -> FieldArray {
+        FieldArray(self.0.iter().map(FieldValue::detached).collect())
     }
 }
 

@@ -312,3 +312,72 @@ fn nested_tables_and_arrays_round_trip_by_value() {
     assert_eq!(decoded, table);
     assert!(decoded.same_entries(&table));
 }
+
+/// Every string and byte array of `value`, nested ones included.
+fn value_octets<'a>(value: &'a FieldValue, out: &mut Vec<&'a [u8]>) {
+    match value {
+        FieldValue::LongString(text) => out.push(text.as_bytes()),
+        FieldValue::ByteArray(octets) => out.push(octets),
+        FieldValue::Array(values) => values.iter().for_each(|v| value_octets(v, out)),
+        FieldValue::Table(table) => table_octets(table, out),
+        _ => {}
+    }
+}
+
+/// Every name, string and byte array of `table`, nested ones included.
+fn table_octets<'a>(table: &'a FieldTable, out: &mut Vec<&'a [u8]>) {
+    for (name, value) in table.iter() {
+        out.push(name.as_bytes());
+        value_octets(value, out);
+    }
+}
+
+#[test]
+fn a_detached_table_keeps_no_octet_of_its_frame() {
+    let long_name = "x-a-name-longer-than-thirty-one-octets";
+    let mut inner = FieldTable::new();
+    inner.insert(long_name, "y".repeat(40).as_str());
+    let mut table = FieldTable::new();
+    table.insert("x-dead-letter-exchange", "a dead letter exchange");
+    table.insert("nested", inner);
+    table.insert(
+        "list",
+        FieldValue::Array(FieldArray(vec![
+            FieldValue::LongString("in an array".into()),
+            FieldValue::ByteArray(Bytes::from_static(b"raw octets")),
+            FieldValue::I32(7),
+        ])),
+    );
+    let declare = QueueDeclare {
+        queue: "a-queue-name-longer-than-thirty-one-octets".into(),
+        arguments: table.clone(),
+        ..Default::default()
+    };
+    let mut wire = BytesMut::new();
+    Frame::Method(1, declare.into())
+        .encode(&mut wire, 0)
+        .unwrap();
+    let frame_octets = wire.as_ptr_range();
+    let Ok(Some(Frame::Method(1, Method::QueueDeclare(decoded)))) =
+        decode(&mut wire, &Limits::default())
+    else {
+        panic!("not a queue.declare");
+    };
+    let in_frame = |octets: &&[u8]| frame_octets.contains(&octets.as_ptr());
+
+    let mut viewed = vec![decoded.queue.as_bytes()];
+    table_octets(&decoded.arguments, &mut viewed);
+    assert!(
+        viewed.iter().any(in_frame),
+        "a decoded table is a view of its frame (else this test shows nothing)"
+    );
+
+    let queue = decoded.queue.detached();
+    let arguments = decoded.arguments.detached();
+    assert_eq!(queue, decoded.queue);
+    assert_eq!(arguments, table);
+    let mut kept = vec![queue.as_bytes()];
+    table_octets(&arguments, &mut kept);
+    assert_eq!(kept.len(), viewed.len());
+    assert!(!kept.iter().any(in_frame), "no octet of the frame kept");
+}

@@ -731,8 +731,11 @@ impl VHost {
             check_server_name(&generated)?;
             generated
         } else {
-            name.clone()
+            name.detached()
         };
+        // The queue outlives the frame that declared it: nothing it keeps may be a slice of
+        // that frame, which would keep the connection's whole read buffer alive.
+        let arguments = &arguments.detached();
         let settings = self.queue_settings(&name, flags, arguments)?;
         let owner = flags.exclusive.then_some(connection);
         let queue = Arc::new(Queue::new(
@@ -921,8 +924,8 @@ impl VHost {
         self.check_exclusive(&q, connection)?;
         let binding = Binding {
             destination: Destination::Queue(q.name.clone()),
-            routing_key: routing_key.clone(),
-            arguments: arguments.clone(),
+            routing_key: routing_key.detached(),
+            arguments: arguments.detached(),
         };
         if let Some(source) = state.exchanges.get_mut(exchange) {
             source.bind(binding);
@@ -1118,15 +1121,16 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        let name = name.detached();
         state.exchanges.insert(
             name.clone(),
             Exchange::new(
-                name.clone(),
+                name,
                 parsed,
                 flags.durable,
                 flags.auto_delete,
                 flags.internal,
-                arguments.clone(),
+                arguments.detached(),
             ),
         );
         drop(state);
@@ -1193,14 +1197,21 @@ impl VHost {
             (None, _) => return Err(self.no_exchange(source)),
             (Some(_), false) => return Err(self.no_exchange(destination)),
         };
-        let binding = Binding {
-            destination: Destination::Exchange(destination.clone()),
-            routing_key: routing_key.clone(),
-            arguments: arguments.clone(),
-        };
-        if bind {
+        let binding = if bind {
             validate_binding(kind, arguments)?;
-        }
+            // Kept by the source exchange: detached from the frame (see declare_queue).
+            Binding {
+                destination: Destination::Exchange(destination.detached()),
+                routing_key: routing_key.detached(),
+                arguments: arguments.detached(),
+            }
+        } else {
+            Binding {
+                destination: Destination::Exchange(destination.clone()),
+                routing_key: routing_key.clone(),
+                arguments: arguments.clone(),
+            }
+        };
         let Some(exchange) = state.exchanges.get_mut(source) else {
             return Ok(());
         };
@@ -1638,4 +1649,143 @@ pub fn random_u64() -> u64 {
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amqp_codec::{FieldArray, LongString};
+    use bytes::Bytes;
+
+    /// Stands for a connection's read buffer: `texts` back to back in one allocation, and
+    /// each of them as a slice of it, as the strings of a decoded frame are.
+    fn read_buffer(texts: &[&str]) -> (Bytes, Vec<Bytes>) {
+        let buffer = Bytes::from(texts.concat());
+        let mut at = 0;
+        let slices = texts
+            .iter()
+            .map(|text| {
+                at += text.len();
+                buffer.slice(at - text.len()..at)
+            })
+            .collect();
+        (buffer, slices)
+    }
+
+    /// Every name, string and byte array of `table`, nested ones included.
+    fn table_octets<'a>(table: &'a FieldTable, out: &mut Vec<&'a [u8]>) {
+        for (name, value) in table.iter() {
+            out.push(name.as_bytes());
+            value_octets(value, out);
+        }
+    }
+
+    fn value_octets<'a>(value: &'a FieldValue, out: &mut Vec<&'a [u8]>) {
+        match value {
+            FieldValue::LongString(text) => out.push(text.as_bytes()),
+            FieldValue::ByteArray(octets) => out.push(octets),
+            FieldValue::Table(table) => table_octets(table, out),
+            FieldValue::Array(values) => values.iter().for_each(|v| value_octets(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn what_declarations_and_bindings_keep_is_not_a_slice_of_the_read_buffer() {
+        let (buffer, slices) = read_buffer(&[
+            "a-queue-name-longer-than-thirty-one-octets",
+            "an-exchange-name-longer-than-thirty-one-octets",
+            "a dead letter exchange named at length",
+            "x-an-argument-name-longer-than-thirty-one-octets",
+            "a-routing-key-longer-than-thirty-one-octets",
+            "a value in an array",
+        ]);
+        let [queue, exchange, dead_letter, long_key, routing_key, in_array] = &slices[..] else {
+            unreachable!()
+        };
+        let short = |octets: &Bytes| ShortString::new(octets.clone());
+        let mut arguments = FieldTable::new();
+        arguments.insert(
+            "x-dead-letter-exchange",
+            FieldValue::LongString(LongString::new(dead_letter.clone())),
+        );
+        let mut nested = FieldTable::new();
+        nested.insert(short(long_key), FieldValue::ByteArray(in_array.clone()));
+        nested.insert(
+            "list",
+            FieldValue::Array(FieldArray(vec![FieldValue::LongString(LongString::new(
+                in_array.clone(),
+            ))])),
+        );
+        arguments.insert(short(long_key), nested);
+
+        let vhost = VHost::new("/");
+        let durable = QueueFlags {
+            durable: true,
+            ..QueueFlags::default()
+        };
+        vhost
+            .declare_queue(1, &short(queue), durable, &arguments)
+            .unwrap();
+        let fanout = ShortString::from("fanout");
+        vhost
+            .declare_exchange(
+                &short(exchange),
+                &fanout,
+                ExchangeFlags::default(),
+                &arguments,
+            )
+            .unwrap();
+        vhost
+            .bind_queue(
+                1,
+                &short(queue),
+                &short(exchange),
+                &short(routing_key),
+                &arguments,
+            )
+            .unwrap();
+        vhost
+            .bind_exchange(
+                &short(exchange),
+                &ShortString::from("amq.fanout"),
+                &short(routing_key),
+                &arguments,
+                true,
+            )
+            .unwrap();
+
+        let mut kept: Vec<&[u8]> = Vec::new();
+        let state = vhost.read();
+        let declared = &state.queues[&short(queue)];
+        kept.push(declared.name.as_bytes());
+        table_octets(&declared.arguments, &mut kept);
+        let settings_dlx = declared.settings.dead_letter_exchange.as_ref();
+        kept.push(settings_dlx.expect("the dead letter exchange").as_bytes());
+        for name in [short(exchange), ShortString::from("amq.fanout")] {
+            let exchange = &state.exchanges[&name];
+            kept.push(exchange.name.as_bytes());
+            table_octets(&exchange.arguments, &mut kept);
+            for binding in exchange.bindings() {
+                match &binding.destination {
+                    Destination::Queue(name) | Destination::Exchange(name) => {
+                        kept.push(name.as_bytes())
+                    }
+                }
+                kept.push(binding.routing_key.as_bytes());
+                table_octets(&binding.arguments, &mut kept);
+            }
+        }
+        // The arguments hold 7 names and strings. The queue: its name, the arguments and
+        // the dead letter exchange; the exchange: its name, the arguments and its binding
+        // to the queue (destination, key, arguments); amq.fanout: its name and its binding.
+        assert_eq!(kept.len(), (1 + 7 + 1) + (1 + 7 + 9) + (1 + 9));
+        let read_buffer = buffer.as_ptr_range();
+        let in_buffer: Vec<_> = kept
+            .iter()
+            .filter(|octets| read_buffer.contains(&octets.as_ptr()))
+            .map(|octets| String::from_utf8_lossy(octets))
+            .collect();
+        assert!(in_buffer.is_empty(), "kept as slices: {in_buffer:?}");
+    }
 }
