@@ -42,9 +42,6 @@ const REQUEST_QUEUE: usize = 1024;
 /// How many deliveries a consumer buffers before the connection stops reading the socket.
 pub const DEFAULT_CONSUMER_BUFFER: usize = 1024;
 
-/// The most acks held back to go out as one frame (see `ConnectionTask::hold_acks`).
-const ACK_RUN_MAX: u32 = 64;
-
 /// The longest acks are held back for more to join them.
 const ACK_HOLD_MAX: Duration = Duration::from_millis(1);
 /// The read buffer's size: what one read may bring in. Frames are split off it and handed
@@ -604,15 +601,16 @@ impl ConnectionTask {
     /// settles a `basic.ack multiple=true` for a run of deliveries at the cost of one ack, and
     /// a consumer acking one by one otherwise sends about one frame per handful of acks
     /// (measured against RabbitMQ 3.10: 8 k frames for 200 k acks in a fast run, 26–37 k in
-    /// the slow ones, at half the speed). Held only while nothing but acks waits, the
-    /// consumer they are for still has deliveries in hand (its next acks are coming: a
-    /// consumer with prefetch 1, or one that caught up, is never held), fewer than
-    /// [`ACK_RUN_MAX`] have joined, and for at most [`ACK_HOLD_MAX`].
+    /// the slow ones, at half the speed). The core says whether the run may wait (its
+    /// consumer has more deliveries in hand, or the server has credit left in the prefetch
+    /// window: see [`ConnectionCore::ack_run_may_wait`]); the wait lasts at most
+    /// [`ACK_HOLD_MAX`].
     fn hold_acks(&mut self, now: Instant) -> bool {
-        let Some((channel, count)) = self.core.ack_run_alone() else {
-            return false;
-        };
-        if count >= ACK_RUN_MAX || !self.consumers.has_unreceived(channel) {
+        let consumers = &self.consumers;
+        if !self
+            .core
+            .ack_run_may_wait(|channel| consumers.has_unreceived(channel))
+        {
             return false;
         }
         let until = *self.acks_held_until.get_or_insert(now + ACK_HOLD_MAX);

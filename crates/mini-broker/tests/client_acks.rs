@@ -1,11 +1,15 @@
 //! The client holds acks back for a moment while its consumer still has deliveries in hand,
-//! so that they reach the broker as one `basic.ack multiple=true`: checked here against an
-//! in-process broker's own counts, that such acks still arrive while the application holds
-//! the rest, and that a consumer with prefetch 1 gets its next delivery after each ack.
+//! or while the broker still has most of the prefetch window to deliver into, so that they
+//! reach the broker as one `basic.ack multiple=true`: checked here against an in-process
+//! broker's own counts, that such acks still arrive while the application holds the rest or
+//! has taken everything, that they arrive before a nack made after them, and that a consumer
+//! with prefetch 1 gets its next delivery after each ack.
 
 use std::time::Duration;
 
-use amqp_client::{BasicConsumeOptions, Connection, Consumer, Delivery, FieldTable};
+use amqp_client::{
+    BasicConsumeOptions, Connection, Consumer, Delivery, FieldTable, QueueDeclareOptions,
+};
 use mini_broker::{BrokerOptions, RunningBroker};
 
 mod common;
@@ -94,6 +98,57 @@ async fn a_prefetch_one_consumer_gets_each_next_delivery_after_its_ack() {
         delivery.ack().await.unwrap();
     }
     settle(&running, "fair", 0, 0).await;
+    connection.close().await.unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn acks_held_back_in_a_wide_window_with_nothing_more_in_hand_still_reach_the_broker() {
+    let running = broker().await;
+    let (connection, mut consumer) = consuming(&running, "wide", 3, 100).await;
+    settle(&running, "wide", 0, 3).await;
+    let deliveries = [
+        next(&mut consumer).await,
+        next(&mut consumer).await,
+        next(&mut consumer).await,
+    ];
+    // The consumer has taken everything and 3 of 100 are unacked: the acks may be held
+    // back, but only for a moment, with nothing else sent.
+    for delivery in &deliveries {
+        delivery.ack().await.unwrap();
+    }
+    settle(&running, "wide", 0, 0).await;
+    connection.close().await.unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn acks_held_back_reach_the_broker_before_a_nack_made_after_them() {
+    let running = broker().await;
+    let (connection, mut consumer) = consuming(&running, "order", 3, 100).await;
+    let first = next(&mut consumer).await;
+    let second = next(&mut consumer).await;
+    let third = next(&mut consumer).await;
+    first.ack().await.unwrap();
+    second.ack().await.unwrap();
+    // A multiple nack up to the third drops whatever is still unacked. Were it to overtake
+    // the acks, it would drop all three, and the acks of unknown tags would close the
+    // channel (406 precondition-failed).
+    let channel = third.channel().unwrap().clone();
+    channel
+        .basic_nack(third.delivery_tag, true, false)
+        .await
+        .unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare("order", passive, FieldTable::new())
+        .await
+        .expect("the channel is still open");
+    assert_eq!(declared.message_count, 0);
+    settle(&running, "order", 0, 0).await;
     connection.close().await.unwrap();
     running.shutdown().await;
 }

@@ -249,6 +249,10 @@ impl<M> Message<M> {
 /// write from about this size on (the broker draws the same line for deliveries).
 pub const COPY_BODY_MAX: usize = 4096;
 
+/// The most acks a run held back for more to join it stands for (see
+/// [`ConnectionCore::ack_run_may_wait`]).
+pub const ACK_RUN_MAX: u32 = 64;
+
 /// Acks of consecutive oldest deliveries on one channel, written as one.
 #[derive(Debug, Clone, Copy)]
 struct AckRun {
@@ -440,6 +444,30 @@ impl<T> ConnectionCore<T> {
             Some(run) if self.out.is_empty() => Some((run.channel, run.count)),
             _ => None,
         }
+    }
+
+    /// Whether the run of acks waiting alone to be written (see
+    /// [`ack_run_alone`](Self::ack_run_alone)) may wait for more acks to join it, so that the
+    /// server settles many deliveries from one `basic.ack multiple=true`: RabbitMQ's cost is
+    /// per ack frame, not per delivery acked. It may wait while it stands for fewer than
+    /// [`ACK_RUN_MAX`] acks and either
+    /// - a consumer of the channel still has deliveries its application has not taken
+    ///   (`consumer_has_more`, which only the driver knows): its next acks are coming; or
+    /// - what the server waits for acks of on the channel, the run included, is under a
+    ///   quarter of the channel's prefetch window (basic.qos; any amount when there is none):
+    ///   the server still has credit to deliver while the acks wait.
+    ///
+    /// So a consumer with prefetch 1 (or one near the end of its window) never waits. The
+    /// driver bounds the wait in time; taking the output, or writing any other frame, ends it.
+    pub fn ack_run_may_wait(&self, consumer_has_more: impl FnOnce(ChannelId) -> bool) -> bool {
+        let Some((channel, count)) = self.ack_run_alone() else {
+            return false;
+        };
+        let Some(c) = self.channels.get(&channel) else {
+            return false;
+        };
+        let unacked = c.unacked.len().saturating_add(count as usize);
+        count < ACK_RUN_MAX && (c.window.has_room_beyond(unacked) || consumer_has_more(channel))
     }
 
     /// Whether bytes are waiting to be written.
@@ -721,8 +749,10 @@ impl<T> ConnectionCore<T> {
         let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
-        if let Method::ConfirmSelect(_) = method {
-            c.enter_confirm_mode();
+        match method {
+            Method::ConfirmSelect(_) => c.enter_confirm_mode(),
+            Method::BasicQos(qos) => c.window = c.window.narrowed(qos),
+            _ => {}
         }
         c.unacked.sent(method);
     }

@@ -1169,6 +1169,229 @@ fn basic_get_ok_without_no_ack_is_tracked_like_a_delivery() {
     assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
 }
 
+// ---- when a run of acks may wait for more (the prefetch window) ----------------------------
+
+/// Sends basic.qos on `ch` and takes its qos-ok.
+fn qos(pair: &mut Pair, ch: ChannelId, prefetch_size: u32, prefetch_count: u16, global: bool) {
+    let qos = BasicQos {
+        prefetch_size,
+        prefetch_count,
+        global,
+    };
+    pair.client.call(ch, qos.into(), 40).unwrap();
+    pair.server_reads();
+    pair.server_sends(Frame::Method(ch, BasicQosOk.into()));
+    pair.events();
+}
+
+/// A channel with basic.qos `prefetch_count`, consumer "c" and deliveries 1..=`deliveries`.
+fn consuming_with_prefetch(prefetch_count: u16, deliveries: u64) -> (Pair, ChannelId) {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    qos(&mut pair, ch, 0, prefetch_count, false);
+    consume(&mut pair, ch, "c", false);
+    for tag in 1..=deliveries {
+        deliver(&mut pair, ch, "c", tag);
+    }
+    (pair, ch)
+}
+
+/// Whether the run may wait when the consumer has nothing more in hand.
+fn may_wait_alone(pair: &Pair) -> bool {
+    pair.client.ack_run_may_wait(|_| false)
+}
+
+#[test]
+fn a_prefetch_one_consumers_ack_never_waits() {
+    let (mut pair, ch) = consuming_with_prefetch(1, 1);
+    send_ack(&mut pair, ch, 1);
+    assert_eq!(pair.client.ack_run_alone(), Some((ch, 1)));
+    assert!(!may_wait_alone(&pair));
+    assert_eq!(pair.server_reads(), vec![ack(ch, 1, false)]);
+}
+
+#[test]
+fn a_run_may_wait_while_it_and_the_unacked_deliveries_are_under_a_quarter_of_the_window() {
+    let (mut pair, ch) = consuming_with_prefetch(16, 3);
+    assert!(!may_wait_alone(&pair), "no run yet");
+    send_ack(&mut pair, ch, 1);
+    // 2 unacked in hand and 1 held: 3 of 16.
+    assert!(may_wait_alone(&pair));
+    send_ack(&mut pair, ch, 2);
+    assert!(may_wait_alone(&pair));
+    // A fourth delivery makes 4 of 16: the server may be short of credit, the run goes.
+    deliver(&mut pair, ch, "c", 4);
+    assert!(!may_wait_alone(&pair));
+    // Whatever the driver decides, what goes out is the same one frame.
+    assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
+}
+
+#[test]
+fn a_run_may_wait_past_the_window_while_its_consumer_has_deliveries_in_hand() {
+    let (mut pair, ch) = consuming_with_prefetch(4, 4);
+    send_ack(&mut pair, ch, 1);
+    assert!(!may_wait_alone(&pair));
+    let mut asked = None;
+    assert!(pair.client.ack_run_may_wait(|channel| {
+        asked = Some(channel);
+        true
+    }));
+    assert_eq!(asked, Some(ch));
+}
+
+#[test]
+fn without_a_prefetch_window_a_run_waits_until_it_holds_ack_run_max_acks() {
+    let max = u64::from(ACK_RUN_MAX);
+    let (mut pair, ch) = consuming(max + 1);
+    for tag in 1..max {
+        send_ack(&mut pair, ch, tag);
+        assert!(may_wait_alone(&pair), "{tag} acks held");
+    }
+    send_ack(&mut pair, ch, max);
+    assert!(!may_wait_alone(&pair));
+    assert!(!pair.client.ack_run_may_wait(|_| true));
+    assert_eq!(pair.server_reads(), vec![ack(ch, max, true)]);
+}
+
+#[test]
+fn the_narrowest_prefetch_count_set_on_the_channel_is_the_window() {
+    // A per-consumer window of 4 stays with the consumer started under it, whatever the
+    // channel's later basic.qos says.
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    qos(&mut pair, ch, 0, 4, false);
+    consume(&mut pair, ch, "c", false);
+    qos(&mut pair, ch, 0, 1000, true);
+    qos(&mut pair, ch, 0, 0, false);
+    deliver(&mut pair, ch, "c", 1);
+    send_ack(&mut pair, ch, 1);
+    assert!(!may_wait_alone(&pair), "1 of 4 is a quarter");
+}
+
+#[test]
+fn a_global_prefetch_count_narrows_the_window_too() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    qos(&mut pair, ch, 0, 1000, false);
+    qos(&mut pair, ch, 0, 2, true);
+    consume(&mut pair, ch, "c", false);
+    deliver(&mut pair, ch, "c", 1);
+    send_ack(&mut pair, ch, 1);
+    assert!(!may_wait_alone(&pair));
+}
+
+#[test]
+fn a_prefetch_size_window_the_client_cannot_count_against_never_lets_a_run_wait_alone() {
+    let mut pair = Pair::open();
+    let ch = pair.open_channel(1);
+    qos(&mut pair, ch, 65_536, 0, false);
+    consume(&mut pair, ch, "c", false);
+    deliver(&mut pair, ch, "c", 1);
+    send_ack(&mut pair, ch, 1);
+    assert!(!may_wait_alone(&pair));
+    assert!(pair.client.ack_run_may_wait(|_| true));
+}
+
+#[test]
+fn a_run_is_written_before_any_frame_made_after_it_and_waits_no_more() {
+    // Everything that may depend on the acks before it: they reach the server first.
+    let methods: Vec<Method> = vec![
+        BasicNack {
+            delivery_tag: 3,
+            multiple: true,
+            requeue: true,
+        }
+        .into(),
+        BasicReject {
+            delivery_tag: 3,
+            requeue: false,
+        }
+        .into(),
+        BasicRecover { requeue: true }.into(),
+        BasicCancel {
+            consumer_tag: "c".into(),
+            no_wait: false,
+        }
+        .into(),
+        BasicGet {
+            queue: "q".into(),
+            no_ack: false,
+        }
+        .into(),
+        BasicQos {
+            prefetch_size: 0,
+            prefetch_count: 10,
+            global: false,
+        }
+        .into(),
+        TxSelect.into(),
+        ConfirmSelect { nowait: false }.into(),
+        declare("q"),
+    ];
+    for method in methods {
+        let (mut pair, ch) = consuming(3);
+        send_ack(&mut pair, ch, 1);
+        send_ack(&mut pair, ch, 2);
+        assert!(may_wait_alone(&pair));
+        let name = method.name();
+        if responses(&method).is_empty() {
+            pair.client.send(ch, method.clone()).unwrap();
+        } else {
+            pair.client.call(ch, method.clone(), 7).unwrap();
+        }
+        assert!(!pair.client.ack_run_may_wait(|_| true), "after {name}");
+        assert_eq!(
+            pair.server_reads(),
+            vec![ack(ch, 2, true), Frame::Method(ch, method)],
+            "{name}"
+        );
+    }
+}
+
+/// A channel with deliveries 1 and 2, both acked: a run of two waiting to be written.
+fn two_acks_held() -> (Pair, ChannelId) {
+    let (mut pair, ch) = consuming(2);
+    send_ack(&mut pair, ch, 1);
+    send_ack(&mut pair, ch, 2);
+    (pair, ch)
+}
+
+#[test]
+fn a_run_is_written_before_a_publish_channel_close_and_connection_close() {
+    let (mut pair, ch) = two_acks_held();
+    let publish = BasicPublish {
+        routing_key: "q".into(),
+        ..Default::default()
+    };
+    pair.client
+        .publish(ch, publish, &BasicProperties::default(), Bytes::new())
+        .unwrap();
+    let frames = pair.server_reads();
+    assert_eq!(frames.first(), Some(&ack(ch, 2, true)));
+    assert!(matches!(
+        frames.get(1),
+        Some(Frame::Method(_, Method::BasicPublish(_)))
+    ));
+
+    let (mut pair, ch) = two_acks_held();
+    pair.client.close_channel(ch, 8).unwrap();
+    let frames = pair.server_reads();
+    assert_eq!(frames.first(), Some(&ack(ch, 2, true)));
+    assert!(matches!(
+        frames.as_slice(),
+        [_, Frame::Method(_, Method::ChannelClose(_))]
+    ));
+
+    let (mut pair, ch) = two_acks_held();
+    pair.client.close(9).unwrap();
+    let frames = pair.server_reads();
+    assert_eq!(frames.first(), Some(&ack(ch, 2, true)));
+    assert!(matches!(
+        frames.as_slice(),
+        [_, Frame::Method(0, Method::ConnectionClose(_))]
+    ));
+}
+
 /// A body of `len` octets that is not all one value, so a misplaced slice shows.
 fn body_of(len: usize) -> Bytes {
     (0..len)
