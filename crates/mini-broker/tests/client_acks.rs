@@ -1,5 +1,5 @@
 //! The client holds acks back for a moment while its consumer still has deliveries in hand,
-//! or while the broker still has most of the prefetch window to deliver into, so that they
+//! or while the channel has no prefetch window (basic.qos), so that they
 //! reach the broker as one `basic.ack multiple=true`: checked here against an in-process
 //! broker's own counts, that such acks still arrive while the application holds the rest or
 //! has taken everything, that they arrive before a nack made after them, and that a consumer
@@ -103,17 +103,18 @@ async fn a_prefetch_one_consumer_gets_each_next_delivery_after_its_ack() {
 }
 
 #[tokio::test]
-async fn acks_held_back_in_a_wide_window_with_nothing_more_in_hand_still_reach_the_broker() {
+async fn acks_held_back_without_a_prefetch_window_with_nothing_more_in_hand_still_reach_the_broker()
+{
     let running = broker().await;
-    let (connection, mut consumer) = consuming(&running, "wide", 3, 100).await;
+    let (connection, mut consumer) = consuming(&running, "wide", 3, 0).await;
     settle(&running, "wide", 0, 3).await;
     let deliveries = [
         next(&mut consumer).await,
         next(&mut consumer).await,
         next(&mut consumer).await,
     ];
-    // The consumer has taken everything and 3 of 100 are unacked: the acks may be held
-    // back, but only for a moment, with nothing else sent.
+    // The consumer has taken everything and the broker needs no acks to deliver more: the
+    // acks may be held back, but only for a moment, with nothing else sent.
     for delivery in &deliveries {
         delivery.ack().await.unwrap();
     }
@@ -125,7 +126,7 @@ async fn acks_held_back_in_a_wide_window_with_nothing_more_in_hand_still_reach_t
 #[tokio::test]
 async fn acks_held_back_reach_the_broker_before_a_nack_made_after_them() {
     let running = broker().await;
-    let (connection, mut consumer) = consuming(&running, "order", 3, 100).await;
+    let (connection, mut consumer) = consuming(&running, "order", 3, 0).await;
     let first = next(&mut consumer).await;
     let second = next(&mut consumer).await;
     let third = next(&mut consumer).await;

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 
-use amqp_codec::methods::BasicQos;
 use amqp_codec::spec::METHODS;
 use amqp_codec::{ContentAssembler, Method, ShortString};
 
@@ -44,8 +43,11 @@ pub(super) struct ChannelCore<T> {
     pub(super) close_token: Option<T>,
     /// The deliveries the server waits for acks of.
     pub(super) unacked: Unacked,
-    /// How many unacked deliveries the server lets the channel's consumers have (basic.qos).
-    pub(super) window: FlowWindow,
+    /// Whether a basic.qos set a prefetch window on the channel (a message count or an octet
+    /// size, spec 1.8.3.1): the server then stops delivering when the window is full, until
+    /// acks come. Never cleared: RabbitMQ keeps the window a consumer started under when a
+    /// later basic.qos changes the channel's (its "Consumer Prefetch" page).
+    pub(super) prefetch_limited: bool,
 }
 
 impl<T> ChannelCore<T> {
@@ -57,7 +59,7 @@ impl<T> ChannelCore<T> {
             next_confirm_seq: None,
             close_token: None,
             unacked: Unacked::default(),
-            window: FlowWindow::Unlimited,
+            prefetch_limited: false,
         }
     }
 
@@ -128,50 +130,6 @@ impl<T> ChannelCore<T> {
         let seq = self.next_confirm_seq?;
         self.next_confirm_seq = Some(seq + 1);
         Some(seq)
-    }
-}
-
-/// The narrowest prefetch window set on a channel with basic.qos (spec 1.8.3.1): how many
-/// deliveries the server sends its consumers before it waits for acks. Acks held back count
-/// against it, so the connection holds them only while they are a small part of it.
-///
-/// RabbitMQ keeps a window per consumer (`global` false, set before basic.consume) and one
-/// shared by the channel (`global` true), and a later basic.qos leaves the windows of
-/// consumers already started as they were (RabbitMQ's "Consumer Prefetch" page). So the
-/// window kept here is the narrowest message count ever set on the channel, whichever kind:
-/// never wider than any window that may still apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FlowWindow {
-    /// No basic.qos with a limit: the server delivers without waiting for acks.
-    Unlimited,
-    /// At most this many unacked deliveries (the narrowest prefetch-count set).
-    Messages(u16),
-    /// A prefetch-size (octets) was set: a window the client cannot count against.
-    /// (RabbitMQ refuses a non-zero prefetch-size with 540 not-implemented.)
-    Octets,
-}
-
-impl FlowWindow {
-    /// The window after `qos` was sent. A prefetch-count of 0 lifts no window already set:
-    /// consumers started under it keep it.
-    pub(super) fn narrowed(self, qos: &BasicQos) -> FlowWindow {
-        match (self, qos.prefetch_size, qos.prefetch_count) {
-            (FlowWindow::Octets, _, _) | (_, 1.., _) => FlowWindow::Octets,
-            (window, 0, 0) => window,
-            (FlowWindow::Messages(now), 0, count) => FlowWindow::Messages(now.min(count)),
-            (FlowWindow::Unlimited, 0, count) => FlowWindow::Messages(count),
-        }
-    }
-
-    /// Whether `unacked` deliveries (those the server waits for acks of, as far as the
-    /// client knows, held acks included) are under a quarter of the window: the server then
-    /// still has most of its window to deliver into, and holding acks does not slow it.
-    pub(super) fn has_room_beyond(self, unacked: usize) -> bool {
-        match self {
-            FlowWindow::Unlimited => true,
-            FlowWindow::Messages(count) => unacked.saturating_mul(4) < usize::from(count),
-            FlowWindow::Octets => false,
-        }
     }
 }
 
@@ -248,11 +206,6 @@ impl Unacked {
         } else {
             self.tags.push_back(delivery_tag);
         }
-    }
-
-    /// How many deliveries are known to wait for an ack (none once the set gave up).
-    pub(super) fn len(&self) -> usize {
-        self.tags.len()
     }
 
     /// Takes `delivery_tag` if it is the oldest unacked one: its ack may then join the acks of

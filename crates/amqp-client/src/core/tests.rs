@@ -1169,7 +1169,7 @@ fn basic_get_ok_without_no_ack_is_tracked_like_a_delivery() {
     assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
 }
 
-// ---- when a run of acks may wait for more (the prefetch window) ----------------------------
+// ---- when a run of acks may wait for more (consumer buffer, prefetch window) ---------------
 
 /// Sends basic.qos on `ch` and takes its qos-ok.
 fn qos(pair: &mut Pair, ch: ChannelId, prefetch_size: u32, prefetch_count: u16, global: bool) {
@@ -1211,24 +1211,10 @@ fn a_prefetch_one_consumers_ack_never_waits() {
 }
 
 #[test]
-fn a_run_may_wait_while_it_and_the_unacked_deliveries_are_under_a_quarter_of_the_window() {
-    let (mut pair, ch) = consuming_with_prefetch(16, 3);
-    assert!(!may_wait_alone(&pair), "no run yet");
-    send_ack(&mut pair, ch, 1);
-    // 2 unacked in hand and 1 held: 3 of 16.
-    assert!(may_wait_alone(&pair));
-    send_ack(&mut pair, ch, 2);
-    assert!(may_wait_alone(&pair));
-    // A fourth delivery makes 4 of 16: the server may be short of credit, the run goes.
-    deliver(&mut pair, ch, "c", 4);
-    assert!(!may_wait_alone(&pair));
-    // Whatever the driver decides, what goes out is the same one frame.
-    assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
-}
-
-#[test]
-fn a_run_may_wait_past_the_window_while_its_consumer_has_deliveries_in_hand() {
-    let (mut pair, ch) = consuming_with_prefetch(4, 4);
+fn with_a_prefetch_window_a_run_waits_only_while_its_consumer_has_deliveries_in_hand() {
+    // 1 acked of 1000: small next to the window, but the server may be waiting for it.
+    let (mut pair, ch) = consuming_with_prefetch(1000, 3);
+    assert!(!pair.client.ack_run_may_wait(|_| true), "no run yet");
     send_ack(&mut pair, ch, 1);
     assert!(!may_wait_alone(&pair));
     let mut asked = None;
@@ -1237,6 +1223,9 @@ fn a_run_may_wait_past_the_window_while_its_consumer_has_deliveries_in_hand() {
         true
     }));
     assert_eq!(asked, Some(ch));
+    // Whatever the driver decides, what goes out is the same one frame.
+    send_ack(&mut pair, ch, 2);
+    assert_eq!(pair.server_reads(), vec![ack(ch, 2, true)]);
 }
 
 #[test]
@@ -1254,42 +1243,38 @@ fn without_a_prefetch_window_a_run_waits_until_it_holds_ack_run_max_acks() {
 }
 
 #[test]
-fn the_narrowest_prefetch_count_set_on_the_channel_is_the_window() {
-    // A per-consumer window of 4 stays with the consumer started under it, whatever the
-    // channel's later basic.qos says.
+fn a_prefetch_window_stays_though_a_later_basic_qos_lifts_it() {
+    // A per-consumer window stays with the consumer started under it (RabbitMQ).
     let mut pair = Pair::open();
     let ch = pair.open_channel(1);
     qos(&mut pair, ch, 0, 4, false);
     consume(&mut pair, ch, "c", false);
-    qos(&mut pair, ch, 0, 1000, true);
     qos(&mut pair, ch, 0, 0, false);
-    deliver(&mut pair, ch, "c", 1);
-    send_ack(&mut pair, ch, 1);
-    assert!(!may_wait_alone(&pair), "1 of 4 is a quarter");
-}
-
-#[test]
-fn a_global_prefetch_count_narrows_the_window_too() {
-    let mut pair = Pair::open();
-    let ch = pair.open_channel(1);
-    qos(&mut pair, ch, 0, 1000, false);
-    qos(&mut pair, ch, 0, 2, true);
-    consume(&mut pair, ch, "c", false);
+    qos(&mut pair, ch, 0, 0, true);
     deliver(&mut pair, ch, "c", 1);
     send_ack(&mut pair, ch, 1);
     assert!(!may_wait_alone(&pair));
 }
 
 #[test]
-fn a_prefetch_size_window_the_client_cannot_count_against_never_lets_a_run_wait_alone() {
-    let mut pair = Pair::open();
-    let ch = pair.open_channel(1);
-    qos(&mut pair, ch, 65_536, 0, false);
-    consume(&mut pair, ch, "c", false);
-    deliver(&mut pair, ch, "c", 1);
+fn a_global_or_an_octet_prefetch_window_is_a_window_too() {
+    for (prefetch_size, prefetch_count, global) in [(0, 10, true), (65_536, 0, false)] {
+        let mut pair = Pair::open();
+        let ch = pair.open_channel(1);
+        qos(&mut pair, ch, prefetch_size, prefetch_count, global);
+        consume(&mut pair, ch, "c", false);
+        deliver(&mut pair, ch, "c", 1);
+        send_ack(&mut pair, ch, 1);
+        assert!(!may_wait_alone(&pair), "{prefetch_size} {prefetch_count}");
+        assert!(pair.client.ack_run_may_wait(|_| true));
+    }
+}
+
+#[test]
+fn basic_qos_without_a_limit_leaves_the_channel_without_a_window() {
+    let (mut pair, ch) = consuming_with_prefetch(0, 1);
     send_ack(&mut pair, ch, 1);
-    assert!(!may_wait_alone(&pair));
-    assert!(pair.client.ack_run_may_wait(|_| true));
+    assert!(may_wait_alone(&pair));
 }
 
 #[test]
