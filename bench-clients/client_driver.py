@@ -8,8 +8,13 @@ MINI_BROKER must be a file named mini-broker (its directory is used).
 
 BIN_DIR holds the bench-clients release binaries. This process and RabbitMQ get autogroup nice
 -10 for the run (restored to 0 at the end); plain nice does not reach across sessions.
+
+Each row also has the CPU seconds the run cost: `client_cpu_s` (the bench process, user +
+system, the queue fill of `consume` included) and, against RabbitMQ, `rabbit_cpu_s` (the node's
+beam.smp over the run, which counts whatever else uses the node meanwhile). On a loaded machine
+they say more than the rates: the broker is CPU-bound and shares the two cores with the client.
 """
-import json, os, statistics, subprocess, sys
+import json, os, resource, statistics, subprocess, sys
 BIN, MINI = sys.argv[1], sys.argv[2]
 os.environ["PERF_BIN"] = os.path.dirname(os.path.abspath(MINI))  # where measure finds mini-broker
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,11 +31,33 @@ def autogroup(pid, value):
         pass
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, TypeError):
+        return None
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench(client, port, test):
+    rabbit_before = cpu_seconds(beam) if port == 5672 else None
+    client_before = children_cpu()
     out = subprocess.run([f"{BIN}/bench-{client}", "--host", "127.0.0.1", "--port", str(port),
                           "--test", test, "-n", N], capture_output=True, text=True, timeout=600)
     lines = out.stdout.strip().splitlines()
-    return json.loads(lines[-1]) if lines else {"error": out.stderr.strip()[-300:]}
+    result = json.loads(lines[-1]) if lines else {"error": out.stderr.strip()[-300:]}
+    result["client_cpu_s"] = round(children_cpu() - client_before, 3)
+    rabbit_after = cpu_seconds(beam) if rabbit_before is not None else None
+    if rabbit_after is not None:
+        result["rabbit_cpu_s"] = round(rabbit_after - rabbit_before, 3)
+    return result
 
 
 beam = measure.beam_pid()

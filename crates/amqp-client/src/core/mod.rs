@@ -454,7 +454,9 @@ impl<T> ConnectionCore<T> {
     /// - a consumer of the channel still has deliveries its application has not taken
     ///   (`consumer_has_more`, which only the driver knows): its next acks are coming; or
     /// - the channel has no prefetch window (no basic.qos with a limit): the server delivers
-    ///   without waiting for acks, so holding them back slows nothing.
+    ///   without waiting for acks, so holding them back slows nothing. (A window the server
+    ///   sets on its own, such as RabbitMQ's `default_consumer_prefetch`, is unknown to the
+    ///   client: then the acks wait no longer than the driver's bound.)
     ///
     /// With a window and nothing more in hand, the run never waits, however small it is next
     /// to the window: the client cannot see the deliveries still on their way, so the server
