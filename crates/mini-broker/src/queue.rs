@@ -17,7 +17,7 @@
 //!   highest-priority waiting consumer (the earliest registered among equals), a quorum queue
 //!   to the earliest registered whatever its priority.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ const READ_AHEAD_BYTES: usize = 2 * 1024 * 1024;
 /// A publish looks for messages to page out once this many came in since the last look
 /// (the broker's housekeeping also looks, ten times a second).
 const PAGE_OUT_BATCH: usize = 4096;
+/// Read-back messages are put in place among this many at the head at most: the rest of
+/// what was read is dropped (the head changed much meanwhile) and read again when wanted.
+const PUT_BACK_WINDOW: usize = 2 * READ_AHEAD_MESSAGES;
 
 /// RabbitMQ's queue types. Quorum queues are accepted with their restrictions (durable, not
 /// exclusive, no global qos) and keep the two differences a client can see on a single node:
@@ -207,6 +210,20 @@ pub struct QueueState {
     pub paged_out_bytes: usize,
     /// Ready messages at the tail that no page-out has looked at yet.
     unscanned: usize,
+    /// Messages that came in since the last page-out look: a publish looks again only once
+    /// [`PAGE_OUT_BATCH`] more came in, however long the unscanned tail stays (a tail not
+    /// yet on disk cannot page out, and is looked at again all the same).
+    arrived: usize,
+    /// Set when a change found the head paged out: the messages near the head are then read
+    /// back with the lock released ([`Queue::with_head_in_memory`]).
+    head_paged_out: bool,
+    /// A read of messages near the head is under way, the lock released; whoever reads
+    /// dispatches once they are back, so a dispatch that finds the head paged out meanwhile
+    /// leaves it to them rather than read the same messages again.
+    paging_in: bool,
+    /// Page-out looks so far (tests count them).
+    #[cfg(test)]
+    page_out_looks: usize,
     /// The in-memory body bytes last counted in the store's paging budget.
     counted_resident: usize,
     /// Consumers, in the order they subscribed.
@@ -308,6 +325,11 @@ impl Queue {
                 paged_out: 0,
                 paged_out_bytes: 0,
                 unscanned: 0,
+                arrived: 0,
+                head_paged_out: false,
+                paging_in: false,
+                #[cfg(test)]
+                page_out_looks: 0,
                 counted_resident: 0,
                 consumers: Vec::new(),
                 serial: 0,
@@ -370,24 +392,29 @@ impl Queue {
         }
         let expires_at = message.expires_at;
         self.enqueue(&mut state, message);
-        while self.would_overflow(&state, 0) {
-            match self.take_front(&mut state) {
-                Some(dropped) => dead.push((dropped, "maxlen")),
-                None => break,
-            }
-        }
         // As RabbitMQ does, a message is offered to the consumers before its expiry is
         // looked at: with x-message-ttl 0 a waiting consumer still gets it, while a message
         // nobody takes at once expires.
-        if !state.consumers.is_empty() {
-            let now = Instant::now();
-            let expire_before = expires_at.map_or(now, |at| at.instant().min(now));
-            self.dispatch_at(&mut state, dead, expire_before);
-        }
-        if state.ready.front().is_some_and(|m| m.expires_at.is_some()) {
-            self.drop_expired_head(&mut state, Instant::now(), dead);
-        }
-        if state.unscanned >= PAGE_OUT_BATCH {
+        let now = Instant::now();
+        let expire_before = expires_at.map_or(now, |at| at.instant().min(now));
+        // Dropping for x-max-length does not wait for another read of the head.
+        let limited =
+            self.settings.max_length.is_some() || self.settings.max_length_bytes.is_some();
+        let mut state = self.with_head_in_memory(state, dead, limited, |state, dead| {
+            while self.would_overflow(state, 0) {
+                match self.take_front(state) {
+                    Some(dropped) => dead.push((dropped, "maxlen")),
+                    None => break,
+                }
+            }
+            if !state.consumers.is_empty() {
+                self.dispatch_at(state, dead, expire_before);
+            }
+            if state.ready.front().is_some_and(|m| m.expires_at.is_some()) {
+                self.drop_expired_head(state, Instant::now(), dead);
+            }
+        });
+        if state.arrived >= PAGE_OUT_BATCH {
             self.page_out(&mut state);
         }
         Enqueued::Accepted
@@ -402,6 +429,7 @@ impl Queue {
             None => {
                 state.ready.push_back(message);
                 state.unscanned += 1;
+                state.arrived += 1;
             }
             Some(max) => {
                 let priority = message_priority(&message, max);
@@ -558,14 +586,23 @@ impl Queue {
 
     /// Expires messages at the head whose time has come (called periodically).
     pub fn expire(self: &Arc<Self>, now: Instant, dead: &mut DeadLetters) {
-        let mut state = self.lock_state();
-        self.drop_expired_head(&mut state, now, dead);
+        let state = self.lock_state();
+        self.with_head_in_memory(state, dead, false, |state, dead| {
+            self.drop_expired_head(state, now, dead);
+        });
     }
 
     /// Tries to dispatch again (after acks freed room or a writer drained its outbox).
     pub fn kick(self: &Arc<Self>, dead: &mut DeadLetters) {
-        let mut state = self.lock_state();
-        self.dispatch(&mut state, dead);
+        let state = self.lock_state();
+        self.dispatch_paging_in(state, dead);
+    }
+
+    /// Dispatches, reading paged-out messages at the head back as needed.
+    fn dispatch_paging_in(self: &Arc<Self>, state: Locked<'_>, dead: &mut DeadLetters) {
+        self.with_head_in_memory(state, dead, false, |state, dead| {
+            self.dispatch(state, dead);
+        });
     }
 
     /// Adds a consumer and dispatches to it. On a single-active-consumer queue it becomes the
@@ -578,7 +615,7 @@ impl Queue {
         state.consumers.push(consumer);
         state.had_consumer = true;
         state.last_used = Instant::now();
-        self.dispatch(&mut state, dead);
+        self.dispatch_paging_in(state, dead);
     }
 
     /// Whether a new consumer is refused as RabbitMQ 3.10 refuses it (403 "in exclusive
@@ -701,9 +738,16 @@ impl Queue {
     pub fn get(self: &Arc<Self>, dead: &mut DeadLetters) -> Option<(QueuedMessage, usize)> {
         let mut state = self.lock_state();
         state.last_used = Instant::now();
-        self.drop_expired_head(&mut state, Instant::now(), dead);
-        let message = self.take_front(&mut state)?;
-        Some((message, state.ready.len()))
+        let mut taken = None;
+        // A get answers now: it reads the head back itself even while another read is
+        // under way, rather than answer get-empty.
+        let state = self.with_head_in_memory(state, dead, true, |state, dead| {
+            if taken.is_none() {
+                self.drop_expired_head(state, Instant::now(), dead);
+                taken = self.take_front(state);
+            }
+        });
+        Some((taken?, state.ready.len()))
     }
 
     /// Counts a basic.get delivery as unacked.
@@ -730,7 +774,7 @@ impl Queue {
                 consumer.unacked = consumer.unacked.saturating_sub(count as u32);
             }
         }
-        self.dispatch(&mut state, dead);
+        self.dispatch_paging_in(state, dead);
     }
 
     /// Puts messages back at the head, in their original order, marked redelivered: what
@@ -800,7 +844,7 @@ impl Queue {
                 self.enqueue_front(&mut state, message);
             }
         }
-        self.dispatch(&mut state, dead);
+        self.dispatch_paging_in(state, dead);
     }
 
     /// Removes every ready message; returns how many.
@@ -819,6 +863,7 @@ impl Queue {
         state.paged_out = 0;
         state.paged_out_bytes = 0;
         state.unscanned = 0;
+        state.arrived = 0;
     }
 
     /// Tells the store these messages are gone for good.
@@ -844,16 +889,159 @@ impl Queue {
         (count, std::mem::take(&mut state.consumers))
     }
 
-    /// Takes the message at the head, reading it back from the store first if it is paged
-    /// out.
+    /// Takes the message at the head. None if there is none, or if it is paged out: the
+    /// change under way then stops there and [`Queue::with_head_in_memory`] reads it back.
     fn take_front(&self, state: &mut QueueState) -> Option<QueuedMessage> {
-        while state.ready.front()?.is_paged_out() {
-            self.page_in(state);
+        if state.ready.front()?.is_paged_out() {
+            state.head_paged_out = true;
+            return None;
         }
         let message = state.ready.pop_front()?;
         state.ready_bytes -= message.size();
         state.unscanned = state.unscanned.min(state.ready.len());
         message.into_queued()
+    }
+
+    /// Runs `work`, a change that takes messages from the head, on the locked state. While
+    /// it stopped at a paged-out head, reads the paged-out messages near the head back from
+    /// the store with the lock released (publishers and consumers of the queue do not wait
+    /// for the disk), puts back those still waiting, and runs `work` again; then dispatches,
+    /// for consumers that found the head paged out while the read was under way. Unless
+    /// `always_read`, a change that finds another read under way leaves the head to it.
+    /// Returns the state, locked again.
+    fn with_head_in_memory<'a>(
+        self: &'a Arc<Self>,
+        mut state: Locked<'a>,
+        dead: &mut DeadLetters,
+        always_read: bool,
+        mut work: impl FnMut(&mut QueueState, &mut DeadLetters),
+    ) -> Locked<'a> {
+        state.head_paged_out = false;
+        work(&mut state, dead);
+        let mut read_back = false;
+        while let Some(read) = self.plan_page_in(&mut state, always_read) {
+            drop(state);
+            let pages = self.read_pages(&read.wanted);
+            state = self.lock_state();
+            self.put_back_pages(&mut state, read.owns_flag, pages);
+            read_back = true;
+            work(&mut state, dead);
+        }
+        if read_back {
+            self.dispatch(&mut state, dead);
+        }
+        state
+    }
+
+    /// What to read back after a change stopped at a paged-out head: the paged-out messages
+    /// among the next [`READ_AHEAD_MESSAGES`] (the head's first). None when no change
+    /// stopped there, or when another read is under way and `always_read` is false.
+    fn plan_page_in(&self, state: &mut QueueState, always_read: bool) -> Option<PageIn> {
+        if !std::mem::take(&mut state.head_paged_out)
+            || !state.ready.front().is_some_and(ReadyMessage::is_paged_out)
+            || (state.paging_in && !always_read)
+        {
+            return None;
+        }
+        let wanted: Vec<Wanted> = state
+            .ready
+            .iter()
+            .take(READ_AHEAD_MESSAGES)
+            .filter(|m| m.is_paged_out())
+            .filter_map(|m| {
+                Some(Wanted {
+                    id: m.persist_id()?,
+                    redelivered: m.redelivered(),
+                })
+            })
+            .collect();
+        if wanted.is_empty() {
+            // A paged-out message without a store id cannot be: drop it rather than spin.
+            if let Some(message) = state.ready.pop_front() {
+                self.report_lost(0);
+                let size = message.size();
+                state.ready_bytes -= size;
+                state.paged_out -= 1;
+                state.paged_out_bytes -= size;
+            }
+        }
+        let owns_flag = !state.paging_in;
+        state.paging_in = true;
+        Some(PageIn { wanted, owns_flag })
+    }
+
+    /// Reads `wanted` back from the store (as many as [`READ_AHEAD_BYTES`] of log hold, at
+    /// least the first), without the queue's lock; each decoded as this queue delivers it,
+    /// or None if it cannot be read.
+    fn read_pages(&self, wanted: &[Wanted]) -> Vec<Page> {
+        let ids: Vec<u64> = wanted.iter().map(|w| w.id).collect();
+        let records = match (&self.store, ids.is_empty()) {
+            (Some(store), false) => store.read_messages(&ids, READ_AHEAD_BYTES),
+            _ => Vec::new(),
+        };
+        // Fewer records than ids: the rest did not fit in the read.
+        wanted
+            .iter()
+            .zip(records)
+            .map(|(w, record)| Page {
+                wanted: *w,
+                content: self.content_from_log(record, w.redelivered),
+            })
+            .collect()
+    }
+
+    /// Puts messages read back in place, among the first [`PUT_BACK_WINDOW`] ready ones:
+    /// each that is still there and paged out, as it was when the read was planned. What
+    /// left the queue meanwhile (delivered, purged, the queue deleted) is dropped. A message
+    /// still waiting whose record could not be read (a damaged log) is dropped from the
+    /// queue, with an error logged. `owns_flag`: this read set [`QueueState::paging_in`].
+    fn put_back_pages(&self, state: &mut QueueState, owns_flag: bool, pages: Vec<Page>) {
+        if owns_flag {
+            state.paging_in = false;
+        }
+        let mut pages: HashMap<u64, Page> = pages.into_iter().map(|p| (p.wanted.id, p)).collect();
+        let mut lost = Vec::new();
+        let mut last = None;
+        for (at, message) in state.ready.iter_mut().take(PUT_BACK_WINDOW).enumerate() {
+            if pages.is_empty() {
+                break;
+            }
+            let Some(id) = message.persist_id().filter(|_| message.is_paged_out()) else {
+                continue;
+            };
+            let Some(page) = pages.remove(&id) else {
+                continue;
+            };
+            if page.wanted.redelivered != message.redelivered() {
+                continue;
+            }
+            last = Some(at);
+            match page.content {
+                Some(content) => {
+                    let size = message.size();
+                    message.page_in(content);
+                    state.paged_out -= 1;
+                    state.paged_out_bytes -= size;
+                }
+                None => lost.push((at, id)),
+            }
+        }
+        for &(at, id) in lost.iter().rev() {
+            let Some(message) = state.ready.remove(at) else {
+                continue;
+            };
+            self.report_lost(id);
+            let size = message.size();
+            state.ready_bytes -= size;
+            state.paged_out -= 1;
+            state.paged_out_bytes -= size;
+            self.forget_ids(std::iter::once(Some(id)));
+        }
+        // What was read back is delivered next: no page-out is to look at it again.
+        let behind = last.map_or(0, |at| at + 1 - lost.len());
+        state.unscanned = state
+            .unscanned
+            .min(state.ready.len().saturating_sub(behind));
     }
 
     /// Pages out what came in since the last look, while the durable queues hold more
@@ -876,6 +1064,11 @@ impl Queue {
         let Some(store) = &self.store else {
             return;
         };
+        state.arrived = 0;
+        #[cfg(test)]
+        {
+            state.page_out_looks += 1;
+        }
         let pager = store.pager();
         if state.unscanned == 0 || self.settings.max_priority.is_some() || !pager.over_budget() {
             return;
@@ -916,58 +1109,6 @@ impl Queue {
         state.unscanned = len - next_from;
     }
 
-    /// Reads the paged-out messages among the next [`READ_AHEAD_MESSAGES`] back from the
-    /// store, in one go: at least the head's. A message whose record cannot be read (a
-    /// damaged log) is dropped, with an error logged.
-    fn page_in(&self, state: &mut QueueState) {
-        let wanted: Vec<(usize, u64)> = state
-            .ready
-            .iter()
-            .take(READ_AHEAD_MESSAGES)
-            .enumerate()
-            .filter(|(_, m)| m.is_paged_out())
-            .filter_map(|(at, m)| Some((at, m.persist_id()?)))
-            .collect();
-        let ids: Vec<u64> = wanted.iter().map(|&(_, id)| id).collect();
-        let records = match &self.store {
-            Some(store) => store.read_messages(&ids, READ_AHEAD_BYTES),
-            None => vec![None],
-        };
-        let mut lost = Vec::new();
-        for (&(at, id), record) in wanted.iter().zip(records) {
-            let Some(message) = state.ready.get_mut(at) else {
-                continue;
-            };
-            match self.content_from_log(record, message.redelivered()) {
-                Some(content) => {
-                    let size = message.size();
-                    message.page_in(content);
-                    state.paged_out -= 1;
-                    state.paged_out_bytes -= size;
-                }
-                None => lost.push((at, id)),
-            }
-        }
-        if wanted.is_empty() {
-            // A paged-out message without a store id cannot be: drop it rather than spin.
-            lost.push((0, 0));
-        }
-        for &(at, id) in lost.iter().rev() {
-            let Some(message) = state.ready.remove(at) else {
-                continue;
-            };
-            self.report_lost(id);
-            let size = message.size();
-            state.ready_bytes -= size;
-            if message.is_paged_out() {
-                state.paged_out -= 1;
-                state.paged_out_bytes -= size;
-            }
-            self.forget_ids(std::iter::once(message.persist_id()));
-        }
-        state.unscanned = state.unscanned.min(state.ready.len());
-    }
-
     /// A message read back from the log, as this queue delivers it: in a quorum queue with
     /// its delivery count (1 for a message delivered before a restart: returned messages
     /// do not page, so a redelivered one read back is a recovered one). None if there is no
@@ -998,6 +1139,26 @@ impl Queue {
             self.vhost
         );
     }
+}
+
+/// A paged-out message to read back, as it was when the read was planned.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    id: u64,
+    redelivered: bool,
+}
+
+/// A planned read of paged-out messages near the head.
+struct PageIn {
+    wanted: Vec<Wanted>,
+    /// Whether this read set [`QueueState::paging_in`] (and clears it).
+    owns_flag: bool,
+}
+
+/// A message read back: its content, as its queue delivers it; None if it cannot be read.
+struct Page {
+    wanted: Wanted,
+    content: Option<Arc<MessageContent>>,
 }
 
 /// A queue's state locked for a change of its ready messages: when unlocked, the change in
@@ -1271,5 +1432,201 @@ mod tests {
         exclusive.exclusive = true;
         quorum.add_consumer(exclusive, &mut Vec::new());
         assert!(!quorum.consumer_conflict(false));
+    }
+
+    /// Paging, on a store of its own.
+    mod paging {
+        use super::*;
+        use crate::store::log::faults;
+        use crate::store::log::tests_support::{tempdir, TempDir};
+        use crate::store::{Store, StoreOptions};
+        use std::sync::mpsc;
+
+        /// A durable classic queue on a store whose paging budget is one byte: whatever is
+        /// on disk pages out.
+        fn paged_queue() -> (TempDir, Arc<Store>, Arc<Queue>) {
+            let dir = tempdir();
+            let (store, _) = Store::open(StoreOptions::new(&*dir)).unwrap();
+            store.pager().set_threshold(1);
+            let queue = Arc::new(Queue::new(
+                QueueDeclaration {
+                    name: "q".into(),
+                    vhost: "/".to_owned(),
+                    durable: true,
+                    auto_delete: false,
+                    exclusive_owner: None,
+                    arguments: FieldTable::new(),
+                    settings: QueueSettings::default(),
+                },
+                Some(store.clone()),
+            ));
+            (dir, store, queue)
+        }
+
+        /// Publishes persistent message `body` with a store id; logged in the store when
+        /// `logged` (otherwise it never reaches the disk, so it cannot page out).
+        fn publish_persistent(store: &Store, queue: &Arc<Queue>, body: &str, logged: bool) {
+            let properties = BasicProperties {
+                delivery_mode: Some(2),
+                ..BasicProperties::default()
+            };
+            let content = MessageContent::with_properties(
+                b"",
+                b"q",
+                &properties,
+                Bytes::copy_from_slice(body.as_bytes()),
+            );
+            let id = store.next_id();
+            if logged {
+                store.publish(PublishRecord {
+                    id,
+                    delivered: false,
+                    vhost: Bytes::from_static(b"/"),
+                    queue: Bytes::from_static(b"q"),
+                    exchange: Bytes::new(),
+                    routing_key: Bytes::from_static(b"q"),
+                    header: content.header_frame(),
+                    body: content.body_bytes(),
+                });
+            }
+            let message = QueuedMessage {
+                content: Arc::new(content),
+                expires_at: None,
+                persist_id: Some(id),
+                redelivered: false,
+            };
+            assert_eq!(queue.publish(message, &mut Vec::new()), Enqueued::Accepted);
+        }
+
+        /// A queue of `count` messages "m0".., all paged out.
+        fn paged_out_queue(count: usize) -> (TempDir, Arc<Store>, Arc<Queue>) {
+            let (dir, store, queue) = paged_queue();
+            for i in 0..count {
+                publish_persistent(&store, &queue, &format!("m{i}"), true);
+            }
+            assert!(store.sync());
+            queue.page_out_now();
+            let state = queue.state();
+            assert_eq!((state.ready.len(), state.paged_out), (count, count));
+            drop(state);
+            (dir, store, queue)
+        }
+
+        fn body_of(message: &QueuedMessage) -> String {
+            String::from_utf8_lossy(message.content.body()).into_owned()
+        }
+
+        /// Counts consistent with the ready messages: (ready, paged out).
+        fn counts(queue: &Queue) -> (usize, usize) {
+            let state = queue.state();
+            let paged: Vec<&ReadyMessage> =
+                state.ready.iter().filter(|m| m.is_paged_out()).collect();
+            assert_eq!(state.paged_out, paged.len());
+            assert_eq!(
+                state.paged_out_bytes,
+                paged.iter().map(|m| m.size()).sum::<usize>()
+            );
+            assert_eq!(
+                state.ready_bytes,
+                state.ready.iter().map(ReadyMessage::size).sum::<usize>()
+            );
+            (state.ready.len(), state.paged_out)
+        }
+
+        #[test]
+        fn publishes_look_for_messages_to_page_out_once_per_batch_however_long_the_tail_not_on_disk(
+        ) {
+            let (_dir, store, queue) = paged_queue();
+            // Over the budget, and nothing on disk: every look finds nothing to page out.
+            for i in 0..3 * PAGE_OUT_BATCH {
+                publish_persistent(&store, &queue, &format!("m{i}"), false);
+            }
+            let state = queue.state();
+            assert_eq!(state.paged_out, 0);
+            assert!(
+                (1..=3).contains(&state.page_out_looks),
+                "{} looks for {} publishes",
+                state.page_out_looks,
+                3 * PAGE_OUT_BATCH
+            );
+        }
+
+        /// Runs a basic.get whose read of the paged-out head is held up at the disk, and
+        /// `meanwhile` while it is held; returns what `meanwhile` returned (None: it waited
+        /// for the read, that is for the queue's lock) and what the get got.
+        fn while_the_head_is_read_back<T: Send + 'static>(
+            dir: &std::path::Path,
+            queue: &Arc<Queue>,
+            meanwhile: impl FnOnce() -> T + Send + 'static,
+        ) -> (Option<T>, Option<QueuedMessage>) {
+            let held = faults::hold_next_read(&dir.join("messages"));
+            let getter = {
+                let queue = queue.clone();
+                std::thread::spawn(move || queue.get(&mut Vec::new()).map(|(m, _)| m))
+            };
+            let reached = held.wait_reached(Duration::from_secs(10));
+            let (done, result) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(meanwhile());
+            });
+            let result = result.recv_timeout(Duration::from_secs(10)).ok();
+            held.release();
+            assert!(reached, "the get did not read");
+            (result, getter.join().unwrap())
+        }
+
+        #[test]
+        fn reading_the_head_back_does_not_hold_the_queue_lock_for_publishers() {
+            let (dir, store, queue) = paged_out_queue(100);
+            let publisher = queue.clone();
+            let (published, got) = while_the_head_is_read_back(&dir, &queue, move || {
+                publish_persistent(&store, &publisher, "m100", true);
+                publisher.message_count()
+            });
+            assert_eq!(published, Some(101), "the publish waited for the disk");
+            assert_eq!(body_of(&got.expect("the head")), "m0");
+            assert_eq!(counts(&queue), (100, 0), "all 99 read back");
+            let rest: Vec<String> = std::iter::from_fn(|| queue.get(&mut Vec::new()))
+                .map(|(m, _)| body_of(&m))
+                .collect();
+            let expected: Vec<String> = (1..=100).map(|i| format!("m{i}")).collect();
+            assert_eq!(rest, expected, "in order");
+        }
+
+        #[test]
+        fn messages_purged_while_being_read_back_are_not_put_back() {
+            let (dir, store, queue) = paged_out_queue(100);
+            let purged = queue.clone();
+            let (count, got) = while_the_head_is_read_back(&dir, &queue, move || purged.purge());
+            assert_eq!(count, Some(100), "the purge waited for the disk");
+            assert!(got.is_none(), "nothing left to get");
+            assert_eq!(counts(&queue), (0, 0));
+            assert!(store.sync());
+            assert!((1..=100).all(|id| !store.on_disk().contains(id)), "acked");
+        }
+
+        #[test]
+        fn a_queue_deleted_while_its_head_is_read_back_stays_empty() {
+            let (dir, _store, queue) = paged_out_queue(10);
+            let deleted = queue.clone();
+            let (count, got) =
+                while_the_head_is_read_back(&dir, &queue, move || deleted.delete().0);
+            assert_eq!(count, Some(10), "the delete waited for the disk");
+            assert!(got.is_none());
+            assert_eq!(counts(&queue), (0, 0));
+        }
+
+        #[test]
+        fn a_message_taken_while_being_read_back_is_delivered_once() {
+            let (dir, _store, queue) = paged_out_queue(10);
+            // Another get reads the head back itself, and takes m0.
+            let other = queue.clone();
+            let (first, second) = while_the_head_is_read_back(&dir, &queue, move || {
+                other.get(&mut Vec::new()).map(|(m, _)| body_of(&m))
+            });
+            assert_eq!(first, Some(Some("m0".into())), "the other get waited");
+            assert_eq!(body_of(&second.expect("m1")), "m1");
+            assert_eq!(counts(&queue), (8, 0));
+        }
     }
 }

@@ -570,11 +570,12 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Test-only fault injection: makes a directory's segment appends or syncs fail, as a full
-/// disk or a failing device would.
+/// disk or a failing device would, or holds up a read.
 #[cfg(test)]
 pub(crate) mod faults {
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
 
     #[derive(Debug, Clone, Copy)]
     pub(crate) enum Fault {
@@ -609,6 +610,59 @@ pub(crate) mod faults {
 
     pub(crate) fn sync_fails(dir: &Path) -> bool {
         matches!(find(dir), Some(Fault::Sync))
+    }
+
+    /// A read of a directory's segments held up until let go, as a slow disk would hold it.
+    #[derive(Default)]
+    pub(crate) struct HeldRead {
+        /// (the read reached the disk, it was let go).
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    impl HeldRead {
+        /// Waits until the read reached the disk; false if it did not within `timeout`.
+        pub(crate) fn wait_reached(&self, timeout: Duration) -> bool {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (state, _) = self
+                .changed
+                .wait_timeout_while(state, timeout, |(reached, _)| !*reached)
+                .unwrap_or_else(|e| e.into_inner());
+            state.0
+        }
+
+        /// Lets the read go on.
+        pub(crate) fn release(&self) {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    static HELD: Mutex<Vec<(PathBuf, Arc<HeldRead>)>> = Mutex::new(Vec::new());
+
+    /// Holds up the next read of the segments under `dir` until [`HeldRead::release`].
+    pub(crate) fn hold_next_read(dir: &Path) -> Arc<HeldRead> {
+        let held = Arc::new(HeldRead::default());
+        let mut all = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        all.push((dir.to_owned(), held.clone()));
+        held
+    }
+
+    /// Called by a read of the segments under `dir` before it reads: waits if it is held.
+    pub(crate) fn before_read(dir: &Path) {
+        let held = {
+            let mut all = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            let at = all.iter().position(|(d, _)| d == dir);
+            at.map(|at| all.remove(at).1)
+        };
+        if let Some(held) = held {
+            let mut state = held.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.0 = true;
+            held.changed.notify_all();
+            while !state.1 {
+                state = held.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
     }
 }
 

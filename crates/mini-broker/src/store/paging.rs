@@ -243,6 +243,8 @@ impl Store {
                 }
             }
         }
+        #[cfg(test)]
+        super::log::faults::before_read(&dir);
         let mut found: Vec<Option<PublishRecord>> = vec![None; count];
         wanted.sort_by_key(|(_, l, _)| (l.segment, l.offset));
         let mut next = 0;
