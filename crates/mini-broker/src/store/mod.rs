@@ -104,8 +104,6 @@ const PROBE_BYTES: usize = 1024 * 1024;
 const COMPACTION_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the oldest segment's live count must stay the same before it is compacted.
 pub const DEFAULT_COMPACTION_QUIET: Duration = Duration::from_secs(2);
-/// Recovered messages are read back this many octets of log at a time.
-const READ_BACK_BYTES: usize = 2 * 1024 * 1024;
 /// How often the writer logs its group-commit counters (at debug level).
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -215,15 +213,17 @@ thread_local! {
     static UNCONFIRMED_SINCE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// A message found in the log at startup, whole.
+/// A message found in the log at startup, whole. [`Store::open`] no longer hands any out
+/// (every recovered message waits for its queue as a [`RecoveredMessage`]); the type stays
+/// while the broker still takes them.
 #[derive(Debug, Clone)]
 pub struct Recovered {
     /// The record, `delivered` set if it had been delivered before the restart.
     pub record: PublishRecord,
 }
 
-/// A message found in the log at startup for a queue the definitions restore: what its
-/// queue needs to hold it paged out. Its body is read back when the queue needs it.
+/// A message found in the log at startup: what its queue needs to hold it paged out. Its
+/// body is read back when the queue needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecoveredMessage {
     /// The store's id.
@@ -306,11 +306,11 @@ impl Store {
     /// the writer thread.
     ///
     /// Recovery streams the log and keeps no body in memory: the live messages of each
-    /// queue the saved definitions restore wait in the store, as ids and sizes, until that
-    /// queue takes them ([`Store::take_recovered`]) and reads back only what its memory
-    /// budget holds. Returned are the messages of queues the definitions do not restore (a
-    /// queue whose deletion was not saved), read back whole, in publish order: the caller
-    /// drops them, or puts them back if it has their queue after all.
+    /// queue wait in the store, as ids and sizes, until that queue takes them
+    /// ([`Store::take_recovered`]) and reads back only what its memory budget holds. Those no
+    /// queue takes (a queue whose deletion was not saved, a vhost no longer served) are
+    /// dropped by id, unread, by [`Store::forget_unclaimed`]. The returned list of whole
+    /// messages is always empty (the broker still takes one).
     pub fn open(options: StoreOptions) -> Result<(Arc<Store>, Vec<Recovered>), StoreError> {
         let dir = options.dir.clone();
         let messages_dir = dir.join("messages");
@@ -375,7 +375,7 @@ impl Store {
             .filter(|(_, m)| m.delivered)
             .map(|(&id, _)| id)
             .collect();
-        let (recovered, orphans) = by_queue(recovery.messages, recovery.queues, &definitions);
+        let recovered = by_queue(recovery.messages, recovery.queues);
         let definitions = Arc::new(Mutex::new(definitions));
         let writer = Writer {
             data_dir: dir.clone(),
@@ -416,8 +416,7 @@ impl Store {
             pager: Pager::default(),
             recovered: Mutex::new(recovered),
         });
-        let orphans = store.read_back(&orphans);
-        Ok((store, orphans))
+        Ok((store, Vec::new()))
     }
 
     /// Takes the messages recovered for queue `queue` of vhost `vhost`, in publish order
@@ -435,9 +434,9 @@ impl Store {
         recovered.remove(&key).unwrap_or_default()
     }
 
-    /// Drops the recovered messages no queue took (their queue was saved in a vhost the
-    /// broker no longer serves), as the broker drops the messages of queues it does not
-    /// restore; returns how many. Meant to be called once the broker restored its queues.
+    /// Drops the recovered messages no queue took (their queue's deletion was not saved, or
+    /// it was saved in a vhost the broker no longer serves), by id, without reading them;
+    /// returns how many. Meant to be called once the broker restored its queues.
     pub fn forget_unclaimed(&self) -> usize {
         let unclaimed = std::mem::take(&mut *lock(&self.recovered));
         let mut count = 0;
@@ -454,30 +453,6 @@ impl Store {
             }
         }
         count
-    }
-
-    /// Reads recovered messages back whole, in the order given; one that cannot be read
-    /// (logged) is dropped from the log.
-    fn read_back(&self, messages: &[RecoveredMessage]) -> Vec<Recovered> {
-        let mut read = Vec::with_capacity(messages.len());
-        let mut rest = messages;
-        while !rest.is_empty() {
-            let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
-            let records = self.read_messages(&ids, READ_BACK_BYTES);
-            // At least one is read (or reported None) each time.
-            let (done, left) = rest.split_at(records.len().clamp(1, rest.len()));
-            for (message, record) in done.iter().zip(records) {
-                match record {
-                    Some(mut record) => {
-                        record.delivered = message.delivered;
-                        read.push(Recovered { record });
-                    }
-                    None => self.ack(message.id),
-                }
-            }
-            rest = left;
-        }
-        read
     }
 
     /// The data directory.
@@ -743,47 +718,28 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
     })
 }
 
-/// Sorts the live messages (in publish order) by queue: those of each queue the
-/// definitions restore, and those of no such queue (orphans), each list in publish order.
+/// Sorts the live messages (in publish order) by queue, each list in publish order.
 fn by_queue(
     messages: BTreeMap<u64, Summary>,
     queues: Vec<QueueKey>,
-    definitions: &definitions::Definitions,
-) -> (
-    HashMap<QueueKey, Vec<RecoveredMessage>>,
-    Vec<RecoveredMessage>,
-) {
-    let restored: Vec<bool> = queues
-        .iter()
-        .map(|(vhost, queue)| {
-            let vhost = String::from_utf8_lossy(vhost);
-            definitions
-                .vhosts
-                .get(&*vhost)
-                .is_some_and(|saved| saved.queues.iter().any(|q| q.name.as_bytes() == &queue[..]))
-        })
-        .collect();
+) -> HashMap<QueueKey, Vec<RecoveredMessage>> {
     let mut lists: Vec<Vec<RecoveredMessage>> = vec![Vec::new(); queues.len()];
-    let mut orphans = Vec::new();
     // The map is freed as it is walked.
     for (id, summary) in messages {
-        let message = RecoveredMessage {
-            id,
-            size: summary.size,
-            delivered: summary.delivered,
-        };
-        let queue = summary.queue as usize;
-        match lists.get_mut(queue) {
-            Some(list) if restored.get(queue) == Some(&true) => list.push(message),
-            _ => orphans.push(message),
+        // Every summary's queue is in `queues` (recovery numbered it).
+        if let Some(list) = lists.get_mut(summary.queue as usize) {
+            list.push(RecoveredMessage {
+                id,
+                size: summary.size,
+                delivered: summary.delivered,
+            });
         }
     }
-    let recovered = queues
+    queues
         .into_iter()
         .zip(lists)
         .filter(|(_, list)| !list.is_empty())
-        .collect();
-    (recovered, orphans)
+        .collect()
 }
 
 /// The writer thread's state.
@@ -1538,11 +1494,21 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path, segment_size: u64) -> (Arc<Store>, Vec<Recovered>) {
+    /// Opens the store; returns it and the messages it recovered for queue q of vhost /.
+    fn open(dir: &Path, segment_size: u64) -> (Arc<Store>, Vec<RecoveredMessage>) {
+        let store = open_store(dir, segment_size);
+        let recovered = store.take_recovered("/", b"q");
+        (store, recovered)
+    }
+
+    /// Opens the store, no queue taking its messages yet.
+    fn open_store(dir: &Path, segment_size: u64) -> Arc<Store> {
         let mut options = StoreOptions::new(dir);
         options.segment_size = segment_size;
         options.compaction_quiet = Duration::ZERO;
-        Store::open(options).unwrap()
+        let (store, whole) = Store::open(options).unwrap();
+        assert!(whole.is_empty(), "no message is read back whole");
+        store
     }
 
     fn segments(dir: &Path) -> Vec<u64> {
@@ -1587,7 +1553,7 @@ mod tests {
 
     fn recovered_ids(dir: &Path) -> Vec<u64> {
         let (_, recovered) = open(dir, DEFAULT_SEGMENT_SIZE);
-        recovered.iter().map(|r| r.record.id).collect()
+        recovered.iter().map(|r| r.id).collect()
     }
 
     #[test]
@@ -1774,10 +1740,7 @@ mod tests {
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
         let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        let ids: Vec<(u64, bool)> = recovered
-            .iter()
-            .map(|r| (r.record.id, r.record.delivered))
-            .collect();
+        let ids: Vec<(u64, bool)> = recovered.iter().map(|r| (r.id, r.delivered)).collect();
         assert_eq!(ids, vec![(2, true), (3, false)]);
     }
 
@@ -1957,10 +1920,7 @@ mod tests {
         assert!(store.close_cleanly());
         drop(store);
         let (store, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        let ids: Vec<(u64, bool)> = recovered
-            .iter()
-            .map(|r| (r.record.id, r.record.delivered))
-            .collect();
+        let ids: Vec<(u64, bool)> = recovered.iter().map(|r| (r.id, r.delivered)).collect();
         assert_eq!(ids, vec![(1, false), (3, true), (4, false), (5, false)]);
         assert!(store.next_id() > 5, "ids are never reused");
     }
@@ -1977,14 +1937,14 @@ mod tests {
         drop(store);
         let (store, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
         assert!(
-            recovered.iter().all(|r| r.record.delivered),
+            recovered.iter().all(|r| r.delivered),
             "a delivered mark may have been lost"
         );
         assert!(store.close_cleanly());
         drop(store);
         let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
         assert!(
-            recovered.iter().all(|r| r.record.delivered),
+            recovered.iter().all(|r| r.delivered),
             "marks recovered after the crash stay set"
         );
     }
@@ -2008,7 +1968,7 @@ mod tests {
         assert!(left.len() <= 4, "segments left: {left:?}");
         drop(store);
         let (_, recovered) = open(&dir, 4096);
-        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        let ids: Vec<u64> = recovered.iter().map(|r| r.id).collect();
         assert_eq!(ids, (1991..=2000).collect::<Vec<_>>());
     }
 
@@ -2032,13 +1992,20 @@ mod tests {
         assert!(store.close_cleanly());
         drop(store);
         let (_, recovered) = open(&dir, 4096);
-        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        let ids: Vec<u64> = recovered.iter().map(|r| r.id).collect();
         assert_eq!(
             ids,
             vec![1, 501],
             "the copy of 1 comes back first: publish order"
         );
-        assert_eq!(recovered[0].record, record(1, 100));
+        assert_eq!(
+            store_after_restart(&dir).read_messages(&[1], usize::MAX),
+            vec![Some(record(1, 100))]
+        );
+    }
+
+    fn store_after_restart(dir: &Path) -> Arc<Store> {
+        open(dir, 4096).0
     }
 
     /// With 4 KiB segments: messages 1 to 40 fill segment 1, message 41 is in segment 2.
@@ -2091,7 +2058,7 @@ mod tests {
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
         let (_, recovered) = open(&dir, 4096);
-        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        let ids: Vec<u64> = recovered.iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![1, 41]);
     }
 
@@ -2114,41 +2081,46 @@ mod tests {
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
         let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        let ids: Vec<u64> = recovered.iter().map(|r| r.record.id).collect();
+        let ids: Vec<u64> = recovered.iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![1, 3], "new records follow the cut, readable");
     }
 
-    /// Saves definitions with queue `q` of vhost `/`: its messages are recovered for it.
-    fn define_queue_q(store: &Store) {
-        let mut snapshot = definitions::VHostDefinitions::default();
-        snapshot.queues.push(definitions::QueueDefinition {
-            name: "q".into(),
-            auto_delete: false,
-            arguments: serde_json::json!({}),
-        });
-        store.save_definitions("/", snapshot);
-    }
-
     #[test]
-    fn messages_of_a_defined_queue_are_recovered_as_ids_and_sizes_for_it_others_whole() {
+    fn messages_are_recovered_for_their_queue_as_ids_and_sizes_and_those_no_queue_takes_are_dropped_unread(
+    ) {
         let dir = tempdir();
         let (store, _) = open(&dir, 4096);
-        define_queue_q(&store);
         for id in 1..=60 {
             store.publish(record(id, 100 + id as usize));
         }
-        let mut orphan = record(61, 10);
-        orphan.queue = Bytes::from_static(b"deleted");
-        store.publish(orphan.clone());
+        // A queue deleted without its deletion saved: its messages are orphans.
+        for id in 61..=70 {
+            let mut orphan = record(id, 10);
+            orphan.queue = Bytes::from_static(b"deleted");
+            store.publish(orphan);
+        }
         store.ack(2);
         store.delivered(3);
         assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, orphans) = open(&dir, 4096);
-        let orphans: Vec<PublishRecord> = orphans.into_iter().map(|r| r.record).collect();
-        assert_eq!(orphans, vec![orphan], "read back whole");
-        let recovered = store.take_recovered("/", b"q");
+        // No segment may be read while the store opens.
+        let held = faults::hold_next_read(&dir.join("messages"));
+        let opener = {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || open(&dir, 4096))
+        };
+        let read_while_opening = loop {
+            if held.wait_reached(Duration::from_millis(10)) {
+                break true;
+            }
+            if opener.is_finished() {
+                break false;
+            }
+        };
+        held.release();
+        let (store, recovered) = opener.join().unwrap();
+        assert!(!read_while_opening, "a record was read back");
         let expected: Vec<RecoveredMessage> = (1..=60)
             .filter(|&id| id != 2)
             .map(|id| RecoveredMessage {
@@ -2160,7 +2132,9 @@ mod tests {
         assert_eq!(recovered, expected);
         assert!(store.take_recovered("/", b"q").is_empty(), "taken once");
         assert!(store.take_recovered("other", b"q").is_empty());
-        assert_eq!(store.forget_unclaimed(), 0, "all were taken");
+        assert_eq!(store.forget_unclaimed(), 10, "the orphans, dropped by id");
+        assert!(store.sync());
+        assert!((61..=70).all(|id| !store.on_disk().contains(id)));
         let ids: Vec<u64> = recovered.iter().map(|m| m.id).collect();
         let read = store.read_messages(&ids, usize::MAX);
         let expected: Vec<_> = ids
@@ -2168,44 +2142,50 @@ mod tests {
             .map(|&id| Some(record(id, 100 + id as usize)))
             .collect();
         assert!(read == expected, "bodies come from the log, as published");
+        assert!(store.close_cleanly());
+        drop(store);
+        std::thread::sleep(Duration::from_millis(50));
+        let (store, recovered) = open(&dir, 4096);
+        assert_eq!(recovered.len(), 59);
+        assert!(
+            store.take_recovered("/", b"deleted").is_empty(),
+            "gone for good"
+        );
+        assert_eq!(store.forget_unclaimed(), 0);
     }
 
     #[test]
     fn messages_no_queue_took_are_dropped_from_the_log_when_forgotten() {
         let dir = tempdir();
         let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        define_queue_q(&store);
         for id in 1..=3 {
             store.publish(record(id, 10));
         }
         assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        let store = open_store(&dir, DEFAULT_SEGMENT_SIZE);
         // The broker did not restore queue q.
         assert_eq!(store.forget_unclaimed(), 3);
         assert!(store.take_recovered("/", b"q").is_empty());
         assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        assert!(store.take_recovered("/", b"q").is_empty(), "gone for good");
+        let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        assert!(recovered.is_empty(), "gone for good");
     }
 
     #[test]
     fn after_a_crash_messages_recovered_for_a_queue_are_flagged_delivered() {
         let dir = tempdir();
         let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        define_queue_q(&store);
         for id in 1..=3 {
             store.publish(record(id, 10));
         }
         assert!(store.sync());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, orphans) = open(&dir, DEFAULT_SEGMENT_SIZE);
-        assert!(orphans.is_empty());
-        let recovered = store.take_recovered("/", b"q");
+        let (_, recovered) = open(&dir, DEFAULT_SEGMENT_SIZE);
         assert_eq!(recovered.len(), 3);
         assert!(recovered.iter().all(|m| m.delivered));
     }
@@ -2214,13 +2194,12 @@ mod tests {
     fn a_log_recovered_without_bodies_in_memory_is_still_compacted() {
         let dir = tempdir();
         let (store, _) = open(&dir, 4096);
-        define_queue_q(&store);
         fill_segment_one(&store, &dir);
         assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, _) = open(&dir, 4096);
-        assert_eq!(store.take_recovered("/", b"q").len(), 41);
+        let (store, recovered) = open(&dir, 4096);
+        assert_eq!(recovered.len(), 41);
         // Only message 1 of segment 1 stays: it is copied forward and segment 1 goes.
         for id in 2..=40 {
             store.ack(id);
@@ -2234,12 +2213,8 @@ mod tests {
         assert!(store.close_cleanly());
         drop(store);
         std::thread::sleep(Duration::from_millis(50));
-        let (store, _) = open(&dir, 4096);
-        let ids: Vec<u64> = store
-            .take_recovered("/", b"q")
-            .iter()
-            .map(|m| m.id)
-            .collect();
+        let (_, recovered) = open(&dir, 4096);
+        let ids: Vec<u64> = recovered.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![1, 41]);
     }
 
@@ -2267,12 +2242,13 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("segment-000001.log"), "{text}");
         assert!(text.contains("at offset"), "{text}");
-        let (_, recovered) = Store::open(StoreOptions {
+        let (store, _) = Store::open(StoreOptions {
             segment_size: 1024,
             skip_corrupt: true,
             ..StoreOptions::new(&*dir)
         })
         .unwrap();
+        let recovered = store.take_recovered("/", b"q");
         assert!(
             !recovered.is_empty() && recovered.len() < 40,
             "the rest of the bad segment is skipped"
