@@ -51,7 +51,7 @@ pub mod log;
 pub mod paging;
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,7 +68,7 @@ use log::{
     list_segments, segment_path, ActiveSegment, Next, PublishRecord, Record, RecordView,
     SegmentReader,
 };
-use paging::{Index, Location, Pager};
+use paging::{IdMap, IdSet, Index, Location, Pager};
 
 /// Replaces the file at `path` with `contents` so that a crash leaves the old file or the
 /// new one, never a mix: a temporary file next to it, fsync, rename, fsync of the directory.
@@ -369,7 +369,7 @@ impl Store {
             active.number,
             active.len,
         )));
-        let delivered: HashSet<u64> = recovery
+        let delivered: IdSet = recovery
             .messages
             .iter()
             .filter(|(_, m)| m.delivered)
@@ -564,7 +564,7 @@ struct Recovery {
     /// The queues the live messages are in: [`Summary::queue`] indexes this.
     queues: Vec<QueueKey>,
     /// Live message id to its (latest) publish record.
-    live: HashMap<u64, Location>,
+    live: IdMap<Location>,
     /// Per segment: (live messages, publish records written).
     segments: BTreeMap<u64, SegmentCounts>,
     /// The highest id any record mentions.
@@ -602,7 +602,7 @@ fn recover(dir: &Path, skip_corrupt: bool) -> Result<Recovery, StoreError> {
     let mut queues: Vec<QueueKey> = Vec::new();
     let mut queue_numbers: HashMap<QueueKey, u32> = HashMap::new();
     let mut last_queue = 0u32;
-    let mut location: HashMap<u64, Location> = HashMap::new();
+    let mut location: IdMap<Location> = IdMap::default();
     let mut segments: BTreeMap<u64, SegmentCounts> = BTreeMap::new();
     let mut max_id = 0;
     let mut active_valid_len = None;
@@ -755,7 +755,7 @@ struct Writer {
     /// Where the live messages are (shared with the queues that page).
     index: Arc<Mutex<Index>>,
     /// Live messages that were delivered (kept when copied forward).
-    delivered: HashSet<u64>,
+    delivered: IdSet,
     segments: BTreeMap<u64, SegmentCounts>,
     /// Written to the active segment since its last fsync: what a failed fsync takes back.
     unsynced: Unsynced,
@@ -1037,7 +1037,7 @@ impl Writer {
         }
         drop(index);
         self.drop_publishes(unsynced.publishes.len(), unsynced.last_seq);
-        let gone: HashSet<u64> = unsynced.publishes.into_iter().collect();
+        let gone: IdSet = unsynced.publishes.into_iter().collect();
         let marks = unsynced
             .marks
             .into_iter()
