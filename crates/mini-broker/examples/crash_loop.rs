@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p mini-broker --example crash_loop -- --rounds 50
 //! cargo run --release -p mini-broker --example crash_loop -- --rounds 50 --broker target/release/mini-broker
+//! # a 256 KiB paging budget: backlogs page out and are read back across the kills
+//! cargo run --release -p mini-broker --example crash_loop -- --rounds 20 --paging-threshold 262144
 //! ```
 //!
 //! Each round starts a broker on a data directory kept across rounds, runs `--publishers`
@@ -77,6 +79,10 @@ pub struct Options {
     /// Print only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// The built-in broker's paging budget in bytes (default: the broker's): a small one
+    /// makes the queue page its backlog out and read it back while it is killed.
+    #[arg(long)]
+    pub paging_threshold: Option<u64>,
     /// Internal: run as the broker, on this AMQP address.
     #[arg(long, hide = true)]
     pub serve: Option<std::net::SocketAddr>,
@@ -193,6 +199,9 @@ impl Broker {
                 let mut command =
                     Command::new(std::env::current_exe().expect("this program's path"));
                 command.args(["--serve", &listen]);
+                if let Some(bytes) = options.paging_threshold {
+                    command.arg("--paging-threshold").arg(bytes.to_string());
+                }
                 command
             }
         };
@@ -599,7 +608,7 @@ pub async fn run(options: &Options) -> Counts {
 }
 
 /// `--serve`: be the broker.
-async fn serve(listen: std::net::SocketAddr, data_dir: PathBuf) {
+async fn serve(listen: std::net::SocketAddr, data_dir: PathBuf, paging_threshold: Option<u64>) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -607,9 +616,14 @@ async fn serve(listen: std::net::SocketAddr, data_dir: PathBuf) {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut config = mini_broker::BrokerConfig::default();
+    if let Some(bytes) = paging_threshold {
+        config.paging_threshold = bytes;
+    }
     let running = mini_broker::start(mini_broker::BrokerOptions {
         listen,
         data_dir: Some(data_dir),
+        config,
         ..Default::default()
     })
     .await
@@ -623,7 +637,7 @@ async fn main() {
     let options = Options::parse();
     if let Some(listen) = options.serve {
         let data_dir = options.data_dir.clone().expect("--data-dir with --serve");
-        serve(listen, data_dir).await;
+        serve(listen, data_dir, options.paging_threshold).await;
         return;
     }
     let totals = run(&options).await;
