@@ -1438,7 +1438,7 @@ mod tests {
     mod paging {
         use super::*;
         use crate::store::log::faults;
-        use crate::store::log::tests_support::{tempdir, TempDir};
+        use crate::store::log::tests_support::{record_for_q, tempdir, TempDir};
         use crate::store::{Store, StoreOptions};
         use std::sync::mpsc;
 
@@ -1478,16 +1478,11 @@ mod tests {
             );
             let id = store.next_id();
             if logged {
-                store.publish(PublishRecord {
+                store.publish(record_for_q(
                     id,
-                    delivered: false,
-                    vhost: Bytes::from_static(b"/"),
-                    queue: Bytes::from_static(b"q"),
-                    exchange: Bytes::new(),
-                    routing_key: Bytes::from_static(b"q"),
-                    header: content.header_frame(),
-                    body: content.body_bytes(),
-                });
+                    content.header_frame(),
+                    content.body_bytes(),
+                ));
             }
             let message = QueuedMessage {
                 content: Arc::new(content),

@@ -897,6 +897,7 @@ mod tests {
 
 #[cfg(test)]
 pub(crate) mod tests_support {
+    use bytes::Bytes;
     use std::path::{Path, PathBuf};
 
     /// A fresh, empty directory under the system temp dir, removed when dropped.
@@ -913,6 +914,21 @@ pub(crate) mod tests_support {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The publish record of message `id` to queue q of vhost / (through the default
+    /// exchange).
+    pub(crate) fn record_for_q(id: u64, header: Bytes, body: Bytes) -> super::PublishRecord {
+        super::PublishRecord {
+            id,
+            delivered: false,
+            vhost: Bytes::from_static(b"/"),
+            queue: Bytes::from_static(b"q"),
+            exchange: Bytes::new(),
+            routing_key: Bytes::from_static(b"q"),
+            header,
+            body,
         }
     }
 

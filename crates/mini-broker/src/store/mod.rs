@@ -1476,22 +1476,17 @@ fn send_nack(confirm: &Confirm) {
 mod tests {
     use super::log::faults::{self, Fault};
     use super::log::read_segment;
-    use super::log::tests_support::tempdir;
+    use super::log::tests_support::{record_for_q, tempdir};
     use super::*;
     use amqp_codec::{Frame, Method};
     use bytes::Bytes;
 
     fn record(id: u64, size: usize) -> PublishRecord {
-        PublishRecord {
+        record_for_q(
             id,
-            delivered: false,
-            vhost: Bytes::from_static(b"/"),
-            queue: Bytes::from_static(b"q"),
-            exchange: Bytes::new(),
-            routing_key: Bytes::from_static(b"q"),
-            header: Bytes::from_static(b"h"),
-            body: Bytes::from(vec![id as u8; size]),
-        }
+            Bytes::from_static(b"h"),
+            Bytes::from(vec![id as u8; size]),
+        )
     }
 
     /// Opens the store; returns it and the messages it recovered for queue q of vhost /.
