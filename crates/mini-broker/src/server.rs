@@ -109,12 +109,12 @@ async fn handle(
             Instant::now(),
         );
     }
+    let mut timer = Timer::new();
     loop {
         if connection.state() == ServerState::Closed {
             break;
         }
-        let deadline = connection.poll_timeout();
-        let release_at = input.release_at();
+        timer.want(earliest(connection.poll_timeout(), input.release_at()));
         let info = connection.info().cloned();
         let forced = async {
             match &info {
@@ -152,12 +152,18 @@ async fn handle(
                     reading_paused = connection.alarm_changed(on);
                 }
             }
-            _ = sleep_until(release_at) => input.release(),
-            _ = sleep_until(deadline) => {
-                if reading_paused {
-                    connection.reading_paused(Instant::now());
+            () = timer.fired() => {
+                // Whatever is due: the deadlines may have moved on since the timer was set.
+                let now = Instant::now();
+                if input.release_at().is_some_and(|at| at <= now) {
+                    input.release();
                 }
-                connection.handle_timeout(Instant::now());
+                if connection.poll_timeout().is_some_and(|at| at <= now) {
+                    if reading_paused {
+                        connection.reading_paused(now);
+                    }
+                    connection.handle_timeout(now);
+                }
             }
             _ = forced => {
                 let reason = info
@@ -385,10 +391,58 @@ fn broker_alarm(connection: &ServerConnection) -> watch::Receiver<bool> {
     connection.broker().alarm.subscribe()
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One timer for the connection's deadlines (heartbeats, closing, the quiet release of the
+/// read buffer), set when a deadline comes that is earlier than the one it is set for, and
+/// otherwise left alone. Most reads move a deadline later (the heartbeat check, the quiet
+/// release), and setting a tokio timer per read (registering it in the timer wheel and taking
+/// it out again) cost more than the read's frames on a busy connection: the timer fires at
+/// the old deadline instead, and the loop sets it again for what is then due.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    set_for: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+            set_for: None,
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn want(&mut self, deadline: Option<Instant>) {
+        if let Some(at) = next_setting(self.set_for, deadline) {
+            self.sleep.as_mut().reset(at.into());
+            self.set_for = Some(at);
+        }
+    }
+
+    /// Completes when the timer set fires (never while it is not set); it is then unset.
+    async fn fired(&mut self) {
+        if self.set_for.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.set_for = None;
+    }
+}
+
+/// When a timer set for `set_for` must be set again so as to fire no later than `wanted`:
+/// only for an earlier deadline (one that moved later is checked when the timer fires).
+fn next_setting(set_for: Option<Instant>, wanted: Option<Instant>) -> Option<Instant> {
+    match (set_for, wanted) {
+        (_, None) => None,
+        (Some(set_for), Some(wanted)) if set_for <= wanted => None,
+        (_, wanted) => wanted,
     }
 }
 
@@ -403,6 +457,41 @@ mod tests {
         let mut header = vec![3, 0, 1];
         header.extend_from_slice(&size.to_be_bytes());
         header
+    }
+
+    #[test]
+    fn the_timer_is_set_again_only_for_an_earlier_deadline() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        assert_eq!(next_setting(None, None), None);
+        assert_eq!(next_setting(None, Some(later)), Some(later));
+        // A deadline that moved later: the timer fires at the old one and is set again then.
+        assert_eq!(next_setting(Some(now), Some(later)), None);
+        assert_eq!(next_setting(Some(now), Some(now)), None);
+        assert_eq!(next_setting(Some(later), Some(now)), Some(now));
+        assert_eq!(next_setting(Some(now), None), None);
+        assert_eq!(earliest(Some(later), Some(now)), Some(now));
+        assert_eq!(earliest(None, Some(later)), Some(later));
+        assert_eq!(earliest(None, None), None);
+    }
+
+    #[tokio::test]
+    async fn the_timer_fires_for_the_earliest_deadline_wanted_and_is_then_unset() {
+        let now = Instant::now();
+        let mut timer = Timer::new();
+        timer.want(Some(now + std::time::Duration::from_secs(3600)));
+        timer.want(Some(now));
+        assert_eq!(timer.set_for, Some(now));
+        timer.want(Some(now + std::time::Duration::from_secs(7200)));
+        assert_eq!(
+            timer.set_for,
+            Some(now),
+            "a later deadline leaves the timer as it is"
+        );
+        timer.fired().await;
+        assert_eq!(timer.set_for, None);
+        let unset = tokio::time::timeout(std::time::Duration::from_millis(20), timer.fired());
+        assert!(unset.await.is_err(), "an unset timer never fires");
     }
 
     #[test]
