@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """bench-lapin-load against mini-broker (fresh per run) and RabbitMQ (127.0.0.1:5672), alternating.
 
-    lapin_driver.py [--mini PATH] [--reps N] [--modes autoack,ack] \\
+    lapin_driver.py [--mini [NAME=]PATH ...] [--reps N] [--modes autoack,ack] \\
         --variant NAME BENCH_BINARY "EXTRA FLAGS" [--variant ...] > runs.jsonl
+
+--mini may be given more than once (NAME=PATH: a before/after of the broker in one time
+window); each mini-broker then runs once per variant, mode and rep next to RabbitMQ's run, and
+its lines say broker "mini-NAME".
 
 Each --variant is one bench-lapin-load binary with its extra flags (the same binary and flags
 against both brokers). Per mode and rep, every variant runs against both brokers, the broker
@@ -86,14 +90,24 @@ def drive(args):
     for mode in args.modes.split(","):
         for rep in range(args.reps):
             for name, bench, extra in args.variant:
-                order = [("mini", run_mini), ("rabbit", run_rabbit)]
+                order = [(broker, path, run_mini) for broker, path in minis(args.mini)]
+                order.append(("rabbit", None, run_rabbit))
                 if rep % 2:
                     order.reverse()
-                for broker, run in order:
+                for broker, mini, run in order:
                     load = os.getloadavg()[0]
-                    rec = run(args.mini, bench, shlex.split(extra), mode)
+                    rec = run(mini, bench, shlex.split(extra), mode)
                     rec.update(variant=name, broker=broker, mode=mode, rep=rep, load=round(load, 2))
                     print(json.dumps(rec), flush=True)
+
+
+def minis(paths):
+    """The mini-broker binaries as (broker name, path): "mini" when there is one."""
+    paths = paths or ["/tmp/target-main/release/mini-broker"]
+    named = [p.split("=", 1) if "=" in p else [str(i), p] for i, p in enumerate(paths)]
+    if len(named) == 1:
+        return [("mini", named[0][1])]
+    return [(f"mini-{name}", path) for name, path in named]
 
 
 def summary(path):
@@ -104,27 +118,33 @@ def summary(path):
     print("variant mode | mini msg/s (runs) | RabbitMQ msg/s (runs) | ratio | lapin CPU s mini/RMQ "
           "| broker CPU s mini/RMQ | lapin µs/msg mini/RMQ | broker µs/msg mini/RMQ | load | errors")
     for (variant, mode), by_broker in groups.items():
-        med = lambda broker, key: statistics.median(r.get(key, 0) for r in by_broker.get(broker, [{}]))
-        rates = {b: [round(r.get("end_to_end_rate", 0) / 1000) for r in rs] for b, rs in by_broker.items()}
-        errors = sum(1 for rs in by_broker.values() for r in rs
-                     if "error" in r or r.get("unique") != r.get("published") or r.get("duplicates"))
-        loads = [r["load"] for rs in by_broker.values() for r in rs]
-        mini, rabbit = med("mini", "end_to_end_rate"), med("rabbit", "end_to_end_rate")
-        per_msg = lambda broker, key: statistics.median(
-            1e6 * r.get(key, 0) / max(r.get("received", 0), 1) for r in by_broker.get(broker, [{}]))
-        print(f"{variant} {mode} | {mini / 1000:.0f} k {rates.get('mini')} | {rabbit / 1000:.0f} k "
-              f"{rates.get('rabbit')} | {mini / max(rabbit, 1):.2f}x | {med('mini', 'lapin_cpu_s'):.1f} / "
-              f"{med('rabbit', 'lapin_cpu_s'):.1f} | {med('mini', 'broker_cpu_s'):.1f} / "
-              f"{med('rabbit', 'broker_cpu_s'):.1f} | {per_msg('mini', 'lapin_cpu_s'):.1f} / "
-              f"{per_msg('rabbit', 'lapin_cpu_s'):.1f} | {per_msg('mini', 'broker_cpu_s'):.2f} / "
-              f"{per_msg('rabbit', 'broker_cpu_s'):.1f} | {min(loads):.1f}-{max(loads):.1f} | {errors}")
+        for mini_name in sorted(b for b in by_broker if b.startswith("mini")):
+            row(f"{variant} {mode}" + ("" if mini_name == "mini" else f" {mini_name}"),
+                {"mini": by_broker[mini_name], "rabbit": by_broker.get("rabbit", [])})
+
+
+def row(label, by_broker):
+    med = lambda broker, key: statistics.median(r.get(key, 0) for r in by_broker.get(broker, [{}]))
+    rates = {b: [round(r.get("end_to_end_rate", 0) / 1000) for r in rs] for b, rs in by_broker.items()}
+    errors = sum(1 for rs in by_broker.values() for r in rs
+                 if "error" in r or r.get("unique") != r.get("published") or r.get("duplicates"))
+    loads = [r["load"] for rs in by_broker.values() for r in rs]
+    mini, rabbit = med("mini", "end_to_end_rate"), med("rabbit", "end_to_end_rate")
+    per_msg = lambda broker, key: statistics.median(
+        1e6 * r.get(key, 0) / max(r.get("received", 0), 1) for r in by_broker.get(broker, [{}]))
+    print(f"{label} | {mini / 1000:.0f} k {rates.get('mini')} | {rabbit / 1000:.0f} k "
+          f"{rates.get('rabbit')} | {mini / max(rabbit, 1):.2f}x | {med('mini', 'lapin_cpu_s'):.1f} / "
+          f"{med('rabbit', 'lapin_cpu_s'):.1f} | {med('mini', 'broker_cpu_s'):.1f} / "
+          f"{med('rabbit', 'broker_cpu_s'):.1f} | {per_msg('mini', 'lapin_cpu_s'):.1f} / "
+          f"{per_msg('rabbit', 'lapin_cpu_s'):.1f} | {per_msg('mini', 'broker_cpu_s'):.2f} / "
+          f"{per_msg('rabbit', 'broker_cpu_s'):.1f} | {min(loads):.1f}-{max(loads):.1f} | {errors}")
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "summary":
         return summary(sys.argv[2])
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mini", default="/tmp/target-main/release/mini-broker")
+    parser.add_argument("--mini", action="append")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--modes", default="autoack,ack")
     parser.add_argument("--variant", nargs=3, action="append", required=True,

@@ -26,28 +26,50 @@ use crate::error::{DecodeError, EncodeError};
 use crate::frame::{put_body_frame, put_header_frame, put_method_frame, ContentHeader, Frame};
 use crate::generated::{BasicProperties, Method};
 
-/// A method with its content, if it carries one: what a channel acts on.
+/// A method with its content, if it carries one: what a channel acts on. `H` is the content
+/// header as the receiver keeps it (see [`HeaderOfContent`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Command {
+pub struct Command<H = ContentHeader> {
     /// The method.
     pub method: Method,
     /// The content header and the whole body, for methods that carry content.
-    pub content: Option<Content>,
+    pub content: Option<Content<H>>,
 }
 
 /// A message as it travels with basic.publish, basic.deliver, basic.get-ok and basic.return.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Content {
+pub struct Content<H = ContentHeader> {
     /// The content header: body size and properties.
-    pub header: ContentHeader,
+    pub header: H,
     /// The body. When it came in one frame this is a slice of that frame, not a copy.
     pub body: Bytes,
+}
+
+/// What content assembly needs of a content header (spec 4.2.6.1): its class and the body
+/// size it announces. [`ContentHeader`] is the decoded header; a receiver that keeps the
+/// properties as they came (a broker passing them on) gives its own, smaller type, and does
+/// not move a decoded header of some 460 octets from frame to command.
+pub trait HeaderOfContent {
+    /// The class of the content's method.
+    fn class_id(&self) -> u16;
+    /// The total size of the body frames that follow.
+    fn body_size(&self) -> u64;
+}
+
+impl HeaderOfContent for ContentHeader {
+    fn class_id(&self) -> u16 {
+        self.class_id
+    }
+
+    fn body_size(&self) -> u64 {
+        self.body_size
+    }
 }
 
 /// What the assembler waits for next (state names say what is awaited).
 #[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
 #[derive(Debug, Default)]
-enum State {
+enum State<H> {
     /// A method frame.
     #[default]
     AwaitingMethod,
@@ -56,7 +78,7 @@ enum State {
     /// More body frames.
     AwaitingBody {
         method: Method,
-        header: ContentHeader,
+        header: H,
         /// The body frames received so far.
         body: PartialBody,
         received: u64,
@@ -112,8 +134,8 @@ impl PartialBody {
 
 /// Puts one channel's method, header and body frames back together into [`Command`]s.
 #[derive(Debug)]
-pub struct ContentAssembler {
-    state: State,
+pub struct ContentAssembler<H = ContentHeader> {
+    state: State<H>,
     max_body_size: u64,
 }
 
@@ -126,7 +148,7 @@ impl Default for ContentAssembler {
 /// RabbitMQ's default `max_message_size`: 128 MiB (since RabbitMQ 3.8).
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 128 * 1024 * 1024;
 
-impl ContentAssembler {
+impl<H: HeaderOfContent> ContentAssembler<H> {
     /// An assembler that refuses bodies larger than `max_body_size` as soon as their header
     /// announces them, before buffering anything.
     pub fn new(max_body_size: u64) -> Self {
@@ -141,24 +163,8 @@ impl ContentAssembler {
         matches!(self.state, State::AwaitingMethod)
     }
 
-    /// Feeds one frame of this channel. Returns the command it completes, if any.
-    ///
-    /// Frames out of order are a 505 UNEXPECTED_FRAME; body frames beyond the announced size
-    /// a 501 FRAME_ERROR; a body over the maximum a 406 PRECONDITION_FAILED (a channel error,
-    /// as in RabbitMQ). Protocol headers and heartbeats are not channel frames and are refused.
-    pub fn feed(&mut self, frame: Frame) -> Result<Option<Command>, DecodeError> {
-        match frame {
-            Frame::Method(_, method) => self.feed_method(method),
-            Frame::Header(_, header) => self.feed_header(header),
-            Frame::Body(_, body) => self.feed_body(body),
-            Frame::Heartbeat | Frame::ProtocolHeader(_) => {
-                Err(DecodeError::UnexpectedFrame("not a channel frame"))
-            }
-        }
-    }
-
     /// Feeds a method frame.
-    pub fn feed_method(&mut self, method: Method) -> Result<Option<Command>, DecodeError> {
+    pub fn feed_method(&mut self, method: Method) -> Result<Option<Command<H>>, DecodeError> {
         match self.state {
             State::AwaitingMethod if method.has_content() => {
                 self.state = State::AwaitingHeader(method);
@@ -178,24 +184,24 @@ impl ContentAssembler {
     }
 
     /// Feeds a content header frame.
-    pub fn feed_header(&mut self, header: ContentHeader) -> Result<Option<Command>, DecodeError> {
+    pub fn feed_header(&mut self, header: H) -> Result<Option<Command<H>>, DecodeError> {
         let State::AwaitingHeader(method) = std::mem::take(&mut self.state) else {
             return Err(DecodeError::UnexpectedFrame(
                 "content header without a content-carrying method",
             ));
         };
-        if header.class_id != method.class_id() {
+        if header.class_id() != method.class_id() {
             return Err(DecodeError::UnexpectedFrame(
                 "content header of another class",
             ));
         }
-        if header.body_size > self.max_body_size {
+        if header.body_size() > self.max_body_size {
             return Err(DecodeError::ContentTooLarge {
-                size: header.body_size,
+                size: header.body_size(),
                 max: self.max_body_size,
             });
         }
-        if header.body_size == 0 {
+        if header.body_size() == 0 {
             return Ok(Some(Command {
                 method,
                 content: Some(Content {
@@ -214,7 +220,7 @@ impl ContentAssembler {
     }
 
     /// Feeds a content body frame.
-    pub fn feed_body(&mut self, part: Bytes) -> Result<Option<Command>, DecodeError> {
+    pub fn feed_body(&mut self, part: Bytes) -> Result<Option<Command<H>>, DecodeError> {
         let State::AwaitingBody {
             method,
             header,
@@ -227,14 +233,14 @@ impl ContentAssembler {
             ));
         };
         let received = received.saturating_add(part.len() as u64);
-        if received > header.body_size {
+        if received > header.body_size() {
             return Err(DecodeError::BodyTooLarge {
-                expected: header.body_size,
+                expected: header.body_size(),
                 received,
             });
         }
-        let body = body.push(part, received, header.body_size);
-        if received < header.body_size {
+        let body = body.push(part, received, header.body_size());
+        if received < header.body_size() {
             self.state = State::AwaitingBody {
                 method,
                 header,
@@ -248,6 +254,24 @@ impl ContentAssembler {
             method,
             content: Some(Content { header, body }),
         }))
+    }
+}
+
+impl ContentAssembler {
+    /// Feeds one frame of this channel. Returns the command it completes, if any.
+    ///
+    /// Frames out of order are a 505 UNEXPECTED_FRAME; body frames beyond the announced size
+    /// a 501 FRAME_ERROR; a body over the maximum a 406 PRECONDITION_FAILED (a channel error,
+    /// as in RabbitMQ). Protocol headers and heartbeats are not channel frames and are refused.
+    pub fn feed(&mut self, frame: Frame) -> Result<Option<Command>, DecodeError> {
+        match frame {
+            Frame::Method(_, method) => self.feed_method(method),
+            Frame::Header(_, header) => self.feed_header(header),
+            Frame::Body(_, body) => self.feed_body(body),
+            Frame::Heartbeat | Frame::ProtocolHeader(_) => {
+                Err(DecodeError::UnexpectedFrame("not a channel frame"))
+            }
+        }
     }
 }
 

@@ -94,7 +94,9 @@ pub mod methods {
 }
 
 pub use constants::{ChannelId, FrameType, ReplyCode, FRAME_END, FRAME_MIN_SIZE, PROTOCOL_HEADER};
-pub use content::{body_frames, encode_content, Command, Content, ContentAssembler};
+pub use content::{
+    body_frames, encode_content, Command, Content, ContentAssembler, HeaderOfContent,
+};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{decode, ContentHeader, Frame, Limits, ProtocolHeader};
 pub use generated::{BasicProperties, Method};

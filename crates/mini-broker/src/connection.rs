@@ -41,9 +41,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::broker::{generated_queue_name, Broker, ExchangeFlags, MessageStats, QueueFlags, VHost};
 use crate::delivery::{lock, ChannelLink, ContentMethod, Outbox, Unacked};
 use crate::error::{erlang_binary_p, erlang_binary_w, queue_resource, AmqpError};
-use crate::message::{
-    encode_properties, properties_of_header_payload, Deadline, MessageContent, QueuedMessage,
-};
+use crate::message::{Deadline, MessageContent, PublishedHeader, QueuedMessage};
 use crate::permissions::Permit;
 use crate::queue::{integer_argument, DeadLetters, Enqueued, Queue, QueueConsumer, QueueType};
 use crate::registry::{ChannelInfo, ConnectionInfo};
@@ -83,9 +81,8 @@ pub const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 /// A channel's transaction buffer: what tx.commit applies.
 #[derive(Default)]
 struct Transaction {
-    /// Each publish with the property octets of its content header (see
-    /// [`ServerChannel::properties_wire`]).
-    publishes: Vec<(Command, Option<Bytes>)>,
+    /// Each publish, its content header as received.
+    publishes: Vec<Command<PublishedHeader>>,
     acks: Vec<TxAck>,
 }
 
@@ -113,13 +110,11 @@ enum Expect {
 /// One open channel.
 struct ServerChannel {
     link: Arc<ChannelLink>,
-    assembler: ContentAssembler,
+    /// Content assembly, with the publishers' content headers taken as they came.
+    assembler: ContentAssembler<PublishedHeader>,
     expect: Expect,
     /// We sent channel.close and wait for close-ok.
     closing: bool,
-    /// The property flags and list of the last content header, as received, to be kept
-    /// with the message as they are (None: re-encode the decoded properties).
-    properties_wire: Option<Bytes>,
     /// Consumers on this channel: tag to queue.
     consumers: HashMap<ShortString, Arc<Queue>>,
     /// basic.qos prefetch for consumers started after it (per consumer).
@@ -940,9 +935,8 @@ impl ServerConnection {
                 }
                 channel.assembler.feed_method(method)
             }
-            ChannelFrame::Header(header, payload) => {
+            ChannelFrame::Header(header) => {
                 channel.expect = Expect::Body(expected_class, expected_method);
-                channel.properties_wire = properties_of_header_payload(&payload);
                 channel.assembler.feed_header(header)
             }
             ChannelFrame::Body(body) => channel.assembler.feed_body(body),
@@ -987,7 +981,6 @@ impl ServerConnection {
                 assembler: ContentAssembler::new(self.broker.config.max_message_size),
                 expect: Expect::Method,
                 closing: false,
-                properties_wire: None,
                 consumers: HashMap::new(),
                 prefetch_count: 0,
                 confirm_seq: None,
@@ -1111,7 +1104,7 @@ impl ServerConnection {
     fn handle_command(
         &mut self,
         id: ChannelId,
-        command: Command,
+        command: Command<PublishedHeader>,
         now: Instant,
     ) -> Result<(), AmqpError> {
         let Command { method, content } = command;
@@ -1333,26 +1326,22 @@ impl ServerConnection {
                 self.permit.publish(&publish.exchange)?;
                 self.has_published = true;
                 let channel = self.channel(id)?;
-                let properties_wire = channel.properties_wire.take();
                 let transactional = channel.tx.is_some();
                 if transactional {
                     // Checked now, as RabbitMQ checks, applied on commit.
                     vhost.check_publish(&publish.exchange)?;
-                    check_properties(&content.header.properties, &self.user)?;
+                    check_properties(&content.header, &self.user)?;
                     let tx = self
                         .channel(id)?
                         .tx
                         .get_or_insert_with(Transaction::default);
-                    tx.publishes.push((
-                        Command {
-                            method: publish.into(),
-                            content: Some(content),
-                        },
-                        properties_wire,
-                    ));
+                    tx.publishes.push(Command {
+                        method: publish.into(),
+                        content: Some(content),
+                    });
                     return Ok(());
                 }
-                self.publish(id, publish, content, properties_wire, &vhost, now)?;
+                self.publish(id, publish, content, &vhost, now)?;
             }
             Method::BasicGet(get) => self.get(id, get, &vhost)?,
             Method::BasicAck(ack) => {
@@ -1430,11 +1419,11 @@ impl ServerConnection {
                     AmqpError::precondition_failed("channel is not transactional")
                 })?;
                 let work = std::mem::take(tx);
-                for (command, properties_wire) in work.publishes {
+                for command in work.publishes {
                     if let (Method::BasicPublish(publish), Some(content)) =
                         (command.method, command.content)
                     {
-                        self.publish(id, publish, content, properties_wire, &vhost, now)?;
+                        self.publish(id, publish, content, &vhost, now)?;
                     }
                 }
                 for ack in work.acks {
@@ -1528,15 +1517,14 @@ impl ServerConnection {
         &mut self,
         id: ChannelId,
         publish: BasicPublish,
-        content: amqp_codec::Content,
-        properties_wire: Option<Bytes>,
+        content: amqp_codec::Content<PublishedHeader>,
         vhost: &Arc<VHost>,
         now: Instant,
     ) -> Result<(), AmqpError> {
-        let mut properties = content.header.properties;
+        let amqp_codec::Content { mut header, body } = content;
         // RabbitMQ checks the exchange (404, 403) before the properties: when a property
         // is refused, look the exchange up first to give the same answer.
-        let per_message_ttl = match check_properties(&properties, &self.user) {
+        let per_message_ttl = match check_properties(&header, &self.user) {
             Ok(ttl) => ttl,
             Err(error) => {
                 vhost.check_publish(&publish.exchange)?;
@@ -1545,7 +1533,7 @@ impl ServerConnection {
         };
         // Sender-selected distribution: CC and BCC headers add routing keys; BCC is removed
         // from the message. Without them (nearly always) nothing is allocated here.
-        let extra_keys = match routing_headers(properties.headers.as_ref()) {
+        let extra_keys = match routing_headers(header.headers()) {
             Ok(keys) => keys,
             Err(error) => {
                 vhost.check_publish(&publish.exchange)?;
@@ -1558,7 +1546,7 @@ impl ServerConnection {
             None => vhost.route(
                 &publish.exchange,
                 &publish.routing_key,
-                properties.headers.as_ref(),
+                header.headers(),
                 true,
                 &mut queues,
             ),
@@ -1566,16 +1554,8 @@ impl ServerConnection {
                 let mut all = Vec::with_capacity(keys.len() + 1);
                 all.push(publish.routing_key.clone());
                 all.extend(keys.iter().cloned());
-                if let Some(headers) = properties.headers.as_mut() {
-                    headers.remove("BCC");
-                }
-                vhost.route_keys(
-                    &publish.exchange,
-                    &all,
-                    properties.headers.as_ref(),
-                    true,
-                    &mut queues,
-                )
+                header.remove_bcc();
+                vhost.route_keys(&publish.exchange, &all, header.headers(), true, &mut queues)
             }
         };
         if let Err(error) = routed {
@@ -1583,17 +1563,13 @@ impl ServerConnection {
             return Err(error);
         }
         // The properties go on as they came, unless the BCC header was taken out.
-        let properties_wire = match (&extra_keys, properties_wire) {
-            (None, Some(wire)) => wire,
-            _ => encode_properties(&properties),
-        };
         let message = Arc::new(MessageContent::from_wire(
             publish.exchange.as_bytes(),
             publish.routing_key.as_bytes(),
-            &properties_wire,
-            properties.delivery_mode,
-            properties.priority,
-            content.body,
+            &header.properties_wire(),
+            header.delivery_mode(),
+            header.priority(),
+            body,
         ));
         let stats = &self.broker.stats;
         MessageStats::add(&stats.published, 1);
@@ -2255,9 +2231,8 @@ fn frame_description(raw: &RawFrame) -> String {
 #[allow(clippy::large_enum_variant)]
 enum ChannelFrame {
     Method(Method),
-    /// A content header, with its payload as received (its properties are kept as they
-    /// are).
-    Header(ContentHeader, Bytes),
+    /// A basic content header, its properties kept as they came.
+    Header(PublishedHeader),
     /// A content header of another class than basic, or with a weight: RabbitMQ's content
     /// assembly refuses it with a text that depends on what it expected.
     OddHeader {
@@ -2310,10 +2285,13 @@ fn analyze_frame(raw: &RawFrame, limits: &Limits) -> Analyzed {
             if class_id != ContentHeader::BASIC_CLASS_ID || weight != 0 {
                 return Analyzed::Frame(ChannelFrame::OddHeader { class_id, weight });
             }
+            if let Some(header) = PublishedHeader::scan(payload) {
+                return Analyzed::Frame(ChannelFrame::Header(header));
+            }
             match decode_payload(FrameType::HEADER, raw.channel, payload.clone(), limits) {
-                Ok(Frame::Header(_, header)) => {
-                    Analyzed::Frame(ChannelFrame::Header(header, payload.clone()))
-                }
+                Ok(Frame::Header(_, header)) => Analyzed::Frame(ChannelFrame::Header(
+                    PublishedHeader::from_decoded(header, payload),
+                )),
                 Ok(_) => Analyzed::Unknown,
                 Err(err) => Analyzed::BadProperties(err),
             }
@@ -2342,23 +2320,22 @@ fn rabbitmq_state_name(state: ServerState) -> &'static str {
 /// RabbitMQ's checks of a published message's properties, in its order: `user_id` must be
 /// the authenticated user, `expiration` a number of milliseconds. Returns the per-message
 /// TTL.
-fn check_properties(
-    properties: &amqp_codec::BasicProperties,
-    user: &str,
-) -> Result<Option<Duration>, AmqpError> {
-    if let Some(claimed) = &properties.user_id {
-        if claimed.as_bytes() != user.as_bytes() {
+fn check_properties(header: &PublishedHeader, user: &str) -> Result<Option<Duration>, AmqpError> {
+    if let Some(claimed) = header.user_id() {
+        if claimed != user.as_bytes() {
+            let claimed = String::from_utf8_lossy(claimed);
             return Err(AmqpError::precondition_failed(format!(
                 "user_id property set to '{claimed}' but authenticated user was '{user}'"
             )));
         }
     }
-    match &properties.expiration {
+    match header.expiration() {
         None => Ok(None),
-        Some(expiration) => match parse_expiration(expiration.as_bytes()) {
+        Some(expiration) => match parse_expiration(expiration) {
             Ok(ms) => Ok(Some(Duration::from_millis(ms))),
             Err(reason) => Err(AmqpError::precondition_failed(format!(
-                "invalid expiration '{expiration}': {reason}"
+                "invalid expiration '{}': {reason}",
+                String::from_utf8_lossy(expiration)
             ))),
         },
     }
