@@ -13,7 +13,6 @@ use clap::Parser;
 use amqp_perf::Args;
 
 fn main() {
-    keep_large_buffers_in_the_heap();
     let args = Args::parse();
     if let Err(error) = args.validate() {
         eprintln!("amqp-perf: {error}");
@@ -56,25 +55,4 @@ fn main() {
     // Connections still closing must not hold the exit.
     runtime.shutdown_background();
     std::process::exit(if summary.ok() { 0 } else { 3 });
-}
-
-/// glibc's malloc serves allocations over 128 KiB with `mmap` and gives free memory over
-/// 128 KiB at the top of the heap back to the kernel. amqp-perf takes a 1 MiB chunk of
-/// bodies (body.rs) every 16 bodies of 64 KiB and 256 KiB read buffers (amqp-client), all
-/// freed again within moments: with the defaults each costs page faults and the kernel's
-/// zeroing of its pages, up to 16 faults per 64 KiB message. Kept in the heap they are reused
-/// warm. Before any thread starts; `GLIBC_TUNABLES` set by the user wins.
-fn keep_large_buffers_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("GLIBC_TUNABLES").is_none() {
-        /// Allocations up to this size come from the heap.
-        const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
-        /// Free memory at the top of the heap kept for reuse.
-        const TRIM_THRESHOLD: libc::c_int = 64 * 1024 * 1024;
-        // SAFETY: mallopt only sets two allocator parameters, before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-        }
-    }
 }

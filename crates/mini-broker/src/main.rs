@@ -73,10 +73,10 @@ fn main() {
 /// arrived in until its last consumer took it), so with the defaults every buffer costs page
 /// faults and the kernel's zeroing of each page: ~2–3 faults per 64 KiB message. Kept in the
 /// heap instead, freed buffers are reused warm. Run before any thread starts (mallopt is not
-/// for a running allocator); `GLIBC_TUNABLES` set by the user wins.
+/// for a running allocator); malloc tunables in `GLIBC_TUNABLES` win.
 fn keep_large_buffers_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| tunables.contains("glibc.malloc.")) {
         /// Allocations up to this size come from the heap.
         const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
         /// Free memory at the top of the heap kept for reuse.
