@@ -52,44 +52,8 @@ enum Command {
     },
 }
 
-fn main() {
-    keep_large_buffers_in_the_heap();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mini-broker: cannot start the runtime: {err}");
-            std::process::exit(1);
-        }
-    };
-    runtime.block_on(run());
-}
-
-/// glibc's malloc defaults: allocations over 128 KiB are served by `mmap`, and free memory
-/// over 128 KiB at the top of the heap is given back to the kernel. The broker's read buffers
-/// come and go at the rate of large messages (a 64 KiB body stays a slice of the buffer it
-/// arrived in until its last consumer took it), so with the defaults every buffer costs page
-/// faults and the kernel's zeroing of each page: ~2–3 faults per 64 KiB message. Kept in the
-/// heap instead, freed buffers are reused warm. Run before any thread starts (mallopt is not
-/// for a running allocator); malloc tunables in `GLIBC_TUNABLES` win.
-fn keep_large_buffers_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| tunables.contains("glibc.malloc.")) {
-        /// Allocations up to this size come from the heap.
-        const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
-        /// Free memory at the top of the heap kept for reuse.
-        const TRIM_THRESHOLD: libc::c_int = 64 * 1024 * 1024;
-        // SAFETY: mallopt only sets two allocator parameters, before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-        }
-    }
-}
-
-async fn run() {
+#[tokio::main]
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
