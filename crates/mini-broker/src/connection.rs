@@ -34,7 +34,7 @@ use amqp_codec::methods::*;
 use amqp_codec::tune::Tune;
 use amqp_codec::{
     ChannelId, Command, ContentAssembler, ContentHeader, DecodeError, FieldArray, FieldTable,
-    FieldValue, Frame, FrameType, Limits, LongString, Method, ReplyCode, ShortString,
+    FieldValue, Frame, FrameType, Limits, Method, ReplyCode, ShortString,
 };
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -224,6 +224,15 @@ pub struct ServerConnection {
     route_buf: Vec<Arc<Queue>>,
     /// Channels with publisher confirms due ([`ServerChannel::acks_due`]).
     channels_with_acks_due: Vec<ChannelId>,
+}
+
+/// A connection that goes away for any reason, a bug that unwinds through its task
+/// included, gives back what it held: unacked messages are requeued, its consumers and
+/// exclusive queues removed (cleanup does nothing the second time).
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }
 
 impl ServerConnection {
@@ -664,7 +673,7 @@ impl ServerConnection {
     fn on_start_ok(&mut self, start_ok: ConnectionStartOk, now: Instant) -> Result<(), AmqpError> {
         // A copy: the decoded table's strings are slices of the read buffer, and would keep
         // it allocated for as long as the connection lives.
-        self.client_properties = copied_table(&start_ok.client_properties);
+        self.client_properties = start_ok.client_properties.detached();
         if let Some(FieldValue::Table(capabilities)) = self.client_properties.get("capabilities") {
             let enabled = |name| matches!(capabilities.get(name), Some(FieldValue::Bool(true)));
             self.cancel_notify = enabled("consumer_cancel_notify");
@@ -1483,10 +1492,12 @@ impl ServerConnection {
                 "{resource} does not support global qos"
             )));
         }
+        // The tag and the arguments outlive the frame: detached, so that they do not keep
+        // the read buffer it is a slice of alive.
         let tag = if consume.consumer_tag.is_empty() {
             generated_consumer_tag()
         } else {
-            consume.consumer_tag.clone()
+            consume.consumer_tag.detached()
         };
         channel.consumers.insert(tag.clone(), queue.clone());
         let consumer = QueueConsumer {
@@ -1497,7 +1508,7 @@ impl ServerConnection {
             prefetch: channel.prefetch_count,
             unacked: 0,
             priority,
-            arguments: consume.arguments.clone(),
+            arguments: consume.arguments.detached(),
             active: true,
             served: 0,
         };
@@ -1918,35 +1929,6 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, dead: DeadLetters) {
             let mut more = DeadLetters::new();
             target.publish(queued, &mut more);
         }
-    }
-}
-
-/// A copy of `table` that shares no octets with the frame it was decoded from (the strings
-/// of a decoded table are slices of the read buffer).
-fn copied_table(table: &FieldTable) -> FieldTable {
-    table
-        .iter()
-        .map(|(name, value)| {
-            (
-                ShortString::copy_from_slice(name.as_bytes()),
-                copied_value(value),
-            )
-        })
-        .collect()
-}
-
-/// A copy of `value` that shares no octets with the frame it was decoded from.
-fn copied_value(value: &FieldValue) -> FieldValue {
-    match value {
-        FieldValue::LongString(text) => {
-            FieldValue::LongString(LongString::new(Bytes::copy_from_slice(text.as_bytes())))
-        }
-        FieldValue::ByteArray(octets) => FieldValue::ByteArray(Bytes::copy_from_slice(octets)),
-        FieldValue::Array(values) => {
-            FieldValue::Array(FieldArray(values.iter().map(copied_value).collect()))
-        }
-        FieldValue::Table(table) => FieldValue::Table(copied_table(table)),
-        scalar => scalar.clone(),
     }
 }
 
@@ -2426,6 +2408,95 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_dropped_without_closing_requeues_what_it_held() {
+        let broker = Broker::new(crate::config::BrokerConfig::default());
+        let outbox = Arc::new(Outbox::new(131_072));
+        let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let now = Instant::now();
+        let mut connection = ServerConnection::new(broker.clone(), address, address, outbox, now);
+        let mut input = BytesMut::from(&b"AMQP\0\0\x09\x01"[..]);
+        let mut frame = |frame: Frame| frame.encode(&mut input, 131_072).unwrap();
+        frame(Frame::Method(
+            0,
+            ConnectionStartOk {
+                client_properties: FieldTable::new(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            }
+            .into(),
+        ));
+        frame(Frame::Method(
+            0,
+            ConnectionTuneOk {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 0,
+            }
+            .into(),
+        ));
+        frame(Frame::Method(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".into(),
+            }
+            .into(),
+        ));
+        frame(Frame::Method(1, ChannelOpen.into()));
+        frame(Frame::Method(
+            1,
+            QueueDeclare {
+                queue: "held".into(),
+                ..Default::default()
+            }
+            .into(),
+        ));
+        frame(Frame::Method(
+            1,
+            BasicPublish {
+                routing_key: "held".into(),
+                ..Default::default()
+            }
+            .into(),
+        ));
+        frame(Frame::Header(
+            1,
+            ContentHeader {
+                class_id: ContentHeader::BASIC_CLASS_ID,
+                body_size: 2,
+                properties: BasicProperties::default(),
+            },
+        ));
+        frame(Frame::Body(1, Bytes::from_static(b"hi")));
+        frame(Frame::Method(
+            1,
+            BasicConsume {
+                queue: "held".into(),
+                ..Default::default()
+            }
+            .into(),
+        ));
+        connection.handle_input(&mut input, now);
+
+        let queue = broker.vhost("/").unwrap().queue(&"held".into()).unwrap();
+        {
+            let state = queue.state();
+            assert_eq!(
+                (state.ready.len(), state.unacked, state.consumers.len()),
+                (0, 1, 1)
+            );
+        }
+        // No handle_eof: the connection's task went away some other way (a bug unwinding
+        // through it).
+        drop(connection);
+        let state = queue.state();
+        assert_eq!(
+            (state.ready.len(), state.unacked, state.consumers.len()),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
     fn client_properties_are_copied_out_of_the_frame_they_came_in() {
         let long_name = "a-property-name-longer-than-thirty-one-octets";
         let mut capabilities = FieldTable::new();
@@ -2466,7 +2537,7 @@ mod tests {
             "the decoded table is a view of the frame"
         );
 
-        let copied = copied_table(&decoded.client_properties);
+        let copied = decoded.client_properties.detached();
         assert_eq!(copied, decoded.client_properties);
         let mut copied_octets = Vec::new();
         table_octets(&copied, &mut copied_octets);

@@ -397,13 +397,15 @@ impl Outbox {
 
     /// Stops accepting frames and wakes the writer so it can finish.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        // Release, with is_closed's Acquire: a writer that sees the close also sees every
+        // frame put in before it.
+        self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 
     /// Whether the outbox was closed.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Remembers a queue to kick once the writer drained the outbox.

@@ -66,12 +66,19 @@ async fn handle(
     let (mut trace_in, mut trace_out) =
         amqp_codec::trace::Tracer::with_id("broker", connection.id(), peer).split();
 
+    // However `handle` ends, a bug unwinding through it included, the writer is told to
+    // stop, so the socket is closed rather than left open with nothing behind it.
+    let _close_outbox = CloseOnDrop(outbox.clone());
     let writer_outbox = outbox.clone();
     let writer_task = tokio::spawn(async move {
         loop {
+            // Whether the outbox is closed is read before taking what it holds: what was put
+            // in before the close (a close-ok, say) is then in this take, never left behind
+            // by a close that came between the take and the check.
+            let closed = writer_outbox.is_closed();
             let mut segments = writer_outbox.take();
             if segments.is_empty() {
-                if writer_outbox.is_closed() {
+                if closed {
                     break;
                 }
                 writer_outbox.wait().await;
@@ -183,6 +190,15 @@ async fn handle(
     outbox.close();
     let _ = writer_task.await;
     Ok(())
+}
+
+/// Closes an outbox when dropped.
+struct CloseOnDrop(Arc<Outbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Reads into `input`: the octets read, and how many the read could take. A quiet
