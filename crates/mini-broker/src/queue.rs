@@ -1623,5 +1623,29 @@ mod tests {
             assert_eq!(body_of(&second.expect("m1")), "m1");
             assert_eq!(counts(&queue), (8, 0));
         }
+
+        /// A consume that finds the head paged out while a basic.get reads it back leaves the
+        /// read to the get; once the get is done, nothing is under way, so the consumer (room
+        /// for all) must hold every message left, not just those the get's one read brought.
+        #[test]
+        fn a_consumer_that_came_while_a_get_read_the_head_back_gets_the_whole_backlog() {
+            let count = READ_AHEAD_MESSAGES + 10;
+            let (dir, _store, queue) = paged_out_queue(count);
+            let subscriber = queue.clone();
+            let (added, got) = while_the_head_is_read_back(&dir, &queue, move || {
+                subscriber.add_consumer(consumer("c", 0, 0), &mut Vec::new());
+            });
+            assert!(added.is_some(), "the consume waited for the disk");
+            assert_eq!(body_of(&got.expect("the head")), "m0");
+            let left = counts(&queue);
+            let held: Vec<String> = holdings(&queue).remove(0).1;
+            assert_eq!(
+                (left, held.len()),
+                ((0, 0), count - 1),
+                "ready messages left (ready, paged out) while the consumer has room"
+            );
+            let expected: Vec<String> = (1..count).map(|i| format!("m{i}")).collect();
+            assert_eq!(held, expected, "in order");
+        }
     }
 }
