@@ -218,9 +218,14 @@ pub struct QueueState {
     /// back with the lock released ([`Queue::with_head_in_memory`]).
     head_paged_out: bool,
     /// A read of messages near the head is under way, the lock released; whoever reads
-    /// dispatches once they are back, so a dispatch that finds the head paged out meanwhile
-    /// leaves it to them rather than read the same messages again.
+    /// dispatches after each read and reads on while that dispatch stops at a paged-out head,
+    /// so a dispatch that finds the head paged out meanwhile leaves it to them rather than
+    /// read the same messages again. Cleared when that read ends, even by a panic
+    /// ([`ReadUnderWay`]).
     paging_in: bool,
+    /// The next read of the head panics with the lock released (tests of [`ReadUnderWay`]).
+    #[cfg(test)]
+    panic_in_next_read: bool,
     /// Page-out looks so far (tests count them).
     #[cfg(test)]
     page_out_looks: usize,
@@ -328,6 +333,8 @@ impl Queue {
                 arrived: 0,
                 head_paged_out: false,
                 paging_in: false,
+                #[cfg(test)]
+                panic_in_next_read: false,
                 #[cfg(test)]
                 page_out_looks: 0,
                 counted_resident: 0,
@@ -905,10 +912,12 @@ impl Queue {
     /// Runs `work`, a change that takes messages from the head, on the locked state. While
     /// it stopped at a paged-out head, reads the paged-out messages near the head back from
     /// the store with the lock released (publishers and consumers of the queue do not wait
-    /// for the disk), puts back those still waiting, and runs `work` again; then dispatches,
-    /// for consumers that found the head paged out while the read was under way. Unless
-    /// `always_read`, a change that finds another read under way leaves the head to it.
-    /// Returns the state, locked again.
+    /// for the disk), puts back those still waiting, and runs `work` again. After each read
+    /// it also dispatches, for consumers that found the head paged out while the read was
+    /// under way and left it to this one: it reads on while either `work` or that dispatch
+    /// stops at a paged-out head, so the consumers are not left waiting for the next
+    /// publish, ack or get. Unless `always_read`, a change that finds another read under
+    /// way leaves the head to it. Returns the state, locked again.
     fn with_head_in_memory<'a>(
         self: &'a Arc<Self>,
         mut state: Locked<'a>,
@@ -918,16 +927,17 @@ impl Queue {
     ) -> Locked<'a> {
         state.head_paged_out = false;
         work(&mut state, dead);
-        let mut read_back = false;
         while let Some(read) = self.plan_page_in(&mut state, always_read) {
             drop(state);
+            #[cfg(test)]
+            if read.panics {
+                panic!("test fault: the read of the head panicked");
+            }
             let pages = self.read_pages(&read.wanted);
             state = self.lock_state();
-            self.put_back_pages(&mut state, read.owns_flag, pages);
-            read_back = true;
+            read.under_way.end(&mut state);
+            self.put_back_pages(&mut state, pages);
             work(&mut state, dead);
-        }
-        if read_back {
             self.dispatch(&mut state, dead);
         }
         state
@@ -936,7 +946,7 @@ impl Queue {
     /// What to read back after a change stopped at a paged-out head: the paged-out messages
     /// among the next [`READ_AHEAD_MESSAGES`] (the head's first). None when no change
     /// stopped there, or when another read is under way and `always_read` is false.
-    fn plan_page_in(&self, state: &mut QueueState, always_read: bool) -> Option<PageIn> {
+    fn plan_page_in<'a>(&'a self, state: &mut QueueState, always_read: bool) -> Option<PageIn<'a>> {
         if !std::mem::take(&mut state.head_paged_out)
             || !state.ready.front().is_some_and(ReadyMessage::is_paged_out)
             || (state.paging_in && !always_read)
@@ -965,9 +975,17 @@ impl Queue {
                 state.paged_out_bytes -= size;
             }
         }
-        let owns_flag = !state.paging_in;
+        let under_way = ReadUnderWay {
+            queue: self,
+            owns_flag: !state.paging_in,
+        };
         state.paging_in = true;
-        Some(PageIn { wanted, owns_flag })
+        Some(PageIn {
+            wanted,
+            under_way,
+            #[cfg(test)]
+            panics: std::mem::take(&mut state.panic_in_next_read),
+        })
     }
 
     /// Reads `wanted` back from the store (as many as [`READ_AHEAD_BYTES`] of log hold, at
@@ -994,11 +1012,8 @@ impl Queue {
     /// each that is still there and paged out, as it was when the read was planned. What
     /// left the queue meanwhile (delivered, purged, the queue deleted) is dropped. A message
     /// still waiting whose record could not be read (a damaged log) is dropped from the
-    /// queue, with an error logged. `owns_flag`: this read set [`QueueState::paging_in`].
-    fn put_back_pages(&self, state: &mut QueueState, owns_flag: bool, pages: Vec<Page>) {
-        if owns_flag {
-            state.paging_in = false;
-        }
+    /// queue, with an error logged.
+    fn put_back_pages(&self, state: &mut QueueState, pages: Vec<Page>) {
         let mut pages: HashMap<u64, Page> = pages.into_iter().map(|p| (p.wanted.id, p)).collect();
         let mut lost = Vec::new();
         let mut last = None;
@@ -1149,10 +1164,40 @@ struct Wanted {
 }
 
 /// A planned read of paged-out messages near the head.
-struct PageIn {
+struct PageIn<'a> {
     wanted: Vec<Wanted>,
+    under_way: ReadUnderWay<'a>,
+    /// The read panics (a test fault: [`QueueState::panic_in_next_read`]).
+    #[cfg(test)]
+    panics: bool,
+}
+
+/// A read of the head under way, the queue's lock released. The read that set
+/// [`QueueState::paging_in`] clears it when it ends, with the lock taken again; if the
+/// reader panics before, it is cleared when this is dropped, so the queue's consumers do not
+/// leave the head to a read that will never end.
+struct ReadUnderWay<'a> {
+    queue: &'a Queue,
     /// Whether this read set [`QueueState::paging_in`] (and clears it).
     owns_flag: bool,
+}
+
+impl ReadUnderWay<'_> {
+    /// The read is done: called with the state locked again, before anything that could
+    /// panic (the drop would lock it a second time).
+    fn end(mut self, state: &mut QueueState) {
+        if std::mem::take(&mut self.owns_flag) {
+            state.paging_in = false;
+        }
+    }
+}
+
+impl Drop for ReadUnderWay<'_> {
+    fn drop(&mut self) {
+        if self.owns_flag {
+            self.queue.state().paging_in = false;
+        }
+    }
 }
 
 /// A message read back: its content, as its queue delivers it; None if it cannot be read.
@@ -1466,6 +1511,12 @@ mod tests {
         /// Publishes persistent message `body` with a store id; logged in the store when
         /// `logged` (otherwise it never reaches the disk, so it cannot page out).
         fn publish_persistent(store: &Store, queue: &Arc<Queue>, body: &str, logged: bool) {
+            let message = persistent_message(store, body, logged);
+            assert_eq!(queue.publish(message, &mut Vec::new()), Enqueued::Accepted);
+        }
+
+        /// Persistent message `body` with a store id, logged in the store when `logged`.
+        fn persistent_message(store: &Store, body: &str, logged: bool) -> QueuedMessage {
             let properties = BasicProperties {
                 delivery_mode: Some(2),
                 ..BasicProperties::default()
@@ -1484,13 +1535,12 @@ mod tests {
                     content.body_bytes(),
                 ));
             }
-            let message = QueuedMessage {
+            QueuedMessage {
                 content: Arc::new(content),
                 expires_at: None,
                 persist_id: Some(id),
                 redelivered: false,
-            };
-            assert_eq!(queue.publish(message, &mut Vec::new()), Enqueued::Accepted);
+            }
         }
 
         /// A queue of `count` messages "m0".., all paged out.
@@ -1499,12 +1549,16 @@ mod tests {
             for i in 0..count {
                 publish_persistent(&store, &queue, &format!("m{i}"), true);
             }
+            page_out_all(&store, &queue, count);
+            (dir, store, queue)
+        }
+
+        /// Pages out every one of the `count` messages of `queue`, once they are on disk.
+        fn page_out_all(store: &Store, queue: &Queue, count: usize) {
             assert!(store.sync());
             queue.page_out_now();
             let state = queue.state();
             assert_eq!((state.ready.len(), state.paged_out), (count, count));
-            drop(state);
-            (dir, store, queue)
         }
 
         fn body_of(message: &QueuedMessage) -> String {
@@ -1554,11 +1608,24 @@ mod tests {
             queue: &Arc<Queue>,
             meanwhile: impl FnOnce() -> T + Send + 'static,
         ) -> (Option<T>, Option<QueuedMessage>) {
+            let getter = queue.clone();
+            while_read_back_by(
+                dir,
+                move || getter.get(&mut Vec::new()).map(|(m, _)| m),
+                meanwhile,
+            )
+        }
+
+        /// Runs `reader`, a change whose read of the paged-out head is held up at the disk,
+        /// and `meanwhile` while it is held; returns what `meanwhile` returned (None: it
+        /// waited for the read, that is for the queue's lock) and what `reader` returned.
+        fn while_read_back_by<R: Send + 'static, T: Send + 'static>(
+            dir: &std::path::Path,
+            reader: impl FnOnce() -> R + Send + 'static,
+            meanwhile: impl FnOnce() -> T + Send + 'static,
+        ) -> (Option<T>, R) {
             let held = faults::hold_next_read(&dir.join("messages"));
-            let getter = {
-                let queue = queue.clone();
-                std::thread::spawn(move || queue.get(&mut Vec::new()).map(|(m, _)| m))
-            };
+            let reader = std::thread::spawn(reader);
             let reached = held.wait_reached(Duration::from_secs(10));
             let (done, result) = mpsc::channel();
             std::thread::spawn(move || {
@@ -1566,8 +1633,8 @@ mod tests {
             });
             let result = result.recv_timeout(Duration::from_secs(10)).ok();
             held.release();
-            assert!(reached, "the get did not read");
-            (result, getter.join().unwrap())
+            assert!(reached, "the reader did not read");
+            (result, reader.join().unwrap())
         }
 
         #[test]
@@ -1624,6 +1691,20 @@ mod tests {
             assert_eq!(counts(&queue), (8, 0));
         }
 
+        /// Asserts that the queue's one consumer (room for all) holds its `count` messages but
+        /// m0, in order, and that none are left ready.
+        fn assert_holds_all_but_m0(queue: &Queue, count: usize) {
+            let left = counts(queue);
+            let held: Vec<String> = holdings(queue).remove(0).1;
+            assert_eq!(
+                (left, held.len()),
+                ((0, 0), count - 1),
+                "ready messages left (ready, paged out) while the consumer has room"
+            );
+            let expected: Vec<String> = (1..count).map(|i| format!("m{i}")).collect();
+            assert_eq!(held, expected, "in order");
+        }
+
         /// A consume that finds the head paged out while a basic.get reads it back leaves the
         /// read to the get; once the get is done, nothing is under way, so the consumer (room
         /// for all) must hold every message left, not just those the get's one read brought.
@@ -1637,15 +1718,56 @@ mod tests {
             });
             assert!(added.is_some(), "the consume waited for the disk");
             assert_eq!(body_of(&got.expect("the head")), "m0");
-            let left = counts(&queue);
-            let held: Vec<String> = holdings(&queue).remove(0).1;
-            assert_eq!(
-                (left, held.len()),
-                ((0, 0), count - 1),
-                "ready messages left (ready, paged out) while the consumer has room"
+            assert_holds_all_but_m0(&queue, count);
+        }
+
+        /// Like a get, an expiry that reads the paged-out head back (to drop it) serves the
+        /// consumer that came meanwhile with the whole backlog, not just its one read's.
+        #[test]
+        fn a_consumer_that_came_while_an_expiry_read_the_head_back_gets_the_whole_backlog() {
+            let count = READ_AHEAD_MESSAGES + 10;
+            let (dir, store, queue) = paged_queue();
+            // m0 expires in an hour, the others never.
+            let now = Instant::now();
+            let mut first = persistent_message(&store, "m0", true);
+            first.expires_at = Some(Deadline::at(now + Duration::from_secs(3600)));
+            assert_eq!(queue.publish(first, &mut Vec::new()), Enqueued::Accepted);
+            for i in 1..count {
+                publish_persistent(&store, &queue, &format!("m{i}"), true);
+            }
+            page_out_all(&store, &queue, count);
+            let expirer = queue.clone();
+            let subscriber = queue.clone();
+            let (added, dead) = while_read_back_by(
+                &dir,
+                move || {
+                    let mut dead = Vec::new();
+                    expirer.expire(now + Duration::from_secs(7200), &mut dead);
+                    dead
+                },
+                move || subscriber.add_consumer(consumer("c", 0, 0), &mut Vec::new()),
             );
-            let expected: Vec<String> = (1..count).map(|i| format!("m{i}")).collect();
-            assert_eq!(held, expected, "in order");
+            assert!(added.is_some(), "the consume waited for the disk");
+            let dead: Vec<(String, &str)> = dead.iter().map(|(m, r)| (body_of(m), *r)).collect();
+            assert_eq!(dead, [("m0".to_owned(), "expired")]);
+            assert_holds_all_but_m0(&queue, count);
+        }
+
+        /// A reader that panics with the lock released does not leave the queue marked as
+        /// being read: a consumer that comes next reads the head back itself.
+        #[test]
+        fn a_read_of_the_head_that_panics_leaves_the_head_to_the_next_change() {
+            let (_dir, _store, queue) = paged_out_queue(10);
+            queue.state().panic_in_next_read = true;
+            let getter = queue.clone();
+            let got = std::thread::spawn(move || getter.get(&mut Vec::new()).is_some()).join();
+            assert!(got.is_err(), "the get's read did not panic");
+            assert!(!queue.state().paging_in, "still marked as being read");
+            queue.add_consumer(consumer("c", 0, 0), &mut Vec::new());
+            assert_eq!(counts(&queue), (0, 0));
+            let held: Vec<String> = holdings(&queue).remove(0).1;
+            let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+            assert_eq!(held, expected);
         }
     }
 }
