@@ -17,13 +17,12 @@ use crate::error::{
     exchange_resource, field_type_name, field_value_text, queue_resource, AmqpError,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::message::{Deadline, MessageContent, QueuedMessage};
 use crate::queue::{integer_argument, Overflow, Queue, QueueDeclaration, QueueSettings, QueueType};
 use crate::store::definitions::{
     table_from_json, table_to_json, BindingDefinition, ExchangeDefinition, QueueDefinition,
     VHostDefinitions,
 };
-use crate::store::{Recovered, Store};
+use crate::store::Store;
 
 /// The whole broker: what every connection shares.
 pub struct Broker {
@@ -123,19 +122,13 @@ impl Broker {
     }
 
     /// A broker whose durable definitions and persistent messages live in `store`; what the
-    /// store recovered is put back first: definitions, then messages in publish order.
-    pub fn with_store(
-        config: BrokerConfig,
-        store: Option<(Arc<Store>, Vec<Recovered>)>,
-    ) -> Arc<Broker> {
+    /// store recovered is put back first: definitions, then each durable queue takes its
+    /// messages (paged out, read back as its budget allows).
+    pub fn with_store(config: BrokerConfig, store: Option<Arc<Store>>) -> Arc<Broker> {
         let watermark = if config.memory_high_watermark == 0 {
             default_memory_high_watermark()
         } else {
             config.memory_high_watermark
-        };
-        let (store, recovered) = match store {
-            Some((store, recovered)) => (Some(store), recovered),
-            None => (None, Vec::new()),
         };
         let vhosts: HashMap<String, Arc<VHost>> = config
             .vhosts
@@ -155,7 +148,6 @@ impl Broker {
                     vhost.restore(saved);
                 }
             }
-            restore_messages(&vhosts, store, recovered);
             // Messages of queues in vhosts the configuration no longer has (logged).
             store.forget_unclaimed();
         }
@@ -345,44 +337,6 @@ impl Broker {
             .users
             .iter()
             .any(|u| u.name == username && u.tags.iter().any(|t| t == "administrator"))
-    }
-}
-
-/// Puts recovered messages back in their queues, in publish order, marked redelivered when
-/// they had been delivered before the restart. Messages whose queue is gone are dropped.
-fn restore_messages(
-    vhosts: &HashMap<String, Arc<VHost>>,
-    store: &Arc<Store>,
-    recovered: Vec<Recovered>,
-) {
-    let mut restored = 0usize;
-    for Recovered { record } in recovered {
-        let vhost = vhosts.get(&*String::from_utf8_lossy(&record.vhost));
-        let queue = vhost.and_then(|v| v.queue(&ShortString::new(record.queue.clone())));
-        let content = MessageContent::from_stored(
-            &record.exchange,
-            &record.routing_key,
-            &record.header,
-            record.body,
-        );
-        let (Some(queue), Some(content)) = (queue, content) else {
-            store.ack(record.id);
-            continue;
-        };
-        queue.restore(QueuedMessage {
-            content: Arc::new(content),
-            redelivered: record.delivered,
-            expires_at: queue
-                .settings
-                .message_ttl
-                .and_then(|ttl| Instant::now().checked_add(ttl))
-                .map(Deadline::at),
-            persist_id: Some(record.id),
-        });
-        restored += 1;
-    }
-    if restored > 0 {
-        tracing::info!("restored {restored} persistent messages to their queues");
     }
 }
 

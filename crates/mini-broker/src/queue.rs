@@ -662,17 +662,6 @@ impl Queue {
         self.auto_delete && state.had_consumer && state.consumers.is_empty() && !state.deleted
     }
 
-    /// Puts a message recovered from the store at the tail (at startup, before any
-    /// consumer).
-    pub fn restore(&self, mut message: QueuedMessage) {
-        let mut state = self.lock_state();
-        if self.settings.queue_type == QueueType::Quorum {
-            let count = i64::from(message.redelivered);
-            message.content = with_delivery_count(&message.content, count);
-        }
-        self.enqueue(&mut state, message);
-    }
-
     /// Takes the messages the store recovered for this queue, in publish order, behind any
     /// it holds: as many from the head as the paging budget has room for are read back into
     /// memory, the others stay paged out, their bodies in the log (a priority queue, which
@@ -698,15 +687,22 @@ impl Queue {
                 None => false,
             })
             .count();
-        let (head, tail) = recovered.split_at(in_memory);
+        let head = &recovered[..in_memory];
         state.ready.reserve_exact(recovered.len());
-        for chunk in head.chunks(READ_AHEAD_MESSAGES) {
+        // How many of the head were read back (or found gone).
+        let mut read = 0;
+        'reading: for chunk in head.chunks(READ_AHEAD_MESSAGES) {
             let mut rest = chunk;
             while !rest.is_empty() {
                 let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
                 let records = store.read_messages(&ids, READ_AHEAD_BYTES);
-                // At least one is read (or reported None) each time.
-                let (done, left) = rest.split_at(records.len().clamp(1, rest.len()));
+                if records.is_empty() {
+                    // The log could not be read (an I/O error, logged): what is left stays
+                    // on disk.
+                    break 'reading;
+                }
+                let (done, left) = rest.split_at(records.len().min(rest.len()));
+                read += done.len();
                 for (message, record) in done.iter().zip(records) {
                     match self.content_from_log(record, message.delivered) {
                         Some(content) => self.enqueue(
@@ -727,7 +723,17 @@ impl Queue {
                 rest = left;
             }
         }
-        for message in tail {
+        if read < head.len() && self.settings.max_priority.is_some() {
+            // A priority queue holds no message paged out: the rest waits in the log for
+            // the next start.
+            tracing::error!(
+                "queue '{}': {} messages could not be read back from the log; they stay there",
+                self.name,
+                recovered.len() - read
+            );
+            return;
+        }
+        for message in &recovered[read..] {
             let size = message.size as usize;
             state.ready.push_back(ReadyMessage::paged_out(
                 message.id,
@@ -936,6 +942,11 @@ impl Queue {
             let pages = self.read_pages(&read.wanted);
             state = self.lock_state();
             read.under_way.end(&mut state);
+            if pages.is_empty() && !read.wanted.is_empty() {
+                // Not even the head could be read (an I/O error, logged): it stays paged
+                // out, to be read when the queue next changes, not again at once.
+                break;
+            }
             self.put_back_pages(&mut state, pages);
             work(&mut state, dead);
             self.dispatch(&mut state, dead);
@@ -1491,7 +1502,7 @@ mod tests {
         /// on disk pages out.
         fn paged_queue() -> (TempDir, Arc<Store>, Arc<Queue>) {
             let dir = tempdir();
-            let (store, _) = Store::open(StoreOptions::new(&*dir)).unwrap();
+            let store = Store::open(StoreOptions::new(&*dir)).unwrap();
             store.pager().set_threshold(1);
             let queue = Arc::new(Queue::new(
                 QueueDeclaration {
@@ -1551,6 +1562,25 @@ mod tests {
             }
             page_out_all(&store, &queue, count);
             (dir, store, queue)
+        }
+
+        #[test]
+        fn a_head_the_disk_cannot_read_stays_paged_out_and_is_read_once_the_disk_reads_again() {
+            let (dir, _store, queue) = paged_out_queue(10);
+            let messages = dir.join("messages");
+            let mut dead = Vec::new();
+            faults::set(&messages, Some(faults::Fault::Read));
+            assert!(
+                queue.get(&mut dead).is_none(),
+                "nothing read, nothing taken"
+            );
+            assert_eq!(counts(&queue), (10, 10), "nothing lost");
+            faults::set(&messages, None);
+            let (first, left) = queue
+                .get(&mut dead)
+                .expect("read once the disk reads again");
+            assert_eq!((body_of(&first).as_str(), left), ("m0", 9));
+            assert!(dead.is_empty());
         }
 
         /// Pages out every one of the `count` messages of `queue`, once they are on disk.

@@ -583,6 +583,8 @@ pub(crate) mod faults {
         Append { kept: usize },
         /// Syncs fail with EIO.
         Sync,
+        /// Reads of messages paged out fail with EIO.
+        Read,
     }
 
     static FAULTS: Mutex<Vec<(PathBuf, Fault)>> = Mutex::new(Vec::new());
@@ -610,6 +612,14 @@ pub(crate) mod faults {
 
     pub(crate) fn sync_fails(dir: &Path) -> bool {
         matches!(find(dir), Some(Fault::Sync))
+    }
+
+    /// `dir` being the segments' directory (`messages`) or the store's, above it.
+    pub(crate) fn read_fails(dir: &Path) -> bool {
+        [Some(dir), dir.parent()]
+            .into_iter()
+            .flatten()
+            .any(|dir| matches!(find(dir), Some(Fault::Read)))
     }
 
     /// A read of a directory's segments held up until let go, as a slow disk would hold it.

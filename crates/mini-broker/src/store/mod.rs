@@ -213,15 +213,6 @@ thread_local! {
     static UNCONFIRMED_SINCE: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// A message found in the log at startup, whole. [`Store::open`] no longer hands any out
-/// (every recovered message waits for its queue as a [`RecoveredMessage`]); the type stays
-/// while the broker still takes them.
-#[derive(Debug, Clone)]
-pub struct Recovered {
-    /// The record, `delivered` set if it had been delivered before the restart.
-    pub record: PublishRecord,
-}
-
 /// A message found in the log at startup: what its queue needs to hold it paged out. Its
 /// body is read back when the queue needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,9 +300,8 @@ impl Store {
     /// queue wait in the store, as ids and sizes, until that queue takes them
     /// ([`Store::take_recovered`]) and reads back only what its memory budget holds. Those no
     /// queue takes (a queue whose deletion was not saved, a vhost no longer served) are
-    /// dropped by id, unread, by [`Store::forget_unclaimed`]. The returned list of whole
-    /// messages is always empty (the broker still takes one).
-    pub fn open(options: StoreOptions) -> Result<(Arc<Store>, Vec<Recovered>), StoreError> {
+    /// dropped by id, unread, by [`Store::forget_unclaimed`].
+    pub fn open(options: StoreOptions) -> Result<Arc<Store>, StoreError> {
         let dir = options.dir.clone();
         let messages_dir = dir.join("messages");
         std::fs::create_dir_all(&messages_dir).map_err(io_error(&messages_dir))?;
@@ -416,7 +406,7 @@ impl Store {
             pager: Pager::default(),
             recovered: Mutex::new(recovered),
         });
-        Ok((store, Vec::new()))
+        Ok(store)
     }
 
     /// Takes the messages recovered for queue `queue` of vhost `vhost`, in publish order
@@ -1501,9 +1491,7 @@ mod tests {
         let mut options = StoreOptions::new(dir);
         options.segment_size = segment_size;
         options.compaction_quiet = Duration::ZERO;
-        let (store, whole) = Store::open(options).unwrap();
-        assert!(whole.is_empty(), "no message is read back whole");
-        store
+        Store::open(options).unwrap()
     }
 
     fn segments(dir: &Path) -> Vec<u64> {
@@ -1610,6 +1598,29 @@ mod tests {
         assert!(fds
             .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
             .all(|target| !target.starts_with(&segment_1)));
+    }
+
+    #[test]
+    fn a_read_that_fails_ends_the_list_before_the_messages_it_concerns() {
+        let dir = tempdir();
+        let messages = dir.join("messages");
+        let (store, _) = open(&dir, DEFAULT_SEGMENT_SIZE);
+        for id in 1..=3 {
+            store.publish(record(id, 1000));
+        }
+        assert!(store.sync());
+        faults::set(&messages, Some(Fault::Read));
+        // Not None (which would say lost): no answer at all, to be asked again.
+        assert_eq!(store.read_messages(&[1, 2, 3], usize::MAX), vec![]);
+        faults::set(&messages, None);
+        assert_eq!(
+            store.read_messages(&[1, 2, 3], usize::MAX),
+            vec![
+                Some(record(1, 1000)),
+                Some(record(2, 1000)),
+                Some(record(3, 1000))
+            ]
+        );
     }
 
     #[test]
@@ -2020,7 +2031,7 @@ mod tests {
         let mut options = StoreOptions::new(&*dir);
         options.segment_size = 4096;
         options.compaction_quiet = Duration::from_secs(3600);
-        let (store, _) = Store::open(options).unwrap();
+        let store = Store::open(options).unwrap();
         fill_segment_one(&store, &dir);
         // Most of segment 1 is consumed: at first sight, it is not copied forward.
         for id in 1..=35 {
@@ -2237,7 +2248,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("segment-000001.log"), "{text}");
         assert!(text.contains("at offset"), "{text}");
-        let (store, _) = Store::open(StoreOptions {
+        let store = Store::open(StoreOptions {
             segment_size: 1024,
             skip_corrupt: true,
             ..StoreOptions::new(&*dir)

@@ -259,12 +259,18 @@ impl Store {
     }
 
     /// Reads messages `ids` back from the log (paging them in), in that order, as many as
-    /// fit in `max_bytes` (at least one). Each is None when it is not on disk for good or
-    /// cannot be read (logged).
+    /// fit in `max_bytes` (at least one). Each is None when it is gone (acked, or not on disk
+    /// for good) or its record is damaged (logged): it can never be read.
+    ///
+    /// A read that fails (a segment that cannot be opened or read: an I/O error, logged)
+    /// ends the list before the first message it concerns: that message and those after it
+    /// stay on disk, to be read another time, never taken for lost.
     pub fn read_messages(&self, ids: &[u64], max_bytes: usize) -> Vec<Option<PublishRecord>> {
         let dir = self.dir.join("messages");
         let mut wanted: Vec<(usize, Location, Arc<File>)> = Vec::new();
         let mut count = 0;
+        // The first of `ids` whose read failed.
+        let mut failed_at = usize::MAX;
         {
             let mut index = lock(&self.index);
             let mut total = 0usize;
@@ -284,10 +290,13 @@ impl Store {
                         total += location.len as usize;
                         wanted.push((at, location, file));
                     }
-                    Err(err) => tracing::error!(
-                        "cannot open message log segment {} to page message {id} in: {err}",
-                        location.segment
-                    ),
+                    Err(err) => {
+                        tracing::error!(
+                            "cannot open message log segment {} to page message {id} in: {err}",
+                            location.segment
+                        );
+                        failed_at = failed_at.min(at);
+                    }
                 }
             }
         }
@@ -311,7 +320,13 @@ impl Store {
                 end = location.end();
                 next += 1;
             }
-            let bytes = match read_at(file, u64::from(start.offset), end) {
+            let read = read_at(file, u64::from(start.offset), end);
+            #[cfg(test)]
+            let read = match super::log::faults::read_fails(&dir) {
+                true => Err(io::Error::from_raw_os_error(5)),
+                false => read,
+            };
+            let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(
@@ -319,6 +334,8 @@ impl Store {
                         start.segment,
                         start.offset
                     );
+                    let run = wanted.get(first..next).unwrap_or_default();
+                    failed_at = run.iter().map(|(at, _, _)| *at).fold(failed_at, usize::min);
                     continue;
                 }
             };
@@ -340,6 +357,7 @@ impl Store {
                 }
             }
         }
+        found.truncate(failed_at);
         found
     }
 }
