@@ -602,8 +602,8 @@ impl ConnectionTask {
     /// a consumer acking one by one otherwise sends about one frame per handful of acks
     /// (measured against RabbitMQ 3.10: 8 k frames for 200 k acks in a fast run, 26–37 k in
     /// the slow ones, at half the speed). The core says whether the run may wait (its
-    /// consumer has more deliveries in hand, or the channel has no prefetch window: see
-    /// [`ConnectionCore::ack_run_may_wait`]); the wait lasts at most [`ACK_HOLD_MAX`].
+    /// consumer has more deliveries in hand: see [`ConnectionCore::ack_run_may_wait`]); the
+    /// wait lasts at most [`ACK_HOLD_MAX`].
     fn hold_acks(&mut self, now: Instant) -> bool {
         let consumers = &self.consumers;
         if !self

@@ -90,9 +90,9 @@ impl Delivery {
     /// Acknowledges this message (basic.ack): the broker may forget it. Returns once the ack
     /// is queued for the connection, without waiting for the socket. Acks of consecutive
     /// deliveries go out together, as one `basic.ack multiple=true`, at most 1 ms (or 64
-    /// acks) later, while more deliveries wait in the consumer or while the channel has no
-    /// prefetch window (basic.qos). Otherwise (with prefetch 1, always) an ack goes out at
-    /// once. Any other method on the channel goes out after the acks made before it.
+    /// acks) later, while more deliveries wait in the consumer. Otherwise (with prefetch 1,
+    /// always) an ack goes out at once. Any other method on the channel goes out after the
+    /// acks made before it.
     pub async fn ack(&self) -> Result<(), Error> {
         self.channel()?.basic_ack(self.delivery_tag, false).await
     }

@@ -103,8 +103,7 @@ async fn a_prefetch_one_consumer_gets_each_next_delivery_after_its_ack() {
 }
 
 #[tokio::test]
-async fn acks_held_back_without_a_prefetch_window_with_nothing_more_in_hand_still_reach_the_broker()
-{
+async fn acks_without_a_prefetch_window_with_nothing_more_in_hand_reach_the_broker() {
     let running = broker().await;
     let (connection, mut consumer) = consuming(&running, "wide", 3, 0).await;
     settle(&running, "wide", 0, 3).await;
@@ -114,7 +113,7 @@ async fn acks_held_back_without_a_prefetch_window_with_nothing_more_in_hand_stil
         next(&mut consumer).await,
     ];
     // The consumer has taken everything and the broker needs no acks to deliver more: the
-    // acks may be held back, but only for a moment, with nothing else sent.
+    // acks go out without waiting for more, with nothing else sent.
     for delivery in &deliveries {
         delivery.ack().await.unwrap();
     }

@@ -43,11 +43,6 @@ pub(super) struct ChannelCore<T> {
     pub(super) close_token: Option<T>,
     /// The deliveries the server waits for acks of.
     pub(super) unacked: Unacked,
-    /// Whether a basic.qos set a prefetch window on the channel (a message count or an octet
-    /// size, spec 1.8.3.1): the server then stops delivering when the window is full, until
-    /// acks come. Never cleared: RabbitMQ keeps the window a consumer started under when a
-    /// later basic.qos changes the channel's (its "Consumer Prefetch" page).
-    pub(super) prefetch_limited: bool,
 }
 
 impl<T> ChannelCore<T> {
@@ -59,7 +54,6 @@ impl<T> ChannelCore<T> {
             next_confirm_seq: None,
             close_token: None,
             unacked: Unacked::default(),
-            prefetch_limited: false,
         }
     }
 

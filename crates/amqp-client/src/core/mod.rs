@@ -450,28 +450,23 @@ impl<T> ConnectionCore<T> {
     /// [`ack_run_alone`](Self::ack_run_alone)) may wait for more acks to join it, so that the
     /// server settles many deliveries from one `basic.ack multiple=true` (RabbitMQ's cost is
     /// per ack frame, not per delivery acked). It may wait while it stands for fewer than
-    /// [`ACK_RUN_MAX`] acks and either
-    /// - a consumer of the channel still has deliveries its application has not taken
-    ///   (`consumer_has_more`, which only the driver knows): its next acks are coming; or
-    /// - the channel has no prefetch window (no basic.qos with a limit): the server delivers
-    ///   without waiting for acks, so holding them back slows nothing. (A window the server
-    ///   sets on its own, such as RabbitMQ's `default_consumer_prefetch`, is unknown to the
-    ///   client: then the acks wait no longer than the driver's bound.)
+    /// [`ACK_RUN_MAX`] acks and a consumer of the channel still has deliveries its
+    /// application has not taken (`consumer_has_more`, which only the driver knows): its
+    /// next acks are coming.
     ///
-    /// With a window and nothing more in hand, the run never waits, however small it is next
-    /// to the window: the client cannot see the deliveries still on their way, so the server
-    /// may have used up its window and wait for exactly these acks (measured against
+    /// With nothing more in hand, the run never waits, however small it is next to the
+    /// prefetch window: the client cannot see the deliveries still on their way, so the
+    /// server may have used up its window and wait for exactly these acks (measured against
     /// RabbitMQ 3.10, holding them up to 1 ms while under a quarter of a window of 1000 gave
-    /// no gain). So a consumer with prefetch 1 never waits. The driver bounds the wait in
-    /// time; taking the output, or writing any other frame, ends it.
+    /// no gain). Nor without a window: an ack the application made is the broker's soon,
+    /// whatever happens to the process next. So a consumer with prefetch 1 never waits. The
+    /// driver bounds the wait in time; taking the output, or writing any other frame, ends
+    /// it.
     pub fn ack_run_may_wait(&self, consumer_has_more: impl FnOnce(ChannelId) -> bool) -> bool {
         let Some((channel, count)) = self.ack_run_alone() else {
             return false;
         };
-        let Some(c) = self.channels.get(&channel) else {
-            return false;
-        };
-        count < ACK_RUN_MAX && (!c.prefetch_limited || consumer_has_more(channel))
+        self.channels.contains_key(&channel) && count < ACK_RUN_MAX && consumer_has_more(channel)
     }
 
     /// Whether bytes are waiting to be written.
@@ -753,12 +748,8 @@ impl<T> ConnectionCore<T> {
         let Some(c) = self.channels.get_mut(&channel) else {
             return;
         };
-        match method {
-            Method::ConfirmSelect(_) => c.enter_confirm_mode(),
-            Method::BasicQos(qos) if qos.prefetch_count > 0 || qos.prefetch_size > 0 => {
-                c.prefetch_limited = true;
-            }
-            _ => {}
+        if let Method::ConfirmSelect(_) = method {
+            c.enter_confirm_mode();
         }
         c.unacked.sent(method);
     }

@@ -1229,52 +1229,23 @@ fn with_a_prefetch_window_a_run_waits_only_while_its_consumer_has_deliveries_in_
 }
 
 #[test]
-fn without_a_prefetch_window_a_run_waits_until_it_holds_ack_run_max_acks() {
+fn a_run_waits_for_more_acks_until_it_holds_ack_run_max_acks() {
     let max = u64::from(ACK_RUN_MAX);
     let (mut pair, ch) = consuming(max + 1);
     for tag in 1..max {
         send_ack(&mut pair, ch, tag);
-        assert!(may_wait_alone(&pair), "{tag} acks held");
+        assert!(pair.client.ack_run_may_wait(|_| true), "{tag} acks held");
     }
     send_ack(&mut pair, ch, max);
-    assert!(!may_wait_alone(&pair));
     assert!(!pair.client.ack_run_may_wait(|_| true));
     assert_eq!(pair.server_reads(), vec![ack(ch, max, true)]);
 }
 
 #[test]
-fn a_prefetch_window_stays_though_a_later_basic_qos_lifts_it() {
-    // A per-consumer window stays with the consumer started under it (RabbitMQ).
-    let mut pair = Pair::open();
-    let ch = pair.open_channel(1);
-    qos(&mut pair, ch, 0, 4, false);
-    consume(&mut pair, ch, "c", false);
-    qos(&mut pair, ch, 0, 0, false);
-    qos(&mut pair, ch, 0, 0, true);
-    deliver(&mut pair, ch, "c", 1);
+fn without_a_prefetch_window_a_run_with_nothing_more_in_hand_does_not_wait_either() {
+    let (mut pair, ch) = consuming(2);
     send_ack(&mut pair, ch, 1);
     assert!(!may_wait_alone(&pair));
-}
-
-#[test]
-fn a_global_or_an_octet_prefetch_window_is_a_window_too() {
-    for (prefetch_size, prefetch_count, global) in [(0, 10, true), (65_536, 0, false)] {
-        let mut pair = Pair::open();
-        let ch = pair.open_channel(1);
-        qos(&mut pair, ch, prefetch_size, prefetch_count, global);
-        consume(&mut pair, ch, "c", false);
-        deliver(&mut pair, ch, "c", 1);
-        send_ack(&mut pair, ch, 1);
-        assert!(!may_wait_alone(&pair), "{prefetch_size} {prefetch_count}");
-        assert!(pair.client.ack_run_may_wait(|_| true));
-    }
-}
-
-#[test]
-fn basic_qos_without_a_limit_leaves_the_channel_without_a_window() {
-    let (mut pair, ch) = consuming_with_prefetch(0, 1);
-    send_ack(&mut pair, ch, 1);
-    assert!(may_wait_alone(&pair));
 }
 
 #[test]
@@ -1317,7 +1288,7 @@ fn a_run_is_written_before_any_frame_made_after_it_and_waits_no_more() {
         let (mut pair, ch) = consuming(3);
         send_ack(&mut pair, ch, 1);
         send_ack(&mut pair, ch, 2);
-        assert!(may_wait_alone(&pair));
+        assert!(pair.client.ack_run_may_wait(|_| true));
         let name = method.name();
         if responses(&method).is_empty() {
             pair.client.send(ch, method.clone()).unwrap();
