@@ -2389,24 +2389,6 @@ fn routing_headers(headers: Option<&FieldTable>) -> Result<Option<Vec<ShortStrin
 mod tests {
     use super::*;
 
-    /// Every octet range `value` holds in a shared buffer, nested ones included.
-    fn value_octets<'a>(value: &'a FieldValue, out: &mut Vec<&'a [u8]>) {
-        match value {
-            FieldValue::LongString(text) => out.push(text.as_bytes()),
-            FieldValue::ByteArray(octets) => out.push(octets),
-            FieldValue::Array(values) => values.iter().for_each(|v| value_octets(v, out)),
-            FieldValue::Table(table) => table_octets(table, out),
-            _ => {}
-        }
-    }
-
-    fn table_octets<'a>(table: &'a FieldTable, out: &mut Vec<&'a [u8]>) {
-        for (name, value) in table.iter() {
-            out.push(name.as_bytes());
-            value_octets(value, out);
-        }
-    }
-
     #[test]
     fn a_connection_dropped_without_closing_requeues_what_it_held() {
         let broker = Broker::new(crate::config::BrokerConfig::default());
@@ -2493,58 +2475,6 @@ mod tests {
         assert_eq!(
             (state.ready.len(), state.unacked, state.consumers.len()),
             (1, 0, 0)
-        );
-    }
-
-    #[test]
-    fn client_properties_are_copied_out_of_the_frame_they_came_in() {
-        let long_name = "a-property-name-longer-than-thirty-one-octets";
-        let mut capabilities = FieldTable::new();
-        capabilities.insert("publisher_confirms", true);
-        capabilities.insert(long_name, "x".repeat(100).as_str());
-        let mut properties = FieldTable::new();
-        properties.insert("product", "a client with a long product name");
-        properties.insert("capabilities", capabilities);
-        properties.insert(
-            "list",
-            FieldValue::Array(FieldArray(vec![
-                FieldValue::LongString("in an array".into()),
-                FieldValue::ByteArray(Bytes::from_static(b"raw octets")),
-                FieldValue::I32(7),
-            ])),
-        );
-        let start_ok = ConnectionStartOk {
-            client_properties: properties,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        };
-        let mut wire = BytesMut::new();
-        Frame::Method(0, start_ok.into())
-            .encode(&mut wire, 0)
-            .unwrap();
-        let frame_octets = wire.as_ptr_range();
-        let Some(Frame::Method(_, Method::ConnectionStartOk(decoded))) =
-            amqp_codec::decode(&mut wire, &Limits::default()).unwrap()
-        else {
-            panic!("not a start-ok");
-        };
-        let mut decoded_octets = Vec::new();
-        table_octets(&decoded.client_properties, &mut decoded_octets);
-        let in_frame = |octets: &&[u8]| frame_octets.contains(&octets.as_ptr());
-        assert!(
-            decoded_octets.iter().any(in_frame),
-            "the decoded table is a view of the frame"
-        );
-
-        let copied = decoded.client_properties.detached();
-        assert_eq!(copied, decoded.client_properties);
-        let mut copied_octets = Vec::new();
-        table_octets(&copied, &mut copied_octets);
-        assert_eq!(copied_octets.len(), decoded_octets.len());
-        assert!(
-            !copied_octets.iter().any(in_frame),
-            "no octet of the frame kept"
         );
     }
 
