@@ -210,6 +210,9 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
             let queues: Vec<_> = vhost.read().queues.values().cloned().collect();
             for queue in queues {
                 queue.page_out_now();
+                let mut dead = queue::DeadLetters::new();
+                queue.retry_unread_head(&mut dead);
+                connection::dead_letter(&vhost, &queue, dead);
                 if queue.settings.message_ttl.is_some() || has_expiring_messages(&queue) {
                     let mut dead = queue::DeadLetters::new();
                     queue.expire(now, &mut dead);

@@ -223,6 +223,9 @@ pub struct QueueState {
     /// read the same messages again. Cleared when that read ends, even by a panic
     /// ([`ReadUnderWay`]).
     paging_in: bool,
+    /// The last read of the paged-out head brought nothing back (an I/O error, logged): the
+    /// head waits on disk, and [`Queue::retry_unread_head`] tries again.
+    unread_head: bool,
     /// The next read of the head panics with the lock released (tests of [`ReadUnderWay`]).
     #[cfg(test)]
     panic_in_next_read: bool,
@@ -333,6 +336,7 @@ impl Queue {
                 arrived: 0,
                 head_paged_out: false,
                 paging_in: false,
+                unread_head: false,
                 #[cfg(test)]
                 panic_in_next_read: false,
                 #[cfg(test)]
@@ -603,6 +607,16 @@ impl Queue {
     pub fn kick(self: &Arc<Self>, dead: &mut DeadLetters) {
         let state = self.lock_state();
         self.dispatch_paging_in(state, dead);
+    }
+
+    /// Dispatches again if the last read of the paged-out head failed (the broker's
+    /// housekeeping calls it periodically), so that consumers are served once the disk reads
+    /// again, even if nothing else happens to the queue.
+    pub fn retry_unread_head(self: &Arc<Self>, dead: &mut DeadLetters) {
+        let state = self.lock_state();
+        if state.unread_head {
+            self.dispatch_paging_in(state, dead);
+        }
     }
 
     /// Dispatches, reading paged-out messages at the head back as needed.
@@ -942,9 +956,11 @@ impl Queue {
             let pages = self.read_pages(&read.wanted);
             state = self.lock_state();
             read.under_way.end(&mut state);
-            if pages.is_empty() && !read.wanted.is_empty() {
+            state.unread_head = pages.is_empty() && !read.wanted.is_empty();
+            if state.unread_head {
                 // Not even the head could be read (an I/O error, logged): it stays paged
-                // out, to be read when the queue next changes, not again at once.
+                // out, to be read when the queue next changes or at the next retry, not
+                // again at once.
                 break;
             }
             self.put_back_pages(&mut state, pages);
@@ -1581,6 +1597,25 @@ mod tests {
                 .expect("read once the disk reads again");
             assert_eq!((body_of(&first).as_str(), left), ("m0", 9));
             assert!(dead.is_empty());
+        }
+
+        #[test]
+        fn a_consumer_stalled_by_a_disk_that_could_not_read_is_served_by_the_retry() {
+            let count = 10;
+            let (dir, _store, queue) = paged_out_queue(count);
+            let messages = dir.join("messages");
+            let mut dead = Vec::new();
+            faults::set(&messages, Some(faults::Fault::Read));
+            queue.add_consumer(consumer("c", 0, 0), &mut dead);
+            assert_eq!(counts(&queue), (count, count), "nothing read, nothing lost");
+            queue.retry_unread_head(&mut dead);
+            assert_eq!(counts(&queue), (count, count), "the disk still cannot read");
+            faults::set(&messages, None);
+            queue.retry_unread_head(&mut dead);
+            let held = holdings(&queue).remove(0).1;
+            let expected: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
+            assert_eq!((counts(&queue), held), ((0, 0), expected));
+            assert!(!queue.state().unread_head);
         }
 
         /// Pages out every one of the `count` messages of `queue`, once they are on disk.
