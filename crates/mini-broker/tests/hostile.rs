@@ -17,9 +17,16 @@
 //! Then the client half-closes the socket and reads until the broker closes it. After every
 //! case a well-behaved client (amqp-client) declares a queue, publishes and gets its message
 //! back. A panic anywhere in the broker (a connection task included) fails the test.
+//!
+//! The management API gets the same: random HTTP requests (methods, the API's paths and
+//! others, credentials right, wrong or missing, JSON bodies with the fields the API reads,
+//! bodies that are not JSON, lying Content-Lengths, requests cut short or pipelined); every
+//! answer must be HTTP and none a 500, the connection must end, and a well-behaved
+//! `GET /api/overview` is answered next.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use amqp_client::{BasicProperties, Connection, FieldTable, QueueDeclareOptions};
@@ -40,17 +47,22 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The frame_max the hostile client negotiates.
 const FRAME_MAX: u32 = 131_072;
 
-/// Panics seen in this test binary's threads other than the test's own (whose failed
-/// assertions proptest handles): the broker's.
+/// Panics seen in this test binary's threads other than the tests' own (whose failed
+/// assertions proptest handles): the brokers'.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// The threads the tests run on.
+static TEST_THREADS: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
+
+/// Counts, from now on, the panics of threads other than the tests' (this one joins them).
 fn count_panics() {
     static HOOK: Once = Once::new();
-    let test_thread = std::thread::current().id();
+    let test_threads = || TEST_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    test_threads().push(std::thread::current().id());
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().id() != test_thread {
+            if !test_threads().contains(&std::thread::current().id()) {
                 PANICS.fetch_add(1, Ordering::SeqCst);
             }
             default(info);
@@ -603,6 +615,271 @@ fn random_frames_never_crash_the_broker_nor_disturb_other_clients() {
         runtime.block_on(hostile_connection(&running, &seed));
         runtime.block_on(well_behaved(&running, n));
         // Per case, so that proptest shrinks to the input that made the broker panic.
+        prop_assert_eq!(PANICS.load(Ordering::SeqCst), panics, "the broker panicked");
+    });
+}
+
+// ---- the management API ---------------------------------------------------------------------
+
+/// `guest:guest` and `guest:wrong`, base64.
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+const WRONG_PASSWORD: &str = "Z3Vlc3Q6d3Jvbmc=";
+
+/// Paths of the management API, with names that requests share, and some that are not.
+const HTTP_PATHS: [&str; 27] = [
+    "/api/overview",
+    "/api/whoami",
+    "/api/vhosts",
+    "/api/queues",
+    "/api/queues/%2f",
+    "/api/queues/%2f/hq",
+    "/api/queues/%2F/hq/get",
+    "/api/queues/%2f/hq/contents",
+    "/api/queues/%2f/hq/bindings",
+    "/api/queues/%2f/amq.hq",
+    "/api/exchanges",
+    "/api/exchanges/%2f/hx",
+    "/api/exchanges/%2f/hx/publish",
+    "/api/exchanges/%2f/amq.default/publish",
+    "/api/bindings/%2f/e/hx/q/hq",
+    "/api/bindings/%2f/e/hx/q/hq/~",
+    "/api/connections",
+    "/api/channels",
+    "/api/consumers",
+    "/api/permissions/%2f/guest",
+    "/api/permissions/%2f/nobody",
+    "/metrics",
+    "/api/queues/%zz/hq",
+    "/api/queues/%",
+    "/api/queues/%2f/",
+    "/api/../../etc/passwd",
+    "/",
+];
+
+/// Names of JSON fields the API reads, so that random bodies often mean something.
+const JSON_KEYS: [&str; 20] = [
+    "durable",
+    "auto_delete",
+    "internal",
+    "type",
+    "arguments",
+    "x-message-ttl",
+    "x-max-length",
+    "x-queue-type",
+    "routing_key",
+    "payload",
+    "payload_encoding",
+    "properties",
+    "count",
+    "ackmode",
+    "encoding",
+    "truncate",
+    "configure",
+    "write",
+    "read",
+    "delivery_mode",
+];
+
+/// A JSON value, nested at most `depth` deep.
+fn json_value(u: &mut Unstructured<'_>, depth: u32) -> arbitrary::Result<String> {
+    Ok(match u.int_in_range(0..=9)? {
+        0 => "null".to_owned(),
+        1 => u.arbitrary::<bool>()?.to_string(),
+        2 => u.arbitrary::<i64>()?.to_string(),
+        3 => u.int_in_range(-2i64..=1000)?.to_string(),
+        4 => format!("{:e}", u.arbitrary::<f64>()?.clamp(-1e300, 1e300)),
+        5 => format!("{:?}", pick(u, &JSON_KEYS)?),
+        6 => format!("{:?}", String::arbitrary(u)?),
+        7 if depth > 0 => {
+            let items: arbitrary::Result<Vec<String>> = (0..u.int_in_range(0..=3)?)
+                .map(|_| json_value(u, depth - 1))
+                .collect();
+            format!("[{}]", items?.join(","))
+        }
+        _ if depth > 0 => json_object(u, depth - 1)?,
+        _ => "{}".to_owned(),
+    })
+}
+
+fn json_object(u: &mut Unstructured<'_>, depth: u32) -> arbitrary::Result<String> {
+    let mut fields = Vec::new();
+    for _ in 0..u.int_in_range(0..=4)? {
+        let key = pick(u, &JSON_KEYS)?;
+        fields.push(format!("{key:?}:{}", json_value(u, depth)?));
+    }
+    Ok(format!("{{{}}}", fields.join(",")))
+}
+
+/// One random HTTP request: a method, a path of the API (or not), credentials right, wrong
+/// or missing, a body of JSON (often with the fields the API reads) or not JSON at all, and a
+/// Content-Length that is sometimes a lie; sometimes two requests back to back, sometimes
+/// cut short.
+fn http_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
+    let method = match u.int_in_range(0..=9)? {
+        0..=2 => "GET".to_owned(),
+        3..=4 => "PUT".to_owned(),
+        5 => "POST".to_owned(),
+        6 => "DELETE".to_owned(),
+        7 => pick(u, &["HEAD", "PATCH", "OPTIONS", "G\u{0}T", ""])?.to_owned(),
+        _ => String::arbitrary(u)?,
+    };
+    let mut path = pick(u, &HTTP_PATHS)?.to_owned();
+    match u.int_in_range(0..=5)? {
+        0 => path.push_str(pick(
+            u,
+            &["?columns=name,messages", "?page=0", "?", "#x", "/x"],
+        )?),
+        1 => path = String::arbitrary(u)?,
+        _ => {}
+    }
+    let body = match u.int_in_range(0..=4)? {
+        0 => Vec::new(),
+        1 => {
+            let len = u.int_in_range(0..=64)?.min(u.len());
+            u.bytes(len)?.to_vec()
+        }
+        2 => "[".repeat(u.int_in_range(1..=5000)?).into_bytes(),
+        _ => json_object(u, 3)?.into_bytes(),
+    };
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    match u.int_in_range(0..=9)? {
+        0 => {}
+        1 => head.push_str(&format!("Authorization: Basic {WRONG_PASSWORD}\r\n")),
+        2 => head.push_str("Authorization: Basic !!not base64!!\r\n"),
+        3 => head.push_str("Authorization: Bearer x\r\n"),
+        _ => head.push_str(&format!("Authorization: Basic {GUEST}\r\n")),
+    }
+    if u.arbitrary()? {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    match u.int_in_range(0..=9)? {
+        0 => head.push_str(&format!("Content-Length: {}\r\n", body.len() + 5)),
+        1 => head.push_str(&format!("Content-Length: {}\r\n", body.len() / 2)),
+        2 => head.push_str(pick(
+            u,
+            &[
+                "Content-Length: 99999999999999999999\r\n",
+                "Content-Length: -1\r\n",
+                "Content-Length: 1\r\nContent-Length: 2\r\n",
+                "Transfer-Encoding: chunked\r\n",
+            ],
+        )?),
+        3 => {}
+        _ => head.push_str(&format!("Content-Length: {}\r\n", body.len())),
+    }
+    if u.ratio(1, 8)? {
+        let line = String::arbitrary(u)?;
+        head.push_str(&format!("{line}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    if u.ratio(1, 8)? && !request.is_empty() {
+        let at = u.int_in_range(0..=request.len() - 1)?;
+        request.truncate(at);
+    }
+    Ok(request)
+}
+
+/// Sends `seed`'s requests on one connection, half-closes, and reads until the broker
+/// closes it; every answer must be HTTP, and none a 500 (bad input is the client's error).
+async fn hostile_http(running: &RunningBroker, seed: &[u8]) {
+    let addr = running.mgmt_addr.expect("management listener");
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let mut u = Unstructured::new(seed);
+    let mut requests = Vec::new();
+    for _ in 0..u.int_in_range(1..=3).unwrap_or(1) {
+        match http_request(&mut u) {
+            Ok(request) => requests.extend_from_slice(&request),
+            Err(_) => break,
+        }
+    }
+    let (mut reader, mut writer) = socket.split();
+    let write = async {
+        let _ = writer.write_all(&requests).await;
+        let _ = writer.shutdown().await;
+    };
+    let mut answer = Vec::new();
+    let read = async {
+        tokio::time::timeout(WAIT, reader.read_to_end(&mut answer))
+            .await
+            .expect("the broker answers and closes within the wait")
+    };
+    let ((), read) = tokio::join!(write, read);
+    if let Err(error) = read {
+        panic!("reading from the broker: {error} ({:?})", error.kind());
+    }
+    if answer.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&answer);
+    for status in text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..])
+    {
+        let code: u16 = status
+            .get(..3)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("an HTTP status line: {text:?}"));
+        assert!((200..600).contains(&code), "{code} in {text:?}");
+        assert_ne!(code, 500, "a server error for a client's request: {text:?}");
+    }
+    assert!(text.starts_with("HTTP/1.1 "), "an HTTP answer: {text:?}");
+}
+
+/// A well-behaved client of the management API is served as usual.
+async fn well_behaved_http(running: &RunningBroker) {
+    let addr = running.mgmt_addr.expect("management listener");
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {GUEST}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, socket.read_to_end(&mut answer))
+        .await
+        .expect("an answer within the wait")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or("");
+    let overview: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert!(overview.is_object(), "{overview}");
+}
+
+#[test]
+fn random_http_requests_never_crash_the_management_api_nor_disturb_other_clients() {
+    count_panics();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = runtime.block_on(async {
+        mini_broker::start(BrokerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            mgmt_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    });
+    let cases = std::env::var("HOSTILE_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let config = ProptestConfig {
+        cases: cases.unwrap_or(192),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(seed in proptest::collection::vec(any::<u8>(), 0..2000))| {
+        let panics = PANICS.load(Ordering::SeqCst);
+        runtime.block_on(hostile_http(&running, &seed));
+        runtime.block_on(well_behaved_http(&running));
         prop_assert_eq!(PANICS.load(Ordering::SeqCst), panics, "the broker panicked");
     });
 }

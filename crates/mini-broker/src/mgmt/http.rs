@@ -25,6 +25,10 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Largest request body: RabbitMQ's default `management.http.max_body_size` (20 MiB).
 pub const MAX_BODY: usize = 20 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
+/// How long, and for how many octets, a connection the server ends keeps reading what the
+/// client still sends (see [`close_lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX: usize = 1024 * 1024;
 
 /// One parsed request.
 #[derive(Debug, Clone)]
@@ -141,17 +145,17 @@ where
             Head::Closed => return Ok(()),
             Head::Invalid(response) => {
                 write_response(&mut socket, &response, false).await?;
-                return Ok(());
+                return close_lingering(socket).await;
             }
             Head::Parsed(head) => head,
         };
         if head.chunked {
             write_response(&mut socket, &Response::empty(411), false).await?;
-            return Ok(());
+            return close_lingering(socket).await;
         }
         if head.content_length > MAX_BODY {
             write_response(&mut socket, &Response::empty(413), false).await?;
-            return Ok(());
+            return close_lingering(socket).await;
         }
         if head.expect_continue && head.content_length > 0 {
             socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -181,9 +185,29 @@ where
             write_response(&mut socket, &response, head.keep_alive).await?;
         }
         if !head.keep_alive {
-            return Ok(());
+            return close_lingering(socket).await;
         }
     }
+}
+
+/// Ends a connection after the last answer: the write side is closed (the client reads the
+/// answer, then end of stream), and what the client still sends (a body not read, the rest
+/// of a request refused by its head, a pipelined request) is read and dropped, for at most
+/// [`LINGER`] and [`LINGER_MAX`] octets. Closing a socket with unread octets makes the kernel
+/// reset the connection, and the client may then lose the answer before it read it (a 401
+/// for a publish with a wrong password would show as "connection reset").
+async fn close_lingering(mut socket: TcpStream) -> std::io::Result<()> {
+    socket.shutdown().await?;
+    let mut sink = [0u8; 8 * 1024];
+    let mut drained = 0;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while drained < LINGER_MAX {
+        match tokio::time::timeout_at(deadline, socket.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => drained += read,
+        }
+    }
+    Ok(())
 }
 
 struct ParsedHead {
