@@ -506,14 +506,38 @@ fn check_frames(input: &mut BytesMut) {
 /// One hostile connection: the handshake, the random actions (in a few writes), a
 /// half-close, then everything the broker says until it closes the socket.
 async fn hostile_connection(running: &RunningBroker, seed: &[u8]) {
-    let (mut socket, mut input) = handshake(running).await;
     let mut u = Unstructured::new(seed);
     let mut out = BytesMut::new();
-    for channel in 1..=CHANNELS {
-        Frame::Method(channel, ChannelOpen.into())
-            .encode(&mut out, FRAME_MAX)
-            .unwrap();
-    }
+    // One case in four stays in the handshake: a protocol header (sometimes a wrong one),
+    // then whatever comes, connection methods with random arguments among it.
+    let (mut socket, mut input) = if u.ratio(1, 4).unwrap_or(false) {
+        let socket = TcpStream::connect(running.amqp_addr).await.unwrap();
+        let header: &[u8] = match u.int_in_range(0..=3).unwrap_or(0) {
+            0 => b"AMQP\x00\x00\x09\x00",
+            1 => b"AMQP\x01\x01\x00\x09",
+            _ => b"AMQP\x00\x00\x09\x01",
+        };
+        out.extend_from_slice(header);
+        // (`ratio` says yes for ever once the octets are used up: hence the bound.)
+        for _ in 0..8 {
+            if u.is_empty() || !u.ratio(1, 2).unwrap_or(false) {
+                break;
+            }
+            let Ok(method) = Method::arbitrary(&mut u) else {
+                break;
+            };
+            let _ = Frame::Method(0, method).encode(&mut out, FRAME_MAX);
+        }
+        (socket, BytesMut::new())
+    } else {
+        let opened = handshake(running).await;
+        for channel in 1..=CHANNELS {
+            Frame::Method(channel, ChannelOpen.into())
+                .encode(&mut out, FRAME_MAX)
+                .unwrap();
+        }
+        opened
+    };
     loop {
         let last = u.is_empty() || action(&mut u, &mut out).is_err();
         if out.len() < 64 * 1024 && !last {
