@@ -24,6 +24,7 @@
 //! answer must be HTTP and none a 500, the connection must end, and a well-behaved
 //! `GET /api/overview` is answered next.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::thread::ThreadId;
@@ -607,8 +608,9 @@ async fn well_behaved(running: &RunningBroker, n: usize) {
     connection.close().await.unwrap();
 }
 
-#[test]
-fn random_frames_never_crash_the_broker_nor_disturb_other_clients() {
+/// A runtime and a broker of its own for a test (with a management API at `mgmt_listen`),
+/// the test's thread joining those whose panics are not counted.
+fn hostile_setup(mgmt_listen: Option<SocketAddr>) -> (tokio::runtime::Runtime, RunningBroker) {
     count_panics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -618,22 +620,32 @@ fn random_frames_never_crash_the_broker_nor_disturb_other_clients() {
     let running = runtime.block_on(async {
         mini_broker::start(BrokerOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
+            mgmt_listen,
             ..Default::default()
         })
         .await
         .unwrap()
     });
-    let case = AtomicUsize::new(0);
-    // HOSTILE_CASES=N runs more (or fewer) cases than CI does.
+    (runtime, running)
+}
+
+/// 192 cases, or HOSTILE_CASES=N.
+fn cases() -> ProptestConfig {
     let cases = std::env::var("HOSTILE_CASES")
         .ok()
         .and_then(|n| n.parse().ok());
-    let config = ProptestConfig {
+    ProptestConfig {
         cases: cases.unwrap_or(192),
         failure_persistence: None,
         ..ProptestConfig::default()
-    };
-    proptest!(config, |(seed in proptest::collection::vec(any::<u8>(), 0..3000))| {
+    }
+}
+
+#[test]
+fn random_frames_never_crash_the_broker_nor_disturb_other_clients() {
+    let (runtime, running) = hostile_setup(None);
+    let case = AtomicUsize::new(0);
+    proptest!(cases(), |(seed in proptest::collection::vec(any::<u8>(), 0..3000))| {
         let n = case.fetch_add(1, Ordering::Relaxed);
         let panics = PANICS.load(Ordering::SeqCst);
         runtime.block_on(hostile_connection(&running, &seed));
@@ -877,30 +889,8 @@ async fn well_behaved_http(running: &RunningBroker) {
 
 #[test]
 fn random_http_requests_never_crash_the_management_api_nor_disturb_other_clients() {
-    count_panics();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = runtime.block_on(async {
-        mini_broker::start(BrokerOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            mgmt_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-    });
-    let cases = std::env::var("HOSTILE_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok());
-    let config = ProptestConfig {
-        cases: cases.unwrap_or(192),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    proptest!(config, |(seed in proptest::collection::vec(any::<u8>(), 0..2000))| {
+    let (runtime, running) = hostile_setup(Some("127.0.0.1:0".parse().unwrap()));
+    proptest!(cases(), |(seed in proptest::collection::vec(any::<u8>(), 0..2000))| {
         let panics = PANICS.load(Ordering::SeqCst);
         runtime.block_on(hostile_http(&running, &seed));
         runtime.block_on(well_behaved_http(&running));
