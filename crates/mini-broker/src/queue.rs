@@ -1016,8 +1016,9 @@ impl Queue {
     }
 
     /// Reads `wanted` back from the store (as many as [`READ_AHEAD_BYTES`] of log hold, at
-    /// least the first), without the queue's lock; each decoded as this queue delivers it,
-    /// or None if it cannot be read.
+    /// least the first unless the disk fails), without the queue's lock; each decoded as
+    /// this queue delivers it, or None if its record is gone or damaged; none from the
+    /// first a failed read concerns.
     fn read_pages(&self, wanted: &[Wanted]) -> Vec<Page> {
         let ids: Vec<u64> = wanted.iter().map(|w| w.id).collect();
         let records = match (&self.store, ids.is_empty()) {
@@ -1227,7 +1228,8 @@ impl Drop for ReadUnderWay<'_> {
     }
 }
 
-/// A message read back: its content, as its queue delivers it; None if it cannot be read.
+/// A message read back: its content, as its queue delivers it; None if its record is gone or
+/// damaged. (A read that failed brings no page at all: the message stays paged out.)
 struct Page {
     wanted: Wanted,
     content: Option<Arc<MessageContent>>,
