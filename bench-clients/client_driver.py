@@ -13,6 +13,11 @@ Each row also has the CPU seconds the run cost: `client_cpu_s` (the bench proces
 system, the queue fill of `consume` included) and, against RabbitMQ, `rabbit_cpu_s` (the node's
 beam.smp over the run, which counts whatever else uses the node meanwhile). On a loaded machine
 they say more than the rates: the broker is CPU-bound and shares the two cores with the client.
+
+With NULL_ACKS=1,64,0 (say) in the environment, each rep's consume test also runs bench-null
+(src/bin/null.rs, the cheapest possible consumer) with each `--ack-every` listed, as clients
+"null1", "null64", "null0": the broker's own ceiling for that test (1: an ack frame per
+delivery; 64: one multiple ack per 64, as far as amqp-client coalesces; 0: no acks at all).
 """
 import json, os, resource, statistics, subprocess, sys
 BIN, MINI = sys.argv[1], sys.argv[2]
@@ -46,11 +51,17 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+NULL_ACKS = [a for a in os.environ.get("NULL_ACKS", "").split(",") if a]
+
+
 def bench(client, port, test):
     rabbit_before = cpu_seconds(beam) if port == 5672 else None
     client_before = children_cpu()
-    out = subprocess.run([f"{BIN}/bench-{client}", "--host", "127.0.0.1", "--port", str(port),
-                          "--test", test, "-n", N], capture_output=True, text=True, timeout=600)
+    program, extra = f"{BIN}/bench-{client}", []
+    if client.startswith("null"):
+        program, extra = f"{BIN}/bench-null", ["--ack-every", client[4:]]
+    out = subprocess.run([program, "--host", "127.0.0.1", "--port", str(port),
+                          "--test", test, "-n", N, *extra], capture_output=True, text=True, timeout=600)
     lines = out.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines else {"error": out.stderr.strip()[-300:]}
     result["client_cpu_s"] = round(children_cpu() - client_before, 3)
@@ -69,7 +80,8 @@ try:
         clients = ["ours", "amqprs"] if rep % 2 == 0 else ["amqprs", "ours"]
         for broker in ["rabbit", "mini"]:
             for test in ["publish", "confirm", "consume"]:
-                for client in clients:
+                extra = [f"null{a}" for a in NULL_ACKS] if test == "consume" else []
+                for client in clients + (extra if rep % 2 == 0 else extra[::-1]):
                     if broker == "mini":
                         with measure.MiniBroker():
                             result = bench(client, measure.MINI_PORT, test)
@@ -90,3 +102,10 @@ for broker in ["rabbit", "mini"]:
             med[client] = statistics.median(rates) if rates else 0
         ratio = med["ours"] / med["amqprs"] if med["amqprs"] else 0
         print(f"# {broker} {test}: ours {med['ours']:.0f} amqprs {med['amqprs']:.0f} = {ratio:.2f}x", file=sys.stderr)
+        if test == "consume":
+            for acks in NULL_ACKS:
+                rates = [r["rate"] for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, f"null{acks}") and "rate" in r]
+                if rates:
+                    ceiling = statistics.median(rates)
+                    print(f"#   ceiling, bench-null --ack-every {acks}: {ceiling:.0f} {sorted(round(r) for r in rates)}"
+                          f" = {ceiling / med['amqprs'] if med['amqprs'] else 0:.2f}x amqprs; ours at {med['ours'] / ceiling:.0%} of it", file=sys.stderr)

@@ -18,6 +18,11 @@ Each line: scenario, setup, broker, rep, load, broker CPU seconds and minor page
 (/proc/PID/stat; RabbitMQ's are the whole node's), amqp-perf's CPU seconds and minor page faults
 (RUSAGE_CHILDREN), receive rate and MB/s, amqp-perf's exactly-once verdict and latency
 percentiles. `perf_driver.py summary runs.jsonl` prints medians per scenario and setup.
+
+With RELAY=path/to/bench-relay in the environment, the 64K scenario also runs bench-relay
+(src/bin/relay.rs) with 1 and 2 relay threads in the same alternation: the loopback TCP
+ceiling of any broker for that scenario (brokers "relay1" and "relay2"; broker_cpu is the
+relay's, perf_cpu the relay clients').
 """
 import json, os, resource, subprocess, sys, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +63,12 @@ def summary(path):
         loads = [r["load"] for rs in by.values() for r in rs]
         errors = sum(1 for rs in by.values() for r in rs if "err" in r or not r.get("ok"))
         m, q = med.get("mini", 0), med.get("rabbit", 0)
+        for relay in ("relay1", "relay2"):
+            if relay in med:
+                print(f"{scen} {setup} {relay} (no broker work: the ceiling) | {med[relay]:.0f} "
+                      f"{[round(v) for v in vals[relay]]} | {med[relay] / max(q, 1e-9):.2f}x RabbitMQ | "
+                      f"mini at {m / med[relay]:.0%} of it | relay CPU µs/msg {per_msg(relay, 'broker_cpu'):.2f} | "
+                      f"clients {per_msg(relay, 'perf_cpu'):.2f}")
         print(f"{scen} {setup} | {m:.0f} {[round(v) for v in vals.get('mini', [])]} | {q:.0f} "
               f"{[round(v) for v in vals.get('rabbit', [])]} | {m / max(q, 1e-9):.2f}x | "
               f"{per_msg('mini', 'broker_cpu'):.2f} / {per_msg('rabbit', 'broker_cpu'):.2f} | "
@@ -65,13 +76,29 @@ def summary(path):
               f"{flt('broker_minflt'):.2f}, {flt('perf_minflt'):.2f} | {min(loads):.1f}-{max(loads):.1f} | {errors}")
 if sys.argv[1] == "summary":
     summary(sys.argv[2]); sys.exit(0)
+RELAY = os.environ.get("RELAY")
 beam = measure.beam_pid(); ag(os.getpid(), -10); ag(beam, -10)
 try:
     for rep in range(REPS):
         for scen in SCEN:
           for setup, PERF, MINI in SETUPS:
             order = ["mini", "rabbit"] if rep % 2 == 0 else ["rabbit", "mini"]
+            if RELAY and scen == "64K" and setup == "a":
+                order += ["relay1", "relay2"] if rep % 2 == 0 else ["relay2", "relay1"]
             for b in order:
+                if b.startswith("relay"):
+                    out = subprocess.run([RELAY, "--size", "65536", "--seconds", "10", "--threads", b[-1]],
+                                         capture_output=True, text=True, timeout=300)
+                    rec = {"scen": scen, "setup": setup, "broker": b, "rep": rep, "load": os.getloadavg()[0]}
+                    try:
+                        j = json.loads(out.stdout.strip().splitlines()[-1])
+                        rec.update({"receive_rate": j["receive_rate"], "receive_mb_s": j["receive_mb_s"],
+                                    "broker_cpu": j["relay_cpu_s"], "perf_cpu": j["clients_cpu_s"],
+                                    "ok": j["sent"] == round(j["received"])})
+                    except Exception:
+                        rec["err"] = out.stdout[-300:] + out.stderr[-300:]
+                    print(json.dumps(rec), flush=True)
+                    continue
                 d = None
                 if b == "mini":
                     d = tempfile.mkdtemp()

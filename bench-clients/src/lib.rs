@@ -28,6 +28,9 @@ pub struct Options {
     pub window: u64,
     pub qos: u16,
     pub queue: String,
+    /// bench-null only: deliveries per basic.ack frame (1: multiple = false each; 0: no acks,
+    /// the consumer is no_ack).
+    pub ack_every: u64,
 }
 
 impl Options {
@@ -42,6 +45,7 @@ impl Options {
             window: 1000,
             qos: 1000,
             queue: format!("bench-clients-{client}"),
+            ack_every: 1,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -55,6 +59,7 @@ impl Options {
                 "--window" => options.window = value.parse().unwrap_or_else(|_| usage(&flag)),
                 "--qos" => options.qos = value.parse().unwrap_or_else(|_| usage(&flag)),
                 "--queue" => options.queue = value,
+                "--ack-every" => options.ack_every = value.parse().unwrap_or_else(|_| usage(&flag)),
                 _ => usage(&flag),
             }
         }
@@ -72,7 +77,7 @@ impl Options {
 
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "bad flag or value near {flag:?}; flags: --host H --port P --test publish|confirm|consume -n N -s SIZE --window W --qos Q --queue NAME"
+        "bad flag or value near {flag:?}; flags: --host H --port P --test publish|confirm|consume -n N -s SIZE --window W --qos Q --queue NAME --ack-every N (bench-null)"
     );
     std::process::exit(2)
 }

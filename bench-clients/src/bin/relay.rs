@@ -1,0 +1,233 @@
+//! bench-relay: how fast loopback TCP carries large messages from one producer through a
+//! middle process to one consumer when the middle process does nothing else: the ceiling of
+//! any broker's 1 producer / 1 consumer throughput on this machine, whatever its language.
+//!
+//! ```text
+//! bench-relay [--size 65536] [--seconds 10] [--threads 1|2]
+//! ```
+//!
+//! The program starts a copy of itself as the relay (`--serve`, a process of its own, as a
+//! broker is), then plays both clients on two threads: the producer writes messages of
+//! `size` + 100 octets (a body frame with the method and header frames of a basic.publish
+//! around it) as fast as the socket takes them, the consumer reads and discards. The relay
+//! reads from the producer's socket and writes what it read to the consumer's socket:
+//!
+//! - `--threads 1`: one thread reads a chunk and writes it before reading again (the least
+//!   work there can be: one copy in, one copy out, the chunk always hot in cache);
+//! - `--threads 2`: a reader thread hands each chunk to a writer thread over a bounded
+//!   channel, as a broker's reader and writer tasks do.
+//!
+//! Both sockets have TCP_NODELAY, as AMQP clients and brokers set it. The clients are
+//! cheaper than any AMQP client (no frames built or parsed), so what this measures is an
+//! upper bound for a broker with any client. One JSON line: messages per second received, MB/s,
+//! and the CPU seconds of the relay and of the clients (user + system, from /proc and
+//! getrusage).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Octets around each body: a basic.publish method frame, a content header frame and the
+/// body frame's header and end, roughly.
+const FRAMING: usize = 100;
+/// The largest chunk read at once, by the relay and by the consumer.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the relay's reader and writer threads.
+const HANDOFF: usize = 16;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--serve") {
+        let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(1);
+        serve(threads);
+        return;
+    }
+    let mut size = 65536;
+    let mut seconds = 10;
+    let mut threads = 1;
+    let mut flags = args.iter();
+    while let Some(flag) = flags.next() {
+        let value = flags.next().and_then(|v| v.parse().ok());
+        match (flag.as_str(), value) {
+            ("--size", Some(v)) => size = v,
+            ("--seconds", Some(v)) => seconds = v as u64,
+            ("--threads", Some(v @ (1 | 2))) => threads = v,
+            _ => {
+                eprintln!("usage: bench-relay [--size N] [--seconds N] [--threads 1|2]");
+                std::process::exit(2);
+            }
+        }
+    }
+    run(size, seconds, threads);
+}
+
+/// The clients' side: start the relay, produce and consume through it, print the result.
+fn run(size: usize, seconds: u64, threads: usize) {
+    let mut relay = start_relay(threads);
+    let mut ports = String::new();
+    let stdout = relay.stdout.take().expect("the relay's stdout is piped");
+    BufReader::new(stdout)
+        .read_line(&mut ports)
+        .expect("the relay tells its ports");
+    let (producer_port, consumer_port) = parse_ports(&ports);
+    let producer = connect(producer_port);
+    let consumer = connect(consumer_port);
+
+    let relay_pid = relay.id().to_string();
+    let clients_before = cpu_seconds("self");
+    let relay_before = cpu_seconds(&relay_pid);
+    let start = Instant::now();
+    let consuming = thread::spawn(move || consume(consumer, start));
+    let sent = produce(producer, size, Duration::from_secs(seconds));
+    let (received_octets, elapsed) = consuming.join().expect("the consumer thread");
+    let relay_cpu = cpu_seconds(&relay_pid) - relay_before;
+    let clients_cpu = cpu_seconds("self") - clients_before;
+    let _ = relay.kill();
+    let _ = relay.wait();
+
+    let message = (size + FRAMING) as f64;
+    let received = received_octets as f64 / message;
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "{{\"size\": {size}, \"relay_threads\": {threads}, \"sent\": {sent}, \"received\": {received:.0}, \
+         \"seconds\": {seconds:.3}, \"receive_rate\": {:.1}, \"receive_mb_s\": {:.1}, \
+         \"relay_cpu_s\": {relay_cpu:.2}, \"clients_cpu_s\": {clients_cpu:.2}}}",
+        received / seconds,
+        received * size as f64 / seconds / 1e6,
+    );
+}
+
+/// User + system CPU seconds of a process ("self" or a pid) so far, from /proc (in clock
+/// ticks of 1/100 s, Linux's USER_HZ).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 (from 0) after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn start_relay(threads: usize) -> Child {
+    let me = std::env::current_exe().expect("the path of this program");
+    Command::new(me)
+        .args(["--serve", &threads.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the relay")
+}
+
+fn parse_ports(line: &str) -> (u16, u16) {
+    let mut ports = line.split_whitespace().map(|p| p.parse().expect("a port"));
+    (
+        ports.next().expect("producer port"),
+        ports.next().expect("consumer port"),
+    )
+}
+
+fn connect(port: u16) -> TcpStream {
+    let socket = TcpStream::connect(("127.0.0.1", port)).expect("connect to the relay");
+    socket.set_nodelay(true).expect("TCP_NODELAY");
+    socket
+}
+
+/// Writes whole messages until `duration` is over; returns how many.
+fn produce(mut socket: TcpStream, size: usize, duration: Duration) -> u64 {
+    let message = vec![0x5a; size + FRAMING];
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < duration {
+        for _ in 0..16 {
+            socket.write_all(&message).expect("write to the relay");
+            sent += 1;
+        }
+    }
+    // The relay sees the end of the stream and closes the consumer's socket in turn.
+    sent
+}
+
+/// Reads until the relay closes; returns the octets read and when the last of them came.
+fn consume(mut socket: TcpStream, start: Instant) -> (u64, Duration) {
+    let mut buffer = vec![0; CHUNK];
+    let mut octets = 0;
+    let mut last = start.elapsed();
+    loop {
+        match socket.read(&mut buffer) {
+            Ok(0) | Err(_) => return (octets, last),
+            Ok(n) => {
+                octets += n as u64;
+                last = start.elapsed();
+            }
+        }
+    }
+}
+
+/// The relay: tells its two ports on stdout, takes one producer and one consumer, carries
+/// the producer's octets to the consumer until the producer is done.
+fn serve(threads: usize) {
+    let from_producer = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let to_consumer = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!(
+        "{} {}",
+        from_producer.local_addr().expect("port").port(),
+        to_consumer.local_addr().expect("port").port()
+    );
+    std::io::stdout().flush().expect("tell the ports");
+    let (input, _) = from_producer.accept().expect("the producer");
+    let (output, _) = to_consumer.accept().expect("the consumer");
+    input.set_nodelay(true).expect("TCP_NODELAY");
+    output.set_nodelay(true).expect("TCP_NODELAY");
+    if threads == 1 {
+        relay_in_one_thread(input, output);
+    } else {
+        relay_in_two_threads(input, output);
+    }
+}
+
+fn relay_in_one_thread(mut input: TcpStream, mut output: TcpStream) {
+    let mut chunk = vec![0; CHUNK];
+    loop {
+        match input.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if output.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn relay_in_two_threads(mut input: TcpStream, mut output: TcpStream) {
+    let (chunks, to_write) = mpsc::sync_channel::<Vec<u8>>(HANDOFF);
+    let reader = thread::spawn(move || loop {
+        let mut chunk = vec![0; CHUNK];
+        match input.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                chunk.truncate(n);
+                if chunks.send(chunk).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    for chunk in to_write {
+        if output.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = reader.join();
+}
