@@ -216,7 +216,10 @@ def client_runs(args):
         order = ["mini", "rabbit"] if rep % 2 == 0 else ["rabbit", "mini"]
         for broker in order:
             for test in ["publish", "confirm", "consume"]:
-                for client in clients + ["amqp-perf"]:
+                # The broker's own ceiling for consume + ack: bench-null, a consumer that
+                # costs next to nothing, with an ack frame per delivery and with no acks.
+                ceilings = ["null", "null-noack"] if test == "consume" else []
+                for client in clients + ["amqp-perf"] + ceilings:
                     quiet = wait_quiet()
                     ctx = MiniBroker() if broker == "mini" else None
                     target = MINI_PORT if broker == "mini" else RABBIT_URI
@@ -227,8 +230,13 @@ def client_runs(args):
                         if client == "amqp-perf":
                             result = perf_client_equivalent(target, test, args.n)
                         else:
-                            cmd = [*NICE, f"{CLIENTS_BIN}/bench-{client}", "--host", host,
-                                   "--port", str(port), "--test", test, "-n", str(args.n)]
+                            program, extra = f"bench-{client}", []
+                            if client.startswith("null"):
+                                acks = "0" if client == "null-noack" else "1"
+                                program, extra = "bench-null", ["--ack-every", acks]
+                            cmd = [*NICE, f"{CLIENTS_BIN}/{program}", "--host", host,
+                                   "--port", str(port), "--test", test, "-n", str(args.n),
+                                   *extra]
                             out = subprocess.run(cmd, capture_output=True, text=True,
                                                  timeout=900)
                             lines = out.stdout.strip().splitlines()
