@@ -41,6 +41,13 @@ fn main() -> Result<(), Error> {
     if options.test != "consume" {
         return Err("bench-null only runs --test consume".into());
     }
+    if options.ack_every > u64::from(options.qos) {
+        // The broker would stop at the prefetch limit before the first ack is due.
+        return Err("--ack-every must not exceed --qos".into());
+    }
+    if options.size + 8 > FRAME_MAX as usize {
+        return Err(format!("bodies of at most {} octets (one frame)", FRAME_MAX - 8).into());
+    }
     let mut amqp = Amqp::open(&options)?;
     // Channel 1 fills the queue (confirm mode), channel 2 consumes.
     amqp.call(
@@ -167,13 +174,18 @@ impl Amqp {
                     1,
                     ContentHeader::basic(body.len() as u64, BasicProperties::default()),
                 ));
-                self.put(Frame::Body(1, body.clone()));
+                // An empty body has no body frame (spec 4.2.6.2).
+                if !body.is_empty() {
+                    self.put(Frame::Body(1, body.clone()));
+                }
             }
             self.flush()?;
             published += window;
             while confirmed < published {
                 match self.next_frame()? {
-                    Frame::Method(1, Method::BasicAck(ack)) => confirmed = ack.delivery_tag,
+                    Frame::Method(1, Method::BasicAck(ack)) => {
+                        confirmed = confirmed.max(ack.delivery_tag)
+                    }
                     other => return Err(format!("while filling: {other:?}").into()),
                 }
             }
@@ -182,33 +194,47 @@ impl Amqp {
     }
 
     /// Takes `options.messages` deliveries on channel 2 and acks them as `--ack-every` says.
+    /// A delivery is whole once its body is: at its header when the body is empty, else at
+    /// the body frame that completes it.
     fn consume(&mut self, options: &Options) -> Result<(), Error> {
         let mut received = 0;
         let mut last_tag = 0;
+        let mut body_to_come = 0;
         let mut unacked = 0;
         while received < options.messages {
             self.read()?;
             while let Some(frame) = frame::decode(&mut self.input, &self.limits)? {
-                match frame {
+                let whole = match frame {
                     Frame::Method(2, Method::BasicDeliver(deliver)) => {
                         last_tag = deliver.delivery_tag;
+                        false
                     }
-                    // Bodies of at most frame_max come in one frame: the delivery is whole.
-                    Frame::Body(2, _) => {
-                        received += 1;
-                        unacked += 1;
-                        if options.ack_every == 0 {
-                            // A no_ack consumer: nothing to send.
-                        } else if options.ack_every == 1 {
-                            self.put_ack(last_tag, false);
-                            unacked = 0;
-                        } else if unacked >= options.ack_every || received == options.messages {
-                            self.put_ack(last_tag, true);
-                            unacked = 0;
-                        }
+                    Frame::Header(2, header) => {
+                        body_to_come = header.body_size;
+                        body_to_come == 0
                     }
-                    Frame::Header(2, _) | Frame::Method(2, Method::BasicConsumeOk(_)) => {}
+                    Frame::Body(2, body) => {
+                        body_to_come = body_to_come.saturating_sub(body.len() as u64);
+                        body_to_come == 0
+                    }
+                    // A late confirm of the fill, consume-ok: nothing to do.
+                    Frame::Method(1, Method::BasicAck(_))
+                    | Frame::Method(2, Method::BasicConsumeOk(_)) => false,
                     other => return Err(format!("while consuming: {other:?}").into()),
+                };
+                if !whole {
+                    continue;
+                }
+                received += 1;
+                unacked += 1;
+                if options.ack_every == 0 {
+                    // A no_ack consumer: nothing to send.
+                } else if options.ack_every == 1 {
+                    self.put_ack(last_tag, false);
+                    unacked = 0;
+                } else if unacked >= options.ack_every || received == options.messages {
+                    self.put_ack(last_tag, true);
+                    unacked = 0;
                 }
             }
             self.flush()?;

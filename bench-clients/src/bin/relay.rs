@@ -95,7 +95,8 @@ fn usage() -> ! {
 
 /// The clients' side: start the relay, produce and consume through it, print the result.
 fn run(setup: Setup) {
-    let mut relay = start_relay(setup);
+    let mut relay = Relay(start_relay(setup));
+    let relay = &mut relay.0;
     let mut ports = String::new();
     let stdout = relay.stdout.take().expect("the relay's stdout is piped");
     BufReader::new(stdout)
@@ -114,8 +115,6 @@ fn run(setup: Setup) {
     let (received_octets, elapsed) = consuming.join().expect("the consumer thread");
     let relay_cpu = cpu_seconds(&relay_pid) - relay_before;
     let clients_cpu = cpu_seconds("self") - clients_before;
-    let _ = relay.kill();
-    let _ = relay.wait();
 
     let Setup {
         size,
@@ -154,6 +153,17 @@ fn cpu_seconds(pid: &str) -> f64 {
     };
     // utime and stime: fields 14 and 15 of the line, 11 and 12 (from 0) after the name.
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The relay process, killed and reaped however `run` ends (a failed connect, a panic), so
+/// that it never outlives the run holding its ports.
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn start_relay(setup: Setup) -> Child {
@@ -250,29 +260,27 @@ fn relay_in_one_thread(mut input: TcpStream, mut output: TcpStream, size: usize)
 }
 
 fn relay_in_two_threads(mut input: TcpStream, mut output: TcpStream, size: usize) {
-    // Chunks go to the writer full and come back empty, so no chunk is allocated (and
-    // page-faulted) again: the pool is the HANDOFF chunks made here.
-    let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(HANDOFF);
+    // Chunks go to the writer with the length read and come back, so no chunk is allocated
+    // (and page-faulted) or cleared again: the pool is the HANDOFF chunks made here.
+    let (full, to_write) = mpsc::sync_channel::<(Vec<u8>, usize)>(HANDOFF);
     let (empty, to_fill) = mpsc::sync_channel::<Vec<u8>>(HANDOFF);
     for _ in 0..HANDOFF {
         empty.send(vec![0; size]).expect("the pool has room");
     }
     let reader = thread::spawn(move || {
         for mut chunk in to_fill {
-            chunk.resize(size, 0);
             match input.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    chunk.truncate(n);
-                    if full.send(chunk).is_err() {
+                    if full.send((chunk, n)).is_err() {
                         return;
                     }
                 }
             }
         }
     });
-    for chunk in to_write {
-        if output.write_all(&chunk).is_err() {
+    for (chunk, n) in to_write {
+        if output.write_all(&chunk[..n]).is_err() {
             break;
         }
         // Back to the reader; once it has seen the end, the chunks still queued are written
