@@ -18,6 +18,7 @@ With NULL_ACKS=1,64,0 (say) in the environment, each rep's consume test also run
 (src/bin/null.rs, the cheapest possible consumer) with each `--ack-every` listed, as clients
 "null1", "null64", "null0": the broker's own ceiling for that test (1: an ack frame per
 delivery; 64: one multiple ack per 64, as far as amqp-client coalesces; 0: no acks at all).
+BROKERS=rabbit and TESTS=consume (comma lists) run a subset.
 """
 import json, os, resource, statistics, subprocess, sys
 BIN, MINI = sys.argv[1], sys.argv[2]
@@ -52,6 +53,9 @@ def children_cpu():
 
 
 NULL_ACKS = [a for a in os.environ.get("NULL_ACKS", "").split(",") if a]
+# A subset, e.g. BROKERS=rabbit TESTS=consume.
+BROKERS = os.environ.get("BROKERS", "rabbit,mini").split(",")
+TESTS = os.environ.get("TESTS", "publish,confirm,consume").split(",")
 
 
 def bench(client, port, test):
@@ -78,10 +82,12 @@ rows = []
 try:
     for rep in range(REPS):
         clients = ["ours", "amqprs"] if rep % 2 == 0 else ["amqprs", "ours"]
-        for broker in ["rabbit", "mini"]:
-            for test in ["publish", "confirm", "consume"]:
-                extra = [f"null{a}" for a in NULL_ACKS] if test == "consume" else []
-                for client in clients + (extra if rep % 2 == 0 else extra[::-1]):
+        for broker in BROKERS:
+            for test in TESTS:
+                everyone = clients + ([f"null{a}" for a in NULL_ACKS] if test == "consume" else [])
+                # Rotated every rep, so that no program always runs first or last.
+                turn = rep % len(everyone)
+                for client in everyone[turn:] + everyone[:turn]:
                     if broker == "mini":
                         with measure.MiniBroker():
                             result = bench(client, measure.MINI_PORT, test)
@@ -94,8 +100,8 @@ try:
 finally:
     autogroup(os.getpid(), 0)
     autogroup(beam, 0)
-for broker in ["rabbit", "mini"]:
-    for test in ["publish", "confirm", "consume"]:
+for broker in BROKERS:
+    for test in TESTS:
         med = {}
         for client in ["ours", "amqprs"]:
             rates = [r["rate"] for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]

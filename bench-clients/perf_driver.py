@@ -84,7 +84,9 @@ try:
           for setup, PERF, MINI in SETUPS:
             order = ["mini", "rabbit"] if rep % 2 == 0 else ["rabbit", "mini"]
             if RELAY and scen == "64K" and setup == "a":
+                # Rotated every rep, so that no run always comes first or last.
                 order += ["relay1", "relay2"] if rep % 2 == 0 else ["relay2", "relay1"]
+                order = order[rep % len(order):] + order[:rep % len(order)]
             for b in order:
                 if b.startswith("relay"):
                     out = subprocess.run([RELAY, "--size", "65536", "--seconds", "10", "--threads", b[-1]],
