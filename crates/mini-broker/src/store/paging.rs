@@ -262,11 +262,14 @@ impl Store {
     /// fit in `max_bytes` (at least one). Each is None when it is gone (acked, or not on disk
     /// for good) or its record is damaged (logged): it can never be read.
     ///
-    /// A read that fails (a segment that cannot be opened or read: an I/O error, logged)
-    /// ends the list before the first message it concerns: that message and those after it
-    /// stay on disk, to be read another time, never taken for lost.
-    pub fn read_messages(&self, ids: &[u64], max_bytes: usize) -> Vec<Option<PublishRecord>> {
+    /// A read that fails (a segment that cannot be opened or read: an I/O error) ends the
+    /// list before the first message it concerns: that message and those after it stay on
+    /// disk, to be read another time, never taken for lost. The failure is returned, not
+    /// logged: a queue retries such a read every 100 ms and logs once for all its retries.
+    pub fn page_in(&self, ids: &[u64], max_bytes: usize) -> PagedIn {
         let dir = self.dir.join("messages");
+        // The first failed read, in the order of the reads.
+        let mut failure = None;
         let mut wanted: Vec<(usize, Location, Arc<File>)> = Vec::new();
         let mut count = 0;
         // The first of `ids` whose read failed.
@@ -290,11 +293,12 @@ impl Store {
                         total += location.len as usize;
                         wanted.push((at, location, file));
                     }
-                    Err(err) => {
-                        tracing::error!(
-                            "cannot open message log segment {} to page message {id} in: {err}",
-                            location.segment
-                        );
+                    Err(source) => {
+                        failure.get_or_insert(ReadError::Open {
+                            segment: location.segment,
+                            id,
+                            source,
+                        });
                         failed_at = failed_at.min(at);
                     }
                 }
@@ -328,12 +332,12 @@ impl Store {
             };
             let bytes = match read {
                 Ok(bytes) => bytes,
-                Err(err) => {
-                    tracing::error!(
-                        "cannot read message log segment {} at {} to page messages in: {err}",
-                        start.segment,
-                        start.offset
-                    );
+                Err(source) => {
+                    failure.get_or_insert(ReadError::Read {
+                        segment: start.segment,
+                        offset: start.offset,
+                        source,
+                    });
                     let run = wanted.get(first..next).unwrap_or_default();
                     failed_at = run.iter().map(|(at, _, _)| *at).fold(failed_at, usize::min);
                     continue;
@@ -358,8 +362,57 @@ impl Store {
             }
         }
         found.truncate(failed_at);
-        found
+        PagedIn {
+            records: found,
+            failure,
+        }
     }
+
+    /// The records [`Store::page_in`] reads, a failed read logged: for a read that is not
+    /// retried over and over.
+    pub fn read_messages(&self, ids: &[u64], max_bytes: usize) -> Vec<Option<PublishRecord>> {
+        let read = self.page_in(ids, max_bytes);
+        if let Some(err) = read.failure {
+            tracing::error!("{err}");
+        }
+        read.records
+    }
+}
+
+/// What [`Store::page_in`] read back.
+#[derive(Debug)]
+pub struct PagedIn {
+    /// The records of the ids asked for, in their order, up to the first that a failed read
+    /// concerns.
+    pub records: Vec<Option<PublishRecord>>,
+    /// The first read that failed, if one did.
+    pub failure: Option<ReadError>,
+}
+
+/// A read of paged-out messages that failed: the log could not be opened or read (an I/O
+/// error such as EIO or EMFILE). The messages stay on disk, to be read another time.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A segment could not be opened.
+    #[error("cannot open message log segment {segment} to page message {id} in: {source}")]
+    Open {
+        /// The segment's number.
+        segment: u64,
+        /// The first message wanted from it.
+        id: u64,
+        /// Why.
+        source: io::Error,
+    },
+    /// A segment could not be read.
+    #[error("cannot read message log segment {segment} at {offset} to page messages in: {source}")]
+    Read {
+        /// The segment's number.
+        segment: u64,
+        /// Where the read began.
+        offset: u32,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// Octets `start..end` of a segment.
