@@ -27,6 +27,7 @@ use amqp_codec::{FieldTable, FieldValue, ShortString};
 use crate::delivery::{lock, ChannelLink, Unacked};
 use crate::message::{Deadline, MessageContent, QueuedMessage, ReadyMessage};
 use crate::store::log::PublishRecord;
+use crate::store::paging::{PagedIn, ReadError};
 use crate::store::{RecoveredMessage, Store};
 
 /// Paged-out messages near the head are read back this many at most at a time...
@@ -39,6 +40,9 @@ const PAGE_OUT_BATCH: usize = 4096;
 /// Read-back messages are put in place among this many at the head at most: the rest of
 /// what was read is dropped (the head changed much meanwhile) and read again when wanted.
 const PUT_BACK_WINDOW: usize = 2 * READ_AHEAD_MESSAGES;
+/// While the paged-out messages of a queue cannot be read back, it says so again at most
+/// this often ([`ReadFailures`]).
+const READ_FAILURE_REMINDER: Duration = Duration::from_secs(60);
 
 /// RabbitMQ's queue types. Quorum queues are accepted with their restrictions (durable, not
 /// exclusive, no global qos) and keep the two differences a client can see on a single node:
@@ -226,6 +230,11 @@ pub struct QueueState {
     /// The last read of the paged-out head brought nothing back (an I/O error, logged): the
     /// head waits on disk, and [`Queue::retry_unread_head`] tries again.
     unread_head: bool,
+    /// The reads of paged-out messages that failed since the last that did not.
+    read_failures: ReadFailures,
+    /// What was logged of the reads of paged-out messages (tests look).
+    #[cfg(test)]
+    read_reports: Vec<ReadReport>,
     /// The next read of the head panics with the lock released (tests of [`ReadUnderWay`]).
     #[cfg(test)]
     panic_in_next_read: bool,
@@ -337,6 +346,9 @@ impl Queue {
                 head_paged_out: false,
                 paging_in: false,
                 unread_head: false,
+                read_failures: ReadFailures::default(),
+                #[cfg(test)]
+                read_reports: Vec::new(),
                 #[cfg(test)]
                 panic_in_next_read: false,
                 #[cfg(test)]
@@ -709,7 +721,8 @@ impl Queue {
             let mut rest = chunk;
             while !rest.is_empty() {
                 let ids: Vec<u64> = rest.iter().map(|m| m.id).collect();
-                let records = store.read_messages(&ids, READ_AHEAD_BYTES);
+                let PagedIn { records, failure } = store.page_in(&ids, READ_AHEAD_BYTES);
+                self.note_read(&mut state, failure, Instant::now());
                 if records.is_empty() {
                     // The log could not be read (an I/O error, logged): what is left stays
                     // on disk.
@@ -953,14 +966,17 @@ impl Queue {
             if read.panics {
                 panic!("test fault: the read of the head panicked");
             }
-            let pages = self.read_pages(&read.wanted);
+            let (pages, failure) = self.read_pages(&read.wanted);
             state = self.lock_state();
             read.under_way.end(&mut state);
+            if !read.wanted.is_empty() {
+                self.note_read(&mut state, failure, Instant::now());
+            }
             state.unread_head = pages.is_empty() && !read.wanted.is_empty();
             if state.unread_head {
-                // Not even the head could be read (an I/O error, logged): it stays paged
-                // out, to be read when the queue next changes or at the next retry, not
-                // again at once.
+                // Not even the head could be read (an I/O error, logged once an episode:
+                // [`ReadFailures`]): it stays paged out, to be read when the queue next
+                // changes or at the next retry, not again at once.
                 break;
             }
             self.put_back_pages(&mut state, pages);
@@ -1018,22 +1034,26 @@ impl Queue {
     /// Reads `wanted` back from the store (as many as [`READ_AHEAD_BYTES`] of log hold, at
     /// least the first unless the disk fails), without the queue's lock; each decoded as
     /// this queue delivers it, or None if its record is gone or damaged; none from the
-    /// first a failed read concerns.
-    fn read_pages(&self, wanted: &[Wanted]) -> Vec<Page> {
+    /// first a failed read concerns, and that read's failure.
+    fn read_pages(&self, wanted: &[Wanted]) -> (Vec<Page>, Option<ReadError>) {
         let ids: Vec<u64> = wanted.iter().map(|w| w.id).collect();
-        let records = match (&self.store, ids.is_empty()) {
-            (Some(store), false) => store.read_messages(&ids, READ_AHEAD_BYTES),
-            _ => Vec::new(),
+        let read = match (&self.store, ids.is_empty()) {
+            (Some(store), false) => store.page_in(&ids, READ_AHEAD_BYTES),
+            _ => PagedIn {
+                records: Vec::new(),
+                failure: None,
+            },
         };
         // Fewer records than ids: the rest did not fit in the read.
-        wanted
+        let pages = wanted
             .iter()
-            .zip(records)
+            .zip(read.records)
             .map(|(w, record)| Page {
                 wanted: *w,
                 content: self.content_from_log(record, w.redelivered),
             })
-            .collect()
+            .collect();
+        (pages, read.failure)
     }
 
     /// Puts messages read back in place, among the first [`PUT_BACK_WINDOW`] ready ones:
@@ -1182,6 +1202,36 @@ impl Queue {
             self.vhost
         );
     }
+
+    /// Counts a read of paged-out messages that ended at `now`, with `failure` if it failed,
+    /// and logs what [`ReadFailures`] says to: a disk that keeps failing is reported once,
+    /// then reminded of now and then, not at every retry (ten times a second).
+    fn note_read(&self, state: &mut QueueState, failure: Option<ReadError>, now: Instant) {
+        let Some(report) = state.read_failures.note(failure.is_some(), now) else {
+            return;
+        };
+        #[cfg(test)]
+        state.read_reports.push(report);
+        let (name, vhost) = (&self.name, &self.vhost);
+        let cause = failure.map_or_else(String::new, |err| err.to_string());
+        match report {
+            ReadReport::Failing => tracing::error!(
+                "queue '{name}' in vhost '{vhost}': its paged-out messages cannot be read back: \
+                 {cause}; they stay on disk, and the read is retried every 100 ms while \
+                 consumers wait"
+            ),
+            ReadReport::StillFailing { attempts, lasting } => tracing::error!(
+                "queue '{name}' in vhost '{vhost}': its paged-out messages still cannot be read \
+                 back, {attempts} attempts failed over {:.0} s: {cause}",
+                lasting.as_secs_f64()
+            ),
+            ReadReport::ReadAgain { attempts, lasting } => tracing::warn!(
+                "queue '{name}' in vhost '{vhost}': its paged-out messages are read back again, \
+                 after {attempts} failed attempts over {:.1} s",
+                lasting.as_secs_f64()
+            ),
+        }
+    }
 }
 
 /// A paged-out message to read back, as it was when the read was planned.
@@ -1233,6 +1283,70 @@ impl Drop for ReadUnderWay<'_> {
 struct Page {
     wanted: Wanted,
     content: Option<Arc<MessageContent>>,
+}
+
+/// The reads of a queue's paged-out messages that failed, in episodes: one runs from a read
+/// that fails to the next that does not. Which reads to log: the first failure of an
+/// episode, a reminder at most every [`READ_FAILURE_REMINDER`] while it lasts, and its end;
+/// not every retry of a disk that keeps failing.
+#[derive(Debug, Default)]
+struct ReadFailures {
+    /// The episode under way, if reads fail.
+    episode: Option<FailingReads>,
+}
+
+/// An episode of failing reads.
+#[derive(Debug, Clone, Copy)]
+struct FailingReads {
+    /// When its first read failed.
+    since: Instant,
+    /// The reads that failed so far.
+    attempts: u64,
+    /// When it was last logged.
+    reported: Instant,
+}
+
+/// What to log of a read of paged-out messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadReport {
+    /// The read failed, the first of an episode.
+    Failing,
+    /// The reads still fail: `attempts` so far, over `lasting`.
+    StillFailing { attempts: u64, lasting: Duration },
+    /// The read succeeded, after `attempts` that failed over `lasting`.
+    ReadAgain { attempts: u64, lasting: Duration },
+}
+
+impl ReadFailures {
+    /// Counts a read that ended at `now`, failed or not; what to log of it, if anything.
+    fn note(&mut self, failed: bool, now: Instant) -> Option<ReadReport> {
+        let Some(episode) = &mut self.episode else {
+            if failed {
+                self.episode = Some(FailingReads {
+                    since: now,
+                    attempts: 1,
+                    reported: now,
+                });
+                return Some(ReadReport::Failing);
+            }
+            return None;
+        };
+        let lasting = now.saturating_duration_since(episode.since);
+        if !failed {
+            let attempts = episode.attempts;
+            self.episode = None;
+            return Some(ReadReport::ReadAgain { attempts, lasting });
+        }
+        episode.attempts += 1;
+        if now.saturating_duration_since(episode.reported) < READ_FAILURE_REMINDER {
+            return None;
+        }
+        episode.reported = now;
+        Some(ReadReport::StillFailing {
+            attempts: episode.attempts,
+            lasting,
+        })
+    }
 }
 
 /// A queue's state locked for a change of its ready messages: when unlocked, the change in
@@ -1508,6 +1622,100 @@ mod tests {
         assert!(!quorum.consumer_conflict(false));
     }
 
+    /// Which failed reads of paged-out messages are logged ([`ReadFailures`]).
+    mod read_failures {
+        use super::*;
+
+        /// `millis` after `start`.
+        fn after(start: Instant, millis: u64) -> Instant {
+            start + Duration::from_millis(millis)
+        }
+
+        /// What is logged of reads that fail every 100 ms for `millis` from `start`.
+        fn failing_every_100_ms(
+            failures: &mut ReadFailures,
+            start: Instant,
+            millis: u64,
+        ) -> Vec<ReadReport> {
+            (0..millis / 100)
+                .filter_map(|tick| failures.note(true, after(start, tick * 100)))
+                .collect()
+        }
+
+        #[test]
+        fn reads_that_keep_failing_are_logged_once_within_the_reminder_interval() {
+            let start = Instant::now();
+            let mut failures = ReadFailures::default();
+            // Ten retries a second for 59.9 s.
+            let reports = failing_every_100_ms(&mut failures, start, 59_900);
+            assert_eq!(reports, [ReadReport::Failing]);
+        }
+
+        #[test]
+        fn reads_that_keep_failing_are_reminded_of_once_a_minute_with_the_attempts_so_far() {
+            let start = Instant::now();
+            let mut failures = ReadFailures::default();
+            let reports = failing_every_100_ms(&mut failures, start, 150_000);
+            assert_eq!(
+                reports,
+                [
+                    ReadReport::Failing,
+                    ReadReport::StillFailing {
+                        attempts: 601,
+                        lasting: Duration::from_secs(60)
+                    },
+                    ReadReport::StillFailing {
+                        attempts: 1201,
+                        lasting: Duration::from_secs(120)
+                    },
+                ]
+            );
+        }
+
+        #[test]
+        fn a_read_that_succeeds_ends_the_episode_with_its_failed_attempts_and_length() {
+            let start = Instant::now();
+            let mut failures = ReadFailures::default();
+            failing_every_100_ms(&mut failures, start, 300);
+            assert_eq!(
+                failures.note(false, after(start, 300)),
+                Some(ReadReport::ReadAgain {
+                    attempts: 3,
+                    lasting: Duration::from_millis(300)
+                })
+            );
+            assert_eq!(failures.note(false, after(start, 400)), None);
+        }
+
+        #[test]
+        fn a_failure_after_the_reads_succeeded_again_begins_a_new_episode() {
+            let start = Instant::now();
+            let mut failures = ReadFailures::default();
+            failing_every_100_ms(&mut failures, start, 300);
+            assert!(failures.note(false, after(start, 300)).is_some());
+            assert_eq!(
+                failures.note(true, after(start, 400)),
+                Some(ReadReport::Failing)
+            );
+            assert_eq!(failures.note(true, after(start, 500)), None);
+            assert_eq!(
+                failures.note(false, after(start, 600)),
+                Some(ReadReport::ReadAgain {
+                    attempts: 2,
+                    lasting: Duration::from_millis(200)
+                })
+            );
+        }
+
+        #[test]
+        fn reads_that_succeed_outside_an_episode_are_not_logged() {
+            let start = Instant::now();
+            let mut failures = ReadFailures::default();
+            assert_eq!(failures.note(false, start), None);
+            assert_eq!(failures.note(false, after(start, 100)), None);
+        }
+    }
+
     /// Paging, on a store of its own.
     mod paging {
         use super::*;
@@ -1618,6 +1826,53 @@ mod tests {
             let expected: Vec<String> = (0..count).map(|i| format!("m{i}")).collect();
             assert_eq!((counts(&queue), held), ((0, 0), expected));
             assert!(!queue.state().unread_head);
+        }
+
+        #[test]
+        fn a_disk_that_keeps_failing_is_logged_once_per_episode_not_at_every_retry() {
+            let count = 10;
+            let (dir, store, queue) = paged_out_queue(count);
+            let messages = dir.join("messages");
+            let mut dead = Vec::new();
+            faults::set(&messages, Some(faults::Fault::Read));
+            let c = consumer("c", 0, 0);
+            let (link, tag) = (c.link.clone(), c.tag.clone());
+            queue.add_consumer(c, &mut dead);
+            for _ in 0..20 {
+                queue.retry_unread_head(&mut dead);
+            }
+            assert_eq!(queue.state().read_reports, [ReadReport::Failing]);
+            faults::set(&messages, None);
+            queue.retry_unread_head(&mut dead);
+            assert_eq!(counts(&queue), (0, 0), "all delivered");
+            assert!(matches!(
+                queue.state().read_reports[..],
+                [
+                    ReadReport::Failing,
+                    ReadReport::ReadAgain { attempts: 21, .. }
+                ]
+            ));
+            // A new failure, once the head is paged out again: a new episode.
+            queue.remove_consumer(&link, &tag);
+            for i in 0..count {
+                publish_persistent(&store, &queue, &format!("n{i}"), true);
+            }
+            page_out_all(&store, &queue, count);
+            faults::set(&messages, Some(faults::Fault::Read));
+            for _ in 0..3 {
+                assert!(queue.get(&mut dead).is_none());
+            }
+            faults::set(&messages, None);
+            let state = queue.state();
+            assert!(matches!(
+                state.read_reports[..],
+                [
+                    ReadReport::Failing,
+                    ReadReport::ReadAgain { .. },
+                    ReadReport::Failing
+                ]
+            ));
+            assert!(dead.is_empty());
         }
 
         /// Pages out every one of the `count` messages of `queue`, once they are on disk.
