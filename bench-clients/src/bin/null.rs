@@ -65,8 +65,7 @@ fn main() -> Result<(), Error> {
         },
     )?;
     amqp.fill(&options)?;
-    amqp.send(2, ChannelOpen)?;
-    amqp.expect_reply(2)?;
+    amqp.call(2, ChannelOpen)?;
     amqp.call(
         2,
         BasicQos {

@@ -411,7 +411,7 @@ impl Store {
 
     /// Takes the messages recovered for queue `queue` of vhost `vhost`, in publish order
     /// (once: a second call gets none). Their bodies are in the log, to be read back with
-    /// [`Store::read_messages`].
+    /// [`Store::page_in`].
     pub fn take_recovered(&self, vhost: &str, queue: &[u8]) -> Vec<RecoveredMessage> {
         let mut recovered = lock(&self.recovered);
         if recovered.is_empty() {
@@ -1549,7 +1549,7 @@ mod tests {
         assert!(store.sync());
         assert!((1..=10).all(|id| store.on_disk().contains(id)));
         assert!(!store.on_disk().contains(11), "never published");
-        let read = store.read_messages(&[3, 1, 2, 11], usize::MAX);
+        let read = store.page_in(&[3, 1, 2, 11], usize::MAX).records;
         assert_eq!(
             read,
             vec![
@@ -1561,14 +1561,14 @@ mod tests {
         );
         // A budget of octets: as many as fit, at least one.
         let ids: Vec<u64> = (1..=10).collect();
-        let some = store.read_messages(&ids, 2500);
+        let some = store.page_in(&ids, 2500).records;
         assert_eq!(some.len(), 3, "three records of ~1 KB pass 2500 octets");
-        assert_eq!(store.read_messages(&ids, 1), vec![Some(record(1, 1000))]);
+        assert_eq!(store.page_in(&ids, 1).records, vec![Some(record(1, 1000))]);
         // Gone once acked.
         store.ack(2);
         assert!(store.sync());
         assert!(!store.on_disk().contains(2));
-        assert_eq!(store.read_messages(&[2], usize::MAX), vec![None]);
+        assert_eq!(store.page_in(&[2], usize::MAX).records, vec![None]);
     }
 
     #[test]
@@ -1579,7 +1579,7 @@ mod tests {
         assert!(store.sync());
         // A read opens (and keeps) a handle of segment 1.
         assert_eq!(
-            store.read_messages(&[1], usize::MAX),
+            store.page_in(&[1], usize::MAX).records,
             vec![Some(record(1, 100))]
         );
         for id in 2..=500 {
@@ -1590,7 +1590,7 @@ mod tests {
         assert!(store.sync());
         assert!(!segments(&dir).contains(&1), "segment 1 was compacted away");
         assert!(store.on_disk().contains(1));
-        let read = store.read_messages(&[501, 1], usize::MAX);
+        let read = store.page_in(&[501, 1], usize::MAX).records;
         assert_eq!(read, vec![Some(record(501, 100)), Some(record(1, 100))]);
         // The deleted segment's handle was dropped: its space is free (no open file left).
         let fds = std::fs::read_dir("/proc/self/fd").unwrap();
@@ -1611,10 +1611,10 @@ mod tests {
         assert!(store.sync());
         faults::set(&messages, Some(Fault::Read));
         // Not None (which would say lost): no answer at all, to be asked again.
-        assert_eq!(store.read_messages(&[1, 2, 3], usize::MAX), vec![]);
+        assert_eq!(store.page_in(&[1, 2, 3], usize::MAX).records, vec![]);
         faults::set(&messages, None);
         assert_eq!(
-            store.read_messages(&[1, 2, 3], usize::MAX),
+            store.page_in(&[1, 2, 3], usize::MAX).records,
             vec![
                 Some(record(1, 1000)),
                 Some(record(2, 1000)),
@@ -1636,12 +1636,12 @@ mod tests {
         faults::set(&messages, None);
         assert!(store.on_disk().contains(1));
         assert!(!store.on_disk().contains(2), "not on disk for good");
-        assert_eq!(store.read_messages(&[2], usize::MAX), vec![None]);
+        assert_eq!(store.page_in(&[2], usize::MAX).records, vec![None]);
         wait_until_writable(&store);
         store.publish(record(3, 100));
         assert!(store.sync());
         assert_eq!(
-            store.read_messages(&[3], usize::MAX),
+            store.page_in(&[3], usize::MAX).records,
             vec![Some(record(3, 100))]
         );
     }
@@ -1659,7 +1659,7 @@ mod tests {
         assert_eq!(recovered.len(), 60);
         assert!(segments(&dir).len() > 1);
         let ids: Vec<u64> = (1..=60).rev().collect();
-        let read = store.read_messages(&ids, usize::MAX);
+        let read = store.page_in(&ids, usize::MAX).records;
         let expected: Vec<_> = ids.iter().map(|&id| Some(record(id, 100))).collect();
         assert_eq!(read, expected);
     }
@@ -2005,7 +2005,7 @@ mod tests {
             "the copy of 1 comes back first: publish order"
         );
         assert_eq!(
-            store_after_restart(&dir).read_messages(&[1], usize::MAX),
+            store_after_restart(&dir).page_in(&[1], usize::MAX).records,
             vec![Some(record(1, 100))]
         );
     }
@@ -2142,7 +2142,7 @@ mod tests {
         assert!(store.sync());
         assert!((61..=70).all(|id| !store.on_disk().contains(id)));
         let ids: Vec<u64> = recovered.iter().map(|m| m.id).collect();
-        let read = store.read_messages(&ids, usize::MAX);
+        let read = store.page_in(&ids, usize::MAX).records;
         let expected: Vec<_> = ids
             .iter()
             .map(|&id| Some(record(id, 100 + id as usize)))
@@ -2213,7 +2213,7 @@ mod tests {
         assert!(store.sync());
         assert!(!segments(&dir).contains(&1), "segment 1 was compacted away");
         assert_eq!(
-            store.read_messages(&[1, 41], usize::MAX),
+            store.page_in(&[1, 41], usize::MAX).records,
             vec![Some(record(1, 100)), Some(record(41, 100))]
         );
         assert!(store.close_cleanly());

@@ -367,16 +367,6 @@ impl Store {
             failure,
         }
     }
-
-    /// The records [`Store::page_in`] reads, a failed read logged: for a read that is not
-    /// retried over and over.
-    pub fn read_messages(&self, ids: &[u64], max_bytes: usize) -> Vec<Option<PublishRecord>> {
-        let read = self.page_in(ids, max_bytes);
-        if let Some(err) = read.failure {
-            tracing::error!("{err}");
-        }
-        read.records
-    }
 }
 
 /// What [`Store::page_in`] read back.
