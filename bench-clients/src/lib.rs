@@ -14,6 +14,11 @@
 //!   runs from basic.consume to the last ack sent.
 //!
 //! Each program uses one connection and one channel per role, and its client's usual API.
+//!
+//! Besides the rate, the line has what the timed part cost the process: `cpu_s` (user + system
+//! seconds, all threads) and `switches` (context switches). Against a broker on the same
+//! machine, a client's CPU is taken from the broker, and its context switches say how much of
+//! that CPU went to handing work between threads rather than to the protocol.
 
 use std::time::{Duration, Instant};
 
@@ -82,20 +87,75 @@ fn usage(flag: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Prints the result line.
-pub fn report(client: &str, options: &Options, elapsed: Duration) {
-    let seconds = elapsed.as_secs_f64();
+/// Prints the result line: the rate, and what the timed part cost the whole process (all its
+/// threads): CPU seconds (user + system) and context switches (voluntary + involuntary).
+pub fn report(client: &str, options: &Options, span: Span) {
+    let seconds = span.wall.as_secs_f64();
     println!(
-        "{{\"client\":\"{client}\",\"test\":\"{}\",\"port\":{},\"messages\":{},\"size\":{},\"seconds\":{seconds:.4},\"rate\":{:.0}}}",
+        "{{\"client\":\"{client}\",\"test\":\"{}\",\"port\":{},\"messages\":{},\"size\":{},\"seconds\":{seconds:.4},\"rate\":{:.0},\"cpu_s\":{:.3},\"switches\":{}}}",
         options.test,
         options.port,
         options.messages,
         options.size,
-        options.messages as f64 / seconds
+        options.messages as f64 / seconds,
+        span.cpu_seconds,
+        span.switches,
     );
 }
 
-/// A stopwatch.
-pub fn start() -> Instant {
-    Instant::now()
+/// A stopwatch that also reads the process's CPU time and context switches.
+pub struct Clock {
+    wall: Instant,
+    usage: Usage,
+}
+
+/// What a [`Clock`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub wall: Duration,
+    pub cpu_seconds: f64,
+    pub switches: u64,
+}
+
+impl Clock {
+    /// Wall time, CPU time and context switches since [`start`].
+    pub fn elapsed(&self) -> Span {
+        let now = Usage::now();
+        Span {
+            wall: self.wall.elapsed(),
+            cpu_seconds: now.cpu_seconds - self.usage.cpu_seconds,
+            switches: now.switches.saturating_sub(self.usage.switches),
+        }
+    }
+}
+
+/// Starts a [`Clock`].
+pub fn start() -> Clock {
+    Clock {
+        usage: Usage::now(),
+        wall: Instant::now(),
+    }
+}
+
+/// getrusage(RUSAGE_SELF): every thread of the process, live or ended.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_seconds: f64,
+    switches: u64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        // SAFETY: getrusage only writes the struct it is given, which is plain data.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Usage {
+            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            switches: (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
+        }
+    }
 }
