@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench-<client> --port 5672 --test publish|confirm|consume [-n 1000000] [-s 16]
-//!                [--window 1000] [--qos 1000]
+//!                [--window 1000] [--qos 1000] [--consumer-in main|task]
 //! ```
 //! - `publish`: N publishes of an s-byte body, no confirms; the clock stops when a synchronous
 //!   call on the same channel (a passive queue.declare) returns, so every publish was sent and
@@ -11,7 +11,9 @@
 //!   clock stops at the last confirm.
 //! - `consume`: the queue is filled with N messages first (not timed); then a consumer with
 //!   prefetch `qos` acks every delivery on its own (basic.ack, multiple = false); the clock
-//!   runs from basic.consume to the last ack sent.
+//!   runs from basic.consume to the last ack sent. The loop runs in `main`'s own future, as a
+//!   `#[tokio::main]` program's usually does; with `--consumer-in task` it runs in a spawned
+//!   task instead, on the runtime's worker threads.
 //!
 //! Each program uses one connection and one channel per role, and its client's usual API.
 //!
@@ -36,6 +38,10 @@ pub struct Options {
     /// bench-null only: deliveries per basic.ack frame (1: multiple = false each; 0: no acks,
     /// the consumer is no_ack).
     pub ack_every: u64,
+    /// `--consumer-in task`: the consume loop runs in a spawned task, on the runtime's worker
+    /// threads, instead of in `main`'s own future (`--consumer-in main`, the default), which
+    /// `#[tokio::main]` runs on the main thread, outside the workers.
+    pub consumer_task: bool,
 }
 
 impl Options {
@@ -51,6 +57,7 @@ impl Options {
             qos: 1000,
             queue: format!("bench-clients-{client}"),
             ack_every: 1,
+            consumer_task: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -65,6 +72,13 @@ impl Options {
                 "--qos" => options.qos = value.parse().unwrap_or_else(|_| usage(&flag)),
                 "--queue" => options.queue = value,
                 "--ack-every" => options.ack_every = value.parse().unwrap_or_else(|_| usage(&flag)),
+                "--consumer-in" => {
+                    options.consumer_task = match value.as_str() {
+                        "main" => false,
+                        "task" => true,
+                        _ => usage(&flag),
+                    }
+                }
                 _ => usage(&flag),
             }
         }
@@ -82,9 +96,26 @@ impl Options {
 
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "bad flag or value near {flag:?}; flags: --host H --port P --test publish|confirm|consume -n N -s SIZE --window W --qos Q --queue NAME --ack-every N (bench-null)"
+        "bad flag or value near {flag:?}; flags: --host H --port P --test publish|confirm|consume -n N -s SIZE --window W --qos Q --queue NAME --ack-every N (bench-null) --consumer-in main|task"
     );
     std::process::exit(2)
+}
+
+/// What the programs' `main`s return.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the consume loop where `--consumer-in` says: awaited in `main`'s own future, on the
+/// main thread (the default), or spawned as a task on the runtime's workers, where the
+/// client's own tasks run.
+pub async fn consume_in<F>(options: &Options, consume: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    if options.consumer_task {
+        tokio::spawn(consume).await?
+    } else {
+        consume.await
+    }
 }
 
 /// Prints the result line: the rate, and what the timed part cost the whole process (all its

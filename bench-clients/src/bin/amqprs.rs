@@ -15,10 +15,8 @@ use amqprs::channel::{
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
-use bench_clients::{report, start, Options};
+use bench_clients::{consume_in, report, start, Error, Options};
 use tokio::sync::Notify;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Default)]
 struct Confirms {
@@ -104,20 +102,22 @@ async fn main() -> Result<(), Error> {
             let (_tag, mut deliveries) = channel
                 .basic_consume_rx(BasicConsumeArguments::new(&options.queue, ""))
                 .await?;
-            let mut received = 0;
-            while received < options.messages {
-                let Some(message) = deliveries.recv().await else {
-                    return Err("consumer ended".into());
-                };
-                let tag = message
-                    .deliver
-                    .ok_or("delivery without basic.deliver")?
-                    .delivery_tag();
-                channel
-                    .basic_ack(BasicAckArguments::new(tag, false))
-                    .await?;
-                received += 1;
-            }
+            let messages = options.messages;
+            let acking = channel.clone();
+            consume_in(&options, async move {
+                for _ in 0..messages {
+                    let Some(message) = deliveries.recv().await else {
+                        return Err("consumer ended".into());
+                    };
+                    let tag = message
+                        .deliver
+                        .ok_or("delivery without basic.deliver")?
+                        .delivery_tag();
+                    acking.basic_ack(BasicAckArguments::new(tag, false)).await?;
+                }
+                Ok(())
+            })
+            .await?;
             clock.elapsed()
         }
     };

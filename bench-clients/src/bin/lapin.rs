@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use bench_clients::{report, start, Options};
+use bench_clients::{consume_in, report, start, Error, Options};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -10,8 +10,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -84,14 +82,17 @@ async fn main() -> Result<(), Error> {
                     FieldTable::default(),
                 )
                 .await?;
-            let mut received = 0;
-            while received < options.messages {
-                let Some(delivery) = consumer.next().await else {
-                    return Err("consumer ended".into());
-                };
-                delivery?.ack(BasicAckOptions::default()).await?;
-                received += 1;
-            }
+            let messages = options.messages;
+            consume_in(&options, async move {
+                for _ in 0..messages {
+                    let Some(delivery) = consumer.next().await else {
+                        return Err("consumer ended".into());
+                    };
+                    delivery?.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(())
+            })
+            .await?;
             clock.elapsed()
         }
     };

@@ -5,10 +5,8 @@ use std::collections::VecDeque;
 use amqp_client::{
     BasicConsumeOptions, BasicProperties, Channel, Connection, FieldTable, QueueDeclareOptions,
 };
-use bench_clients::{report, start, Options};
+use bench_clients::{consume_in, report, start, Error, Options};
 use bytes::Bytes;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -61,14 +59,17 @@ async fn main() -> Result<(), Error> {
                     FieldTable::new(),
                 )
                 .await?;
-            let mut received = 0;
-            while received < options.messages {
-                let Some(delivery) = consumer.next().await else {
-                    return Err("consumer ended".into());
-                };
-                delivery?.ack().await?;
-                received += 1;
-            }
+            let messages = options.messages;
+            consume_in(&options, async move {
+                for _ in 0..messages {
+                    let Some(delivery) = consumer.next().await else {
+                        return Err("consumer ended".into());
+                    };
+                    delivery?.ack().await?;
+                }
+                Ok(())
+            })
+            .await?;
             clock.elapsed()
         }
     };
