@@ -19,6 +19,13 @@ With NULL_ACKS=1,64,0 (say) in the environment, each rep's consume test also run
 "null1", "null64", "null0": the broker's own ceiling for that test (1: an ack frame per
 delivery; 64: one multiple ack per 64, as far as amqp-client coalesces; 0: no acks at all).
 BROKERS=rabbit and TESTS=consume (comma lists) run a subset.
+
+With CONSUMER_TASK=1, each rep's consume test also runs both clients with `--consumer-in task`
+(the consume loop in a spawned task on the runtime's workers instead of in main's future), as
+clients "ours-task" and "amqprs-task".
+
+Each bench line also has `cpu_s` and `switches`: the CPU seconds and context switches of the
+timed part alone (the fill excluded); the summary gives them per delivery.
 """
 import json, os, resource, statistics, subprocess, sys
 BIN, MINI = sys.argv[1], sys.argv[2]
@@ -56,6 +63,7 @@ NULL_ACKS = [a for a in os.environ.get("NULL_ACKS", "").split(",") if a]
 # A subset, e.g. BROKERS=rabbit TESTS=consume.
 BROKERS = os.environ.get("BROKERS", "rabbit,mini").split(",")
 TESTS = os.environ.get("TESTS", "publish,confirm,consume").split(",")
+CONSUMER_TASK = os.environ.get("CONSUMER_TASK") == "1"
 
 
 def bench(client, port, test):
@@ -64,6 +72,8 @@ def bench(client, port, test):
     program, extra = f"{BIN}/bench-{client}", []
     if client.startswith("null"):
         program, extra = f"{BIN}/bench-null", ["--ack-every", client[4:]]
+    elif client.endswith("-task"):
+        program, extra = f"{BIN}/bench-{client[:-5]}", ["--consumer-in", "task"]
     out = subprocess.run([program, "--host", "127.0.0.1", "--port", str(port),
                           "--test", test, "-n", N, *extra], capture_output=True, text=True, timeout=600)
     lines = out.stdout.strip().splitlines()
@@ -84,7 +94,10 @@ try:
         clients = ["ours", "amqprs"] if rep % 2 == 0 else ["amqprs", "ours"]
         for broker in BROKERS:
             for test in TESTS:
-                everyone = clients + ([f"null{a}" for a in NULL_ACKS] if test == "consume" else [])
+                everyone = clients
+                if test == "consume":
+                    everyone = (clients + ([f"{c}-task" for c in clients] if CONSUMER_TASK else [])
+                                + [f"null{a}" for a in NULL_ACKS])
                 # Rotated every rep, so that no program always runs first or last.
                 turn = rep % len(everyone)
                 for client in everyone[turn:] + everyone[:turn]:
@@ -100,18 +113,40 @@ try:
 finally:
     autogroup(os.getpid(), 0)
     autogroup(beam, 0)
+
+
+def runs(broker, test, client):
+    return [r for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]
+
+
+def per_delivery(broker, test, client):
+    """Median CPU microseconds and context switches per message of the timed part."""
+    done = [r for r in runs(broker, test, client) if "cpu_s" in r]
+    if not done:
+        return ""
+    cpu = statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in done)
+    switches = statistics.median(r["switches"] / r["messages"] for r in done)
+    return f" ({cpu:.1f} us CPU, {switches:.2f} switches per message)"
+
+
 for broker in BROKERS:
     for test in TESTS:
-        med = {}
-        for client in ["ours", "amqprs"]:
-            rates = [r["rate"] for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]
-            med[client] = statistics.median(rates) if rates else 0
-        ratio = med["ours"] / med["amqprs"] if med["amqprs"] else 0
-        print(f"# {broker} {test}: ours {med['ours']:.0f} amqprs {med['amqprs']:.0f} = {ratio:.2f}x", file=sys.stderr)
+        pairs = [("ours", "amqprs")]
+        if test == "consume" and CONSUMER_TASK:
+            pairs.append(("ours-task", "amqprs-task"))
+        for ours, peer in pairs:
+            med = {c: statistics.median(r["rate"] for r in runs(broker, test, c)) if runs(broker, test, c) else 0
+                   for c in (ours, peer)}
+            ratio = med[ours] / med[peer] if med[peer] else 0
+            print(f"# {broker} {test}: {ours} {med[ours]:.0f}{per_delivery(broker, test, ours)}"
+                  f" {peer} {med[peer]:.0f}{per_delivery(broker, test, peer)} = {ratio:.2f}x", file=sys.stderr)
         if test == "consume":
+            med = {c: statistics.median(r["rate"] for r in runs(broker, test, c)) if runs(broker, test, c) else 0
+                   for c in ("ours", "amqprs")}
             for acks in NULL_ACKS:
-                rates = [r["rate"] for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, f"null{acks}") and "rate" in r]
+                rates = [r["rate"] for r in runs(broker, test, f"null{acks}")]
                 if rates:
                     ceiling = statistics.median(rates)
                     print(f"#   ceiling, bench-null --ack-every {acks}: {ceiling:.0f} {sorted(round(r) for r in rates)}"
+                          f"{per_delivery(broker, test, f'null{acks}')}"
                           f" = {ceiling / med['amqprs'] if med['amqprs'] else 0:.2f}x amqprs; ours at {med['ours'] / ceiling:.0%} of it", file=sys.stderr)
