@@ -55,11 +55,14 @@ struct Setup {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [serve_flag, threads, chunk] = args.as_slice() {
+    if let [serve_flag, threads, chunk, parent] = args.as_slice() {
         if serve_flag == "--serve" {
-            let (Ok(threads), Ok(chunk)) = (threads.parse(), chunk.parse()) else {
+            let (Ok(threads), Ok(chunk), Ok(parent)) =
+                (threads.parse(), chunk.parse(), parent.parse())
+            else {
                 usage();
             };
+            die_with_parent(parent);
             serve(threads, chunk);
             return;
         }
@@ -155,6 +158,20 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// Has the kernel kill the relay when the process that started it ends, even by SIGKILL
+/// (a driver's timeout), when `Relay`'s drop cannot run; exits at once if it has already
+/// ended.
+fn die_with_parent(parent: u32) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process; getppid reads one.
+    let parent_now = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::getppid()
+    };
+    if u32::try_from(parent_now).ok() != Some(parent) {
+        std::process::exit(1);
+    }
+}
+
 /// The relay process, killed and reaped however `run` ends (a failed connect, a panic), so
 /// that it never outlives the run holding its ports.
 struct Relay(Child);
@@ -173,6 +190,7 @@ fn start_relay(setup: Setup) -> Child {
             "--serve",
             &setup.threads.to_string(),
             &setup.chunk.to_string(),
+            &std::process::id().to_string(),
         ])
         .stdout(Stdio::piped())
         .spawn()
