@@ -33,6 +33,49 @@
 //! # }
 //! ```
 //!
+//! ## Where the consume loop runs
+//! On tokio's multi-thread runtime, `#[tokio::main]` polls `main`'s own future on the main
+//! thread, outside the worker threads where the connection task runs. A consume loop written
+//! in `main` therefore takes every batch of deliveries from a worker thread, and hands every
+//! batch of acks back to one: each hand-off wakes a sleeping thread. Spawned as a task, the
+//! loop runs on the workers next to the connection task, and the hand-offs mostly stay on one
+//! thread:
+//!
+//! ```no_run
+//! use amqp_client::{BasicConsumeOptions, Connection, FieldTable};
+//!
+//! # async fn demo() -> Result<(), amqp_client::Error> {
+//! let connection = Connection::open("amqp://guest:guest@localhost:5672/%2f").await?;
+//! let channel = connection.create_channel().await?;
+//! channel.basic_qos(100, false).await?;
+//! let mut consumer = channel
+//!     .basic_consume("task_queue", "", BasicConsumeOptions::default(), FieldTable::new())
+//!     .await?;
+//! let worker = tokio::spawn(async move {
+//!     while let Some(delivery) = consumer.next().await {
+//!         let delivery = delivery?;
+//!         // ... the work ...
+//!         delivery.ack().await?;
+//!     }
+//!     Ok::<(), amqp_client::Error>(())
+//! });
+//! worker.await.expect("the consumer task")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Measured against RabbitMQ 3.10 on two cores (200 k deliveries of 16 octets, prefetch
+//! 1000, an ack per delivery; medians of 10 alternating runs, docs/PERFORMANCE.md section 12):
+//!
+//! | the loop runs | msg/s | client CPU per message | context switches per message |
+//! | --- | --- | --- | --- |
+//! | in `main`'s future | 82 k | 5.4 µs | 0.55 |
+//! | in a spawned task | 98 k | 2.4 µs | 0.11 |
+//!
+//! 98 k is 98% of what RabbitMQ delivered there to a consumer that costs next to nothing. A
+//! current-thread runtime (`#[tokio::main(flavor = "current_thread")]`) avoids the
+//! hand-offs too.
+//!
 //! ## Layout
 //! - [`uri`]: `amqp://` URIs (RabbitMQ's URI spec).
 //! - [`core`]: the sans-IO connection and channel state machines.
