@@ -65,16 +65,20 @@
 //! ```
 //!
 //! Measured against RabbitMQ 3.10 on two cores (200 k deliveries of 16 octets, prefetch
-//! 1000, an ack per delivery; medians of 10 alternating runs, docs/PERFORMANCE.md section 12):
+//! 1000, an ack per delivery; medians of 10 and 8 alternating runs in two windows,
+//! docs/PERFORMANCE.md section 12):
 //!
 //! | the loop runs | msg/s | client CPU per message | context switches per message |
 //! | --- | --- | --- | --- |
-//! | in `main`'s future | 82 k | 5.4 µs | 0.55 |
-//! | in a spawned task | 98 k | 2.4 µs | 0.11 |
+//! | in `main`'s future | 82 k, 99 k | 5.4 µs, 3.1 µs | 0.55, 0.23 |
+//! | in a spawned task | 98 k, 110 k | 2.4 µs, 2.5 µs | 0.11, 0.10 |
 //!
-//! 98 k is 98% of what RabbitMQ delivered there to a consumer that costs next to nothing. A
-//! current-thread runtime (`#[tokio::main(flavor = "current_thread")]`) avoids the
-//! hand-offs too.
+//! In a task it got what RabbitMQ delivered there to a consumer that costs next to nothing.
+//! The CPU it saves is what matters when the broker shares the machine. Against a broker
+//! faster than the client (mini-broker, 1 M msg/s) it is not reliably faster: one thread
+//! then does the application's work and the connection's in turn, where the loop in `main`
+//! overlaps them on two. A current-thread runtime
+//! (`#[tokio::main(flavor = "current_thread")]`) avoids the hand-offs too.
 //!
 //! ## Layout
 //! - [`uri`]: `amqp://` URIs (RabbitMQ's URI spec).
