@@ -85,6 +85,25 @@ def bench(client, port, test):
     return result
 
 
+def runs(broker, test, client):
+    return [r for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]
+
+
+def median_rate(broker, test, client):
+    done = runs(broker, test, client)
+    return statistics.median(r["rate"] for r in done) if done else 0
+
+
+def per_delivery(broker, test, client):
+    """Median CPU microseconds and context switches per message of the timed part."""
+    done = [r for r in runs(broker, test, client) if "cpu_s" in r]
+    if not done:
+        return ""
+    cpu = statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in done)
+    switches = statistics.median(r["switches"] / r["messages"] for r in done)
+    return f" ({cpu:.1f} us CPU, {switches:.2f} switches per message)"
+
+
 beam = measure.beam_pid()
 autogroup(os.getpid(), -10)
 autogroup(beam, -10)
@@ -115,34 +134,18 @@ finally:
     autogroup(beam, 0)
 
 
-def runs(broker, test, client):
-    return [r for r in rows if (r["broker"], r["test"], r["client"]) == (broker, test, client) and "rate" in r]
-
-
-def per_delivery(broker, test, client):
-    """Median CPU microseconds and context switches per message of the timed part."""
-    done = [r for r in runs(broker, test, client) if "cpu_s" in r]
-    if not done:
-        return ""
-    cpu = statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in done)
-    switches = statistics.median(r["switches"] / r["messages"] for r in done)
-    return f" ({cpu:.1f} us CPU, {switches:.2f} switches per message)"
-
-
 for broker in BROKERS:
     for test in TESTS:
         pairs = [("ours", "amqprs")]
         if test == "consume" and CONSUMER_TASK:
             pairs.append(("ours-task", "amqprs-task"))
         for ours, peer in pairs:
-            med = {c: statistics.median(r["rate"] for r in runs(broker, test, c)) if runs(broker, test, c) else 0
-                   for c in (ours, peer)}
+            med = {c: median_rate(broker, test, c) for c in (ours, peer)}
             ratio = med[ours] / med[peer] if med[peer] else 0
             print(f"# {broker} {test}: {ours} {med[ours]:.0f}{per_delivery(broker, test, ours)}"
                   f" {peer} {med[peer]:.0f}{per_delivery(broker, test, peer)} = {ratio:.2f}x", file=sys.stderr)
         if test == "consume":
-            med = {c: statistics.median(r["rate"] for r in runs(broker, test, c)) if runs(broker, test, c) else 0
-                   for c in ("ours", "amqprs")}
+            med = {c: median_rate(broker, test, c) for c in ("ours", "amqprs")}
             for acks in NULL_ACKS:
                 rates = [r["rate"] for r in runs(broker, test, f"null{acks}")]
                 if rates:

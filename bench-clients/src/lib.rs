@@ -106,10 +106,12 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the consume loop where `--consumer-in` says: awaited in `main`'s own future, on the
 /// main thread (the default), or spawned as a task on the runtime's workers, where the
-/// client's own tasks run.
-pub async fn consume_in<F>(options: &Options, consume: F) -> Result<(), Error>
+/// client's own tasks run. The loop hands back its consumer, so that every program drops it
+/// (which may send basic.cancel) after the clock stops.
+pub async fn consume_in<T, F>(options: &Options, consume: F) -> Result<T, Error>
 where
-    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
 {
     if options.consumer_task {
         tokio::spawn(consume).await?
@@ -143,8 +145,12 @@ pub struct Clock {
 /// What a [`Clock`] measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
+    /// Wall-clock time.
     pub wall: Duration,
+    /// User + system CPU time of every thread of the process.
     pub cpu_seconds: f64,
+    /// Context switches of every thread, voluntary (a thread waited) and involuntary (it was
+    /// preempted).
     pub switches: u64,
 }
 
@@ -177,7 +183,8 @@ struct Usage {
 
 impl Usage {
     fn now() -> Usage {
-        // SAFETY: getrusage only writes the struct it is given, which is plain data.
+        // SAFETY: getrusage only writes the struct it is given, which is plain data; with
+        // RUSAGE_SELF and a valid pointer it cannot fail.
         let usage = unsafe {
             let mut usage: libc::rusage = std::mem::zeroed();
             libc::getrusage(libc::RUSAGE_SELF, &mut usage);

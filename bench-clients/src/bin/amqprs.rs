@@ -104,7 +104,7 @@ async fn main() -> Result<(), Error> {
                 .await?;
             let messages = options.messages;
             let acking = channel.clone();
-            consume_in(&options, async move {
+            let deliveries = consume_in(&options, async move {
                 for _ in 0..messages {
                     let Some(message) = deliveries.recv().await else {
                         return Err("consumer ended".into());
@@ -115,10 +115,12 @@ async fn main() -> Result<(), Error> {
                         .delivery_tag();
                     acking.basic_ack(BasicAckArguments::new(tag, false)).await?;
                 }
-                Ok(())
+                Ok(deliveries)
             })
             .await?;
-            clock.elapsed()
+            let span = clock.elapsed();
+            drop(deliveries);
+            span
         }
     };
     report("amqprs", &options, elapsed);

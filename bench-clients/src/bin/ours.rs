@@ -60,17 +60,19 @@ async fn main() -> Result<(), Error> {
                 )
                 .await?;
             let messages = options.messages;
-            consume_in(&options, async move {
+            let consumer = consume_in(&options, async move {
                 for _ in 0..messages {
                     let Some(delivery) = consumer.next().await else {
                         return Err("consumer ended".into());
                     };
                     delivery?.ack().await?;
                 }
-                Ok(())
+                Ok(consumer)
             })
             .await?;
-            clock.elapsed()
+            let span = clock.elapsed();
+            drop(consumer);
+            span
         }
     };
     report("amqp-client", &options, elapsed);

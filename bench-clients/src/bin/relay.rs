@@ -160,14 +160,17 @@ fn cpu_seconds(pid: &str) -> f64 {
 
 /// Has the kernel kill the relay when the process that started it ends, even by SIGKILL
 /// (a driver's timeout), when `Relay`'s drop cannot run; exits at once if it has already
-/// ended.
+/// ended, or if the kernel refuses.
 fn die_with_parent(parent: u32) {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process; getppid reads one.
-    let parent_now = unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        libc::getppid()
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this thread's parent-death signal (SIGKILL
+    // ends the whole process); getppid only reads.
+    let (set, parent_now) = unsafe {
+        (
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+            libc::getppid(),
+        )
     };
-    if u32::try_from(parent_now).ok() != Some(parent) {
+    if set != 0 || u32::try_from(parent_now).ok() != Some(parent) {
         std::process::exit(1);
     }
 }
