@@ -70,15 +70,14 @@
 //!
 //! | the loop runs | msg/s | client CPU per message | context switches per message |
 //! | --- | --- | --- | --- |
-//! | in `main`'s future | 82 k, 99 k | 5.4 µs, 3.1 µs | 0.55, 0.23 |
-//! | in a spawned task | 98 k, 110 k | 2.4 µs, 2.5 µs | 0.11, 0.10 |
+//! | in `main`'s future | 82 k, 88 k | 5.4 µs, 5.1 µs | 0.55, 0.54 |
+//! | in a spawned task | 98 k, 103 k | 2.4 µs, 2.1 µs | 0.11, 0.10 |
 //!
-//! In a task it got what RabbitMQ delivered there to a consumer that costs next to nothing.
-//! The CPU it saves is what matters when the broker shares the machine. Against a broker
-//! faster than the client (mini-broker, 1 M msg/s) it is not reliably faster: one thread
-//! then does the application's work and the connection's in turn, where the loop in `main`
-//! overlaps them on two. A current-thread runtime
-//! (`#[tokio::main(flavor = "current_thread")]`) avoids the hand-offs too.
+//! In a task it got 98–99% of what RabbitMQ delivered there to a consumer that costs next to
+//! nothing. The CPU it saves matters most when the broker shares the machine: against
+//! mini-broker, which delivers faster than the client consumes, the two ran alike (1.27 M and
+//! 1.20 M msg/s). A current-thread runtime (`#[tokio::main(flavor = "current_thread")]`)
+//! avoids the hand-offs too.
 //!
 //! ## Layout
 //! - [`uri`]: `amqp://` URIs (RabbitMQ's URI spec).
