@@ -117,6 +117,7 @@ async fn handle(
         );
     }
     let mut timer = Timer::new();
+    let mut client_closed = false;
     loop {
         if connection.state() == ServerState::Closed {
             break;
@@ -134,6 +135,7 @@ async fn handle(
                 match read {
                     (Ok(0), _) | (Err(_), _) => {
                         connection.handle_eof();
+                        client_closed = true;
                         break;
                     }
                     (Ok(n), limit) => {
@@ -189,7 +191,29 @@ async fn handle(
     // Let the writer flush what is left (a close, a close-ok), then stop it.
     outbox.close();
     let _ = writer_task.await;
+    if !client_closed {
+        linger(&mut reader).await;
+    }
     Ok(())
+}
+
+/// How long the socket of a connection the broker closed is still read, for the client to
+/// close its side (see [`linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A lingering close, for a connection the broker ended (after close-ok, a timeout, a frame
+/// it will not read past) while the client may still be sending. The writer has handed
+/// everything to the socket and sent its FIN, but what it wrote may still be queued there,
+/// unsent, behind a slow reader. Closing the socket with the client's input unread would make
+/// the kernel send a reset instead, which throws that away: the client's stream would end
+/// early, its last replies and the close-ok lost. So the input is read and dropped until
+/// the client closes too, for at most [`LINGER`].
+async fn linger(reader: &mut OwnedReadHalf) {
+    let mut dropped = vec![0; READ_MAX];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(1..) = reader.read(&mut dropped).await {}
+    })
+    .await;
 }
 
 /// Closes an outbox when dropped.

@@ -359,6 +359,91 @@ async fn unknown_class_and_method_close_the_socket_without_a_frame() {
     assert_eq!(raw.read_to_end().await, b"", "no close frame, just the end");
 }
 
+/// A client that pipelines many requests and then connection.close, goes on writing after
+/// it, and reads slowly, still gets every reply, the close-ok and then the end of the stream.
+/// The broker's replies are still queued in its socket, unsent, when it has handled the
+/// close. Closing the socket then with the client's input unread makes the kernel send a
+/// reset, which throws them away: before the broker lingered (read and dropped the input
+/// until the client closed), 6,500–7,200 of the 20,000 replies arrived, the last one cut
+/// short, and no close-ok.
+#[tokio::test]
+async fn input_after_connection_close_does_not_turn_the_close_into_a_reset() {
+    const DECLARES: usize = 20_000;
+    let running = broker().await;
+    let mut raw = Raw::connect(&running).await;
+    raw.handshake(2047, 131_072, 0).await;
+    raw.open_channel(1).await;
+    let mut out = BytesMut::new();
+    // queue.declare-ok repeats the long name: megabytes of replies, more than the sockets
+    // hold while the client is not reading.
+    let name = "q".repeat(200);
+    for _ in 0..DECLARES {
+        Frame::Method(
+            1,
+            QueueDeclare {
+                queue: name.as_str().into(),
+                ..Default::default()
+            }
+            .into(),
+        )
+        .encode(&mut out, 0)
+        .unwrap();
+    }
+    Frame::Method(
+        0,
+        ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    )
+    .encode(&mut out, 0)
+    .unwrap();
+    out.extend_from_slice(&[0xce; 8 * 1024 * 1024]);
+    let (mut reader, mut writer) = raw.stream.into_split();
+    let writing = tokio::spawn(async move {
+        // The broker stops reading at the close: the rest may never be taken.
+        let _ = writer.write_all(&out).await;
+        writer
+    });
+    // A slow reader: the replies stay queued in the broker's socket, unsent, long after the
+    // broker has handled the close and written them.
+    let mut all = raw.buf.split().to_vec();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0; 16 * 1024];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(err) => return Err(err),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the broker closes the socket in time");
+    let mut input = BytesMut::from(&all[..]);
+    let mut declare_oks = 0;
+    let mut close_ok = false;
+    while let Some(frame) = amqp_codec::decode(&mut input, &Limits::with_frame_max(0)).unwrap() {
+        match frame {
+            Frame::Method(1, Method::QueueDeclareOk(_)) => declare_oks += 1,
+            Frame::Method(0, Method::ConnectionCloseOk(_)) => close_ok = true,
+            other => panic!("unexpected {other:?} after {declare_oks} declare-oks"),
+        }
+    }
+    assert!(
+        read.is_ok(),
+        "the stream ended in {read:?} after {declare_oks} replies"
+    );
+    assert_eq!(declare_oks, DECLARES, "every reply, none lost to a reset");
+    assert!(close_ok, "connection.close-ok last");
+    assert!(input.is_empty(), "a frame cut short: {input:?}");
+    writing.abort();
+}
+
 #[tokio::test]
 async fn truncated_method_arguments_are_501_cannot_decode() {
     let running = broker().await;
