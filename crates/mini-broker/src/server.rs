@@ -2,17 +2,20 @@
 //!
 //! The reader task owns the [`ServerConnection`]: it reads bytes, feeds them in, and runs
 //! the connection's timers. The writer task waits for the [`Outbox`] to fill and writes it
-//! out, many frames per write. No lock is ever held across an await.
+//! out, many frames per write. No lock is ever held across an await. A connection the broker
+//! ends is closed lingering (see [`close_lingering`]), so that what it still had to say
+//! reaches a slow client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::connection::{ServerConnection, ServerState};
@@ -117,7 +120,8 @@ async fn handle(
         );
     }
     let mut timer = Timer::new();
-    let mut client_closed = false;
+    // The client closed its side, or the socket failed: nothing more will be read.
+    let mut input_ended = false;
     loop {
         if connection.state() == ServerState::Closed {
             break;
@@ -135,7 +139,7 @@ async fn handle(
                 match read {
                     (Ok(0), _) | (Err(_), _) => {
                         connection.handle_eof();
-                        client_closed = true;
+                        input_ended = true;
                         break;
                     }
                     (Ok(n), limit) => {
@@ -188,32 +192,68 @@ async fn handle(
         }
     }
     connection.handle_eof();
+    // What the connection held is not needed while the socket closes.
+    drop(connection);
+    drop(input);
     // Let the writer flush what is left (a close, a close-ok), then stop it.
     outbox.close();
-    let _ = writer_task.await;
-    if !client_closed {
-        linger(&mut reader).await;
+    if input_ended {
+        let _ = writer_task.await;
+    } else {
+        close_lingering(&mut reader, writer_task).await;
     }
     Ok(())
 }
 
-/// How long the socket of a connection the broker closed is still read, for the client to
-/// close its side (see [`linger`]).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest the writer may take, once the broker has closed a connection, to hand what
+/// is left to a client that reads slowly or not at all (see [`close_lingering`]).
+const FLUSH_MAX: Duration = Duration::from_secs(10);
 
-/// A lingering close, for a connection the broker ended (after close-ok, a timeout, a frame
-/// it will not read past) while the client may still be sending. The writer has handed
-/// everything to the socket and sent its FIN, but what it wrote may still be queued there,
-/// unsent, behind a slow reader. Closing the socket with the client's input unread would make
-/// the kernel send a reset instead, which throws that away: the client's stream would end
-/// early, its last replies and the close-ok lost. So the input is read and dropped until
-/// the client closes too, for at most [`LINGER`].
-async fn linger(reader: &mut OwnedReadHalf) {
-    let mut dropped = vec![0; READ_MAX];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(1..) = reader.read(&mut dropped).await {}
-    })
-    .await;
+/// How long the socket is still read after the flush, for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What one read takes while the input is dropped.
+const DRAIN_CHUNK: usize = 16 * 1024;
+
+/// A lingering close (as Apache httpd's `ap_lingering_close`), for a connection the broker
+/// ended while the client may still be sending: after close-ok, a timeout, a frame it will
+/// not read past.
+///
+/// On Linux, closing a socket with input unread (or receiving input after the close) makes
+/// the kernel answer with a reset rather than a FIN, and throw away what is still queued to
+/// send: a slow reader's last replies and the close-ok would be lost, its stream cut short.
+/// So the client's input is read and dropped while the writer hands over what is left (for
+/// at most [`FLUSH_MAX`]: a client that reads nothing that long loses the rest), and for
+/// [`LINGER`] after, until the client closes its side. Reading meanwhile also keeps a client
+/// that is still writing from blocking on a full socket while the writer waits for it to
+/// read. Best effort: a client that is still sending after that may still be reset.
+async fn close_lingering(reader: &mut OwnedReadHalf, mut writer: JoinHandle<()>) {
+    let flush_until = tokio::time::Instant::now() + FLUSH_MAX;
+    let mut drain = std::pin::pin!(drain_input(reader));
+    let mut input_ended = false;
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            () = &mut drain, if !input_ended => input_ended = true,
+            () = tokio::time::sleep_until(flush_until) => {
+                writer.abort();
+                return;
+            }
+        }
+    }
+    if !input_ended {
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+/// Reads and drops what the client sends until it closes its side, or the socket fails.
+/// The buffer is made only once there is something to read.
+async fn drain_input(reader: &mut OwnedReadHalf) {
+    if reader.readable().await.is_err() {
+        return;
+    }
+    let mut dropped = vec![0; DRAIN_CHUNK];
+    while let Ok(1..) = reader.read(&mut dropped).await {}
 }
 
 /// Closes an outbox when dropped.
